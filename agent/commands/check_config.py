@@ -1,0 +1,31 @@
+"""``nodewarden check config FILE``: validate a config file without running."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from agent import config
+from agent.errors import ConfigError
+
+HELP = "validate a config file (exit 0 valid, 2 invalid)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register arguments."""
+    parser.add_argument("file", nargs="+", help="config file(s)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Check each file; print problems as file:line:column: message."""
+    status = 0
+    for path in args.file:
+        try:
+            config.load_file(path)
+        except ConfigError as err:
+            for problem in err.problems:
+                print(problem, file=sys.stderr)
+            status = 2
+        else:
+            print(f"{path}: SUCCESS")
+    return status

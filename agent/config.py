@@ -1,0 +1,219 @@
+"""The agent's configuration: one validated, frozen object.
+
+YAML is read with ruamel.yaml (so errors carry line and column) and validated with pydantic (typed,
+frozen models, unknown keys rejected). Every problem is reported as ``file:line:column: message``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from agent import yamlpos
+from agent.durations import parse_duration
+from agent.errors import ConfigError
+
+DEFAULT_LISTEN = "127.0.0.1:9842"
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ValueError(f"duration must be a string like 30s or 5m, got {value!r}")
+    return parse_duration(value)
+
+
+def _regex(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a regular expression string")
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ValueError(f"invalid regular expression {value!r}: {err}") from err
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+Regex = Annotated[str, BeforeValidator(_regex)]
+
+
+class Model(BaseModel):
+    """Base for every config section: frozen, strict types, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class CollectorConfig(Model):
+    """Settings every collector has."""
+
+    enabled: bool = True
+    export: bool = Field(True, description="false: sample for rules but leave out of /metrics")
+    timeout: Duration | None = Field(None, description="deadline per collect(); default 80% of interval")
+
+
+class DeviceFilterConfig(CollectorConfig):
+    """Include/exclude regexes on device names (fully anchored, like node_exporter's flags).
+
+    ``device_exclude: null`` (the default) means the collector's node_exporter default exclude.
+    """
+
+    device_include: Regex | None = None
+    device_exclude: Regex | None = None
+
+
+class DiskConfig(DeviceFilterConfig):
+    """node_exporter diskstats collector equivalent."""
+
+
+class FilesystemConfig(CollectorConfig):
+    """node_exporter filesystem collector equivalent."""
+
+    mount_points_include: Regex | None = None
+    mount_points_exclude: Regex | None = None
+    fs_types_include: Regex | None = None
+    fs_types_exclude: Regex | None = None
+    stat_timeout: Duration = 1.0
+
+
+class NetworkConfig(DeviceFilterConfig):
+    """node_exporter netdev + netclass equivalent."""
+
+
+class NetstatConfig(CollectorConfig):
+    """TCP counters from /proc/net/snmp."""
+
+
+class InfinibandConfig(DeviceFilterConfig):
+    """InfiniBand / RoCE port counters from sysfs."""
+
+
+class GpuConfig(CollectorConfig):
+    """NVIDIA GPUs through NVML."""
+
+    simulate: str | None = Field(None, description="scenario name or file: fake NVML instead of pynvml")
+    call_timeout: Duration = 2.0
+    max_abandoned_calls: int = Field(4, ge=1, le=64)
+    kmsg: bool = Field(True, description="also read NVRM Xid lines from /dev/kmsg (root only)")
+
+
+class CollectorsConfig(Model):
+    """Per-collector settings, keyed by collector name."""
+
+    disk: DiskConfig = DiskConfig()
+    filesystem: FilesystemConfig = FilesystemConfig()
+    network: NetworkConfig = NetworkConfig()
+    netstat: NetstatConfig = NetstatConfig()
+    infiniband: InfinibandConfig = InfinibandConfig()
+    gpu: GpuConfig = GpuConfig()
+
+    def get(self, name: str) -> CollectorConfig:
+        """The section for collector ``name`` (a plain CollectorConfig for unknown third-party ones)."""
+        return getattr(self, name, None) or CollectorConfig()
+
+
+class PathsConfig(Model):
+    """Roots of the pseudo filesystems (point them at fixture trees or a container's host mounts)."""
+
+    procfs: str = "/proc"
+    sysfs: str = "/sys"
+    devfs: str = "/dev"
+    rootfs: str = "/"
+
+
+class LogConfig(Model):
+    """Logging: JSON lines for journald, a readable console on a TTY."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(Model):
+    """Everything the daemon needs. Built once, never mutated; a reload builds a new one."""
+
+    listen: str = DEFAULT_LISTEN
+    state_dir: str = "var"
+    mode: Literal["observe", "enforce"] = "observe"
+    interval: Duration = 5.0
+    retention: Duration = 900.0
+    hostname: str | None = None
+    web_config_file: str | None = None
+    paths: PathsConfig = PathsConfig()
+    log: LogConfig = LogConfig()
+    collectors: CollectorsConfig = CollectorsConfig()
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_range(cls, v: float) -> float:
+        if not 1.0 <= v <= 3600.0:
+            raise ValueError("interval must be between 1s and 1h")
+        return v
+
+    @field_validator("retention")
+    @classmethod
+    def _retention_range(cls, v: float) -> float:
+        if not 60.0 <= v <= 86400.0:
+            raise ValueError("retention must be between 1m and 24h")
+        return v
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) to a tuple; ValueError when malformed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address must be HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _format_errors(err: ValidationError, root: Any, filename: str) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = e["loc"]
+        extra = e["type"] == "extra_forbidden"
+        line, col = yamlpos.position(root, loc, key=extra)
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if extra:
+            msg = f"unknown key {loc[-1]!r}"
+        problems.append(f"{filename}:{line}:{col}: {where}: {msg}")
+    return problems
+
+
+def load_text(text: str, filename: str = "<config>") -> Config:
+    """Parse and validate YAML text; ConfigError lists every problem with its position."""
+    root = yamlpos.load(text, filename)
+    if root is None:
+        root = {}
+    if not isinstance(root, dict):
+        raise ConfigError(f"{filename}:1:1: config must be a mapping")
+    try:
+        return Config.model_validate(yamlpos.plain(root))
+    except ValidationError as err:
+        problems = _format_errors(err, root, filename)
+        raise ConfigError("\n".join(problems), problems) from err
+
+
+def load_file(path: str | Path) -> Config:
+    """Read and validate a config file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}:1:1: cannot read config: {err.strerror}") from err
+    return load_text(text, str(path))
+
+
+def with_overrides(cfg: Config, **overrides: Any) -> Config:
+    """A new Config with command-line overrides (None values ignored), validated again."""
+    data = cfg.model_dump()
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Config.model_validate(data, strict=False)
+    except ValidationError as err:
+        raise ConfigError("\n".join(f"command line: {e['msg']}" for e in err.errors())) from err

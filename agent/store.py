@@ -1,0 +1,195 @@
+"""Recent history of every series, in fixed-size ring buffers.
+
+Ticks share one ring of timestamps; each series keeps one ``array('d')`` of values indexed by tick
+slot, i.e. 8 bytes per series per retained tick plus ~0.5 KiB of bookkeeping per series. A series
+that got no sample in a tick reads as a Prometheus staleness marker there (the series disappeared
+from its collector's output, or the collector failed), which is what Prometheus itself records when a
+series vanishes from a scrape. Series with no sample for a whole retention window are dropped.
+
+A collector's series is stale in a tick it did not appear in. Test loaders that need "no sample, but
+not stale" (promtool's ``_``) write :data:`ABSENT_NAN`, which readers skip.
+
+Writes happen on the sampling thread; readers (exporter, rule engine) run on the same thread or take
+:attr:`Store.lock`.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import threading
+from array import array
+from collections.abc import Iterable, Iterator
+
+from agent.metrics import Labels, Sample
+
+STALE_NAN = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
+ABSENT_NAN = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000003))[0]
+_STALE_BITS = 0x7FF0000000000002
+_ABSENT_BITS = 0x7FF0000000000003
+
+
+def is_stale(value: float) -> bool:
+    """True for the Prometheus staleness marker (a NaN with a specific payload)."""
+    return math.isnan(value) and struct.unpack("<Q", struct.pack("<d", value))[0] == _STALE_BITS
+
+
+def is_absent(value: float) -> bool:
+    """True for ABSENT_NAN: "no sample at this tick" without staleness (promtool's ``_``)."""
+    return math.isnan(value) and struct.unpack("<Q", struct.pack("<d", value))[0] == _ABSENT_BITS
+
+
+class Series:
+    """One series: its identity, a ring of values, and the last tick that wrote it."""
+
+    __slots__ = ("labels", "last_tick", "name", "prefix", "values")
+
+    def __init__(self, name: str, labels: Labels, capacity: int) -> None:
+        self.name = name
+        self.labels = labels
+        self.values = array("d", [STALE_NAN]) * capacity
+        self.last_tick = -1
+        self.prefix = ""  # exposition prefix ``name{l="v"} ``, filled by the exporter
+
+
+class Store:
+    """Ring buffers of recent samples for every series seen within ``retention`` seconds."""
+
+    def __init__(self, retention: float = 900.0, interval: float = 5.0) -> None:
+        if retention <= 0 or interval <= 0:
+            raise ValueError("retention and interval must be positive")
+        self.retention = float(retention)
+        self.interval = float(interval)
+        self.capacity = math.ceil(retention / interval) + 1
+        self._ts = array("d", [math.nan] * self.capacity)
+        self.tick = -1  # index of the newest tick (monotonic; slot = tick % capacity)
+        self.by_name: dict[str, dict[Labels, Series]] = {}
+        self.lock = threading.RLock()
+
+    # -- writing ---------------------------------------------------------------------------
+    def begin_tick(self, t: float) -> int:
+        """Open a new tick at wall-clock time ``t`` (seconds) and return its index."""
+        if self.tick >= 0 and t <= self._ts[self.tick % self.capacity]:
+            raise ValueError("tick timestamps must increase")
+        self.tick += 1
+        self._ts[self.tick % self.capacity] = t
+        return self.tick
+
+    def add(self, samples: Iterable[Sample]) -> None:
+        """Write samples into the current tick (call after :meth:`begin_tick`)."""
+        tick = self.tick
+        if tick < 0:
+            raise ValueError("add() before begin_tick()")
+        cap = self.capacity
+        slot = tick % cap
+        by_name = self.by_name
+        for name, labels, value in samples:
+            family = by_name.get(name)
+            if family is None:
+                family = by_name[name] = {}
+            series = family.get(labels)
+            if series is None:
+                series = family[labels] = Series(name, labels, cap)
+            last = series.last_tick
+            if last != tick - 1 and last != tick:
+                vals = series.values
+                # Mark the ticks this series missed as stale (at most one full ring).
+                for k in range(max(last + 1, tick - cap + 1), tick):
+                    vals[k % cap] = STALE_NAN
+            series.values[slot] = value
+            series.last_tick = tick
+
+    def gc(self) -> int:
+        """Drop series without a sample for a whole retention window; return how many."""
+        horizon = self.tick - self.capacity + 1
+        dropped = 0
+        for name in list(self.by_name):
+            family = self.by_name[name]
+            for labels in [k for k, s in family.items() if s.last_tick < horizon]:
+                del family[labels]
+                dropped += 1
+            if not family:
+                del self.by_name[name]
+        return dropped
+
+    # -- reading ---------------------------------------------------------------------------
+    @property
+    def now(self) -> float:
+        """Timestamp of the newest tick (NaN before the first)."""
+        return self._ts[self.tick % self.capacity] if self.tick >= 0 else math.nan
+
+    def series_count(self) -> int:
+        """Number of live series."""
+        return sum(len(f) for f in self.by_name.values())
+
+    def nbytes(self) -> int:
+        """Approximate memory held by the ring buffers and series bookkeeping."""
+        per_series = 8 * self.capacity + 480
+        return self.series_count() * per_series + 8 * self.capacity
+
+    def family(self, name: str) -> dict[Labels, Series]:
+        """All series of one metric name (empty dict when unknown)."""
+        return self.by_name.get(name, {})
+
+    def all_series(self) -> Iterator[Series]:
+        """Every live series."""
+        for family in self.by_name.values():
+            yield from family.values()
+
+    def latest(self, series: Series) -> float | None:
+        """The series' value in the newest tick, or None when it was not sampled then."""
+        if series.last_tick != self.tick:
+            return None
+        return series.values[self.tick % self.capacity]
+
+    def points(self, series: Series, start: float, end: float) -> list[tuple[float, float]]:
+        """Samples with ``start < t <= end``, oldest first, without stale markers or absent slots.
+
+        (Range vectors in Prometheus never contain staleness markers.)
+        """
+        out: list[tuple[float, float]] = []
+        if self.tick < 0:
+            return out
+        cap = self.capacity
+        ts = self._ts
+        first = max(0, self.tick - cap + 1)
+        k = self.tick  # walk back from the newest tick; ticks after last_tick read as stale
+        vals = series.values
+        last = series.last_tick
+        while k >= first:
+            t = ts[k % cap]
+            if t <= start:
+                break
+            if t <= end and k <= last:
+                v = vals[k % cap]
+                if v == v or not (is_stale(v) or is_absent(v)):
+                    out.append((t, v))
+            k -= 1
+        out.reverse()
+        return out
+
+    def instant(self, series: Series, t: float, lookback: float = 300.0) -> tuple[float, float] | None:
+        """Prometheus instant-vector lookup: the newest sample in ``(t - lookback, t]`` unless stale."""
+        cap = self.capacity
+        ts = self._ts
+        first = max(0, self.tick - cap + 1)
+        k = self.tick
+        last = series.last_tick
+        vals = series.values
+        while k >= first:
+            tk = ts[k % cap]
+            if tk <= t - lookback:
+                return None
+            if tk <= t:
+                if k > last:
+                    return None  # newest sample at or before t is a staleness marker
+                v = vals[k % cap]
+                if v != v:
+                    if is_stale(v):
+                        return None
+                    if is_absent(v):
+                        k -= 1
+                        continue
+                return tk, v
+            k -= 1
+        return None

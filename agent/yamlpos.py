@@ -1,0 +1,61 @@
+"""YAML loading that remembers where every key and value came from (ruamel.yaml round-trip nodes).
+
+Used by the config loader and the rule-file loader so errors read ``file:line:column: message``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from agent.errors import ConfigError
+
+
+def load(text: str, filename: str) -> Any:
+    """Parse YAML text into ruamel round-trip containers; syntax errors raise ConfigError with position."""
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    try:
+        return yaml.load(text)
+    except MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        msg = f"{filename}:{line}:{col}: YAML error: {err.problem or err.context}"
+        raise ConfigError(msg) from err
+    except Exception as err:  # ruamel raises a few non-marked errors (e.g. duplicate keys)
+        raise ConfigError(f"{filename}:1:1: YAML error: {err}") from err
+
+
+def position(root: Any, loc: Sequence[str | int], key: bool = False) -> tuple[int, int]:
+    """1-based (line, column) of the node at ``loc`` inside ``root``; the deepest known ancestor otherwise.
+
+    With ``key=True`` the position of the mapping key itself is returned (for unknown keys).
+    """
+    node = root
+    best = (1, 1)
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, CommentedMap) and part in node:
+            line, col = node.lc.key(part) if (key and last) else node.lc.value(part)
+            best = (line + 1, col + 1)
+            node = node[part]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+            line, col = node.lc.item(part)
+            best = (line + 1, col + 1)
+            node = node[part]
+        else:
+            break
+    return best
+
+
+def plain(node: Any) -> Any:
+    """Deep copy of ruamel containers as plain dicts and lists."""
+    if isinstance(node, dict):
+        return {str(k): plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [plain(v) for v in node]
+    return node
