@@ -202,6 +202,7 @@ class GpuCollector:
         self._by_handle: dict[Any, _Gpu] = {}
         self._by_bus: dict[str, _Gpu] = {}
         self._ready = False
+        self._hung = False
         self._reason = "not started"
         self._retry_at = 0.0
         self._driver_labels: Labels = ()
@@ -240,7 +241,7 @@ class GpuCollector:
 
     def describe(self) -> str:
         """One line: why there are no GPU rows (empty when GPUs are being reported)."""
-        if self._ready and self._gpus:
+        if self._ready and self._gpus and not self._hung:
             return ""
         return self._reason
 
@@ -270,11 +271,13 @@ class GpuCollector:
             self._ready = False
             self._reason = str(err)
             raise NoData(self._reason) from err
+        self._hung = False
         self._drain_xids(now)
         self._tail(out, hung=0.0)
         return out
 
     def _hung_samples(self, partial: list[Sample]) -> list[Sample]:
+        self._hung = True
         self._drain_xids(self._clock())
         self._tail(partial, hung=1.0)
         return partial
