@@ -20,13 +20,16 @@ from agent.errors import CollectorError
 from agent.metrics import catalogue
 from agent.paths import Paths
 
-NET_DEV = """\
-Inter-|   Receive                                                |  Transmit
- face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
-    lo:    3193      29    0    0    0     0          0         0     3193      29    0    0    0     0       0          0
-  eth0: 264599065    7135    1    2    0     0          0         3   498957    4491    4    5    0     0       0          0
-ib0:18446744073709551615 7 0 0 0 0 0 0 9 8 0 0 0 0 0 0
-"""
+NET_DEV = (
+    "Inter-|   Receive                                                |  Transmit\n"
+    " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls "
+    "carrier compressed\n"
+    "    lo:    3193      29    0    0    0     0          0         0     3193      29    0    0    0     0       0"
+    "          0\n"
+    "  eth0: 264599065    7135    1    2    0     0          0         3   498957    4491    4    5    0     0       0"
+    "          0\n"
+    "ib0:18446744073709551615 7 0 0 0 0 0 0 9 8 0 0 0 0 0 0\n"
+)
 
 SNMP = """\
 Ip: Forwarding DefaultTTL InReceives

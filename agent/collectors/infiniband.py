@@ -10,6 +10,7 @@ rounds, or at once when a port's ``state`` file can no longer be read.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 from agent.collectors.common import DeviceFilter, Reader, read_attr
@@ -144,6 +145,21 @@ def parse_rate(text: str) -> int:
     return int(float(parts[0]) * 125_000_000)
 
 
+def _parsed(parse: Callable[[str], int], data: bytes) -> int | None:
+    try:
+        return parse(data.decode("ascii", "replace"))
+    except ValueError:
+        return None
+
+
+def _read_parsed(read: Reader, path: str, parse: Callable[[str], int]) -> int | None:
+    try:
+        data = read(path)
+    except OSError:
+        return None
+    return _parsed(parse, data)
+
+
 class _Port(NamedTuple):
     labels: Labels
     state: str
@@ -242,22 +258,17 @@ class InfinibandCollector:
         for port in self._ports or ():
             labels = port.labels
             try:
-                out.append(Sample(STATE, labels, float(parse_state(read(port.state).decode("ascii", "replace")))))
+                state = read(port.state)
             except OSError:
                 self._ports = None  # port or device went away: list again next round
                 continue
-            except ValueError:
-                pass
-            try:
-                out.append(
-                    Sample(PHYS_STATE, labels, float(parse_state(read(port.phys_state).decode("ascii", "replace"))))
-                )
-            except (OSError, ValueError):
-                pass
-            try:
-                out.append(Sample(RATE, labels, float(parse_rate(read(port.rate).decode("ascii", "replace")))))
-            except (OSError, ValueError):
-                pass
+            for name, value in (
+                (STATE, _parsed(parse_state, state)),
+                (PHYS_STATE, _read_parsed(read, port.phys_state, parse_state)),
+                (RATE, _read_parsed(read, port.rate, parse_rate)),
+            ):
+                if value is not None:
+                    out.append(Sample(name, labels, float(value)))
             for path, name, mult in port.counters:
                 try:
                     value = int(read(path))  # "N/A (no PMA)" -> ValueError

@@ -7,6 +7,7 @@ counters per device, ``node_network_up`` (operstate "up"), carrier changes and l
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from agent.collectors.common import DeviceFilter, Reader, read_all, read_attr
 from agent.config import NetworkConfig
@@ -58,6 +59,14 @@ def parse_speed(text: str | bytes) -> int | None:
     """``/sys/class/net/*/speed`` (Mbit/s) to bytes/s; None for -1 (unknown). ValueError when garbled."""
     mbits = int(text)
     return None if mbits < 0 else mbits * 125_000
+
+
+def _read_parsed(read: Reader, path: str, parse: Callable[[bytes], int | None]) -> int | None:
+    """``parse(read(path))``, or None when the file cannot be read or parsed."""
+    try:
+        return parse(read(path))
+    except (OSError, ValueError):
+        return None
 
 
 class NetworkCollector:
@@ -146,13 +155,9 @@ class NetworkCollector:
                 self._sys = None  # the device went away: list again next round
                 continue
             out.append(Sample(UP, labels, 1.0 if up else 0.0))
-            try:
-                out.append(Sample(CARRIER_CHANGES, labels, float(int(read(carrier)))))
-            except (OSError, ValueError):
-                pass
-            try:
-                bytes_per_s = parse_speed(read(speed))  # EINVAL while the link is down
-            except (OSError, ValueError):
-                bytes_per_s = None
+            changes = _read_parsed(read, carrier, int)
+            if changes is not None:
+                out.append(Sample(CARRIER_CHANGES, labels, float(changes)))
+            bytes_per_s = _read_parsed(read, speed, parse_speed)  # EINVAL while the link is down
             if bytes_per_s is not None:
                 out.append(Sample(SPEED, labels, float(bytes_per_s)))
