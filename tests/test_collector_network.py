@@ -179,6 +179,7 @@ def test_explicit_exclude_replaces_the_default(tree: Path) -> None:
     samples = NetworkCollector(NetworkConfig(device_exclude="ens[1-7]f0np0"), tree_paths(tree)).collect()
     assert devices(samples, "node_network_receive_bytes_total") == {"lo", "ens8f0np0"}
     assert devices(samples, "node_network_up") == {"lo", "ens8f0np0"}
+    assert series(samples)[("node_network_up", frozenset({("device", "lo")}))] == 0.0  # operstate "unknown"
 
 
 # --- failures and changes ------------------------------------------------------------------------------
