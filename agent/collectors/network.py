@@ -79,7 +79,6 @@ class NetworkCollector:
         self, config: NetworkConfig, paths: Paths, *, read: Reader = read_attr, relist_every: int = 12, **_deps: object
     ) -> None:
         self.name = NAME
-        self._paths = paths
         self._read = read
         self._relist_every = max(1, relist_every)
         self._wanted = DeviceFilter(config.device_include, config.device_exclude, DEFAULT_EXCLUDE)
