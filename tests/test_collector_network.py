@@ -254,3 +254,16 @@ def test_runs_on_this_machine() -> None:
         "node_netstat_Tcp_RetransSegs",
         "node_netstat_Tcp_OutSegs",
     }
+
+
+def test_exposition_parser_used_by_the_oracles() -> None:
+    text = (
+        "# HELP a_total A.\n# TYPE a_total counter\n"
+        'a_total{device="x\\"y",path="C:\\\\n\\n",odd="\x1c"} 1.5e+07 1700000000000\n'
+        "b NaN\nc{} +Inf\n"
+    )
+    got = parse_exposition(text)
+    assert got[("a_total", frozenset({("device", 'x"y'), ("path", "C:\\n\n"), ("odd", "\x1c")}))] == 1.5e7
+    assert got[("c", frozenset())] == float("inf")
+    assert got[("b", frozenset())] != got[("b", frozenset())]  # NaN
+    assert parse_types(text) == {"a_total": "counter"}
