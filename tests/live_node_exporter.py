@@ -7,7 +7,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import free_port, require_binary
+from tests.conftest import free_port, require_binary
 
 
 def scrape_node_exporter(procfs: Path, sysfs: Path, flags: list[str], timeout: float = 15.0) -> str:

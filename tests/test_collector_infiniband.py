@@ -8,9 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from expo import parse_exposition
-from live_node_exporter import scrape_node_exporter
-from trees import build_scaled_tree
 
 from agent.collectors.common import read_attr
 from agent.collectors.infiniband import InfinibandCollector, parse_rate, parse_state
@@ -18,6 +15,9 @@ from agent.config import InfinibandConfig
 from agent.errors import NoData
 from agent.metrics import catalogue
 from agent.paths import Paths
+from tests.expo import parse_exposition
+from tests.live_node_exporter import scrape_node_exporter
+from tests.trees import build_scaled_tree
 
 # counter file -> (metric, multiplier), spelled out here independently of the collector's table
 EXPECTED_COUNTERS = {

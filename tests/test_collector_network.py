@@ -8,9 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from expo import parse_exposition, parse_types
-from live_node_exporter import scrape_node_exporter
-from trees import build_scaled_tree
 
 from agent.collectors.common import read_attr
 from agent.collectors.netstat import NetstatCollector, parse_snmp
@@ -19,6 +16,9 @@ from agent.config import NetstatConfig, NetworkConfig
 from agent.errors import CollectorError
 from agent.metrics import catalogue
 from agent.paths import Paths
+from tests.expo import parse_exposition, parse_types
+from tests.live_node_exporter import scrape_node_exporter
+from tests.trees import build_scaled_tree
 
 NET_DEV = (
     "Inter-|   Receive                                                |  Transmit\n"

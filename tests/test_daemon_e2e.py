@@ -17,17 +17,24 @@ import pytest
 
 from tests.agentproc import NODEWARDEN, AgentProcess, fixture_config, sample_value, wait_for, write_yaml
 from tests.conftest import free_port, require_binary
+from tests.trees import build_scaled_tree
 
 PLUGINS = Path(__file__).parent / "plugins"
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A big node's /proc and /sys (16 disks, 8 NICs, 8 IB ports)."""
+    return build_scaled_tree(tmp_path / "tree")
 
 # Names we keep verbatim from node_exporter for dashboard compatibility; promtool's camelCase lint flags them
 # exactly as it flags node_exporter's own output. Every other lint finding fails the test.
 INHERITED_CAMELCASE = {"node_netstat_Tcp_RetransSegs", "node_netstat_Tcp_OutSegs"}
 
 
-def test_real_prometheus_scrapes_agent(tmp_path, node_exporter_fixtures):
+def test_real_prometheus_scrapes_agent(tmp_path, tree):
     prometheus = require_binary("prometheus")
-    with AgentProcess(tmp_path, fixture_config(node_exporter_fixtures)) as agent:
+    with AgentProcess(tmp_path, fixture_config(tree)) as agent:
         prom_port = free_port()
         prom_cfg = write_yaml(tmp_path / "prometheus.yml", {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -51,7 +58,7 @@ def test_real_prometheus_scrapes_agent(tmp_path, node_exporter_fixtures):
             rx = wait_for(lambda: query("node_network_receive_bytes_total"), timeout=60,
                           what="node_network_receive_bytes_total in Prometheus")
             devices = {r["metric"]["device"] for r in rx}
-            assert {"eth0", "bond0"} <= devices, devices
+            assert {f"ens{i}f0np0" for i in range(1, 9)} <= devices and "lo" not in devices, devices
             for r in rx:
                 assert r["metric"]["job"] == "nodewarden"
                 assert r["metric"]["instance"] == f"127.0.0.1:{agent.port}"
@@ -68,9 +75,9 @@ def test_real_prometheus_scrapes_agent(tmp_path, node_exporter_fixtures):
             prom_log.close()
 
 
-def test_promtool_check_metrics_is_clean(tmp_path, node_exporter_fixtures):
+def test_promtool_check_metrics_is_clean(tmp_path, tree):
     promtool = require_binary("promtool")
-    with AgentProcess(tmp_path, fixture_config(node_exporter_fixtures)) as agent:
+    with AgentProcess(tmp_path, fixture_config(tree)) as agent:
         body = agent.metrics()
     assert "node_disk_reads_completed_total" in body
     res = subprocess.run([promtool, "check", "metrics"], input=body.encode(), capture_output=True, timeout=30)
@@ -81,8 +88,8 @@ def test_promtool_check_metrics_is_clean(tmp_path, node_exporter_fixtures):
         assert "camelCase" in f
 
 
-def test_healthz_index_and_read_only(tmp_path, node_exporter_fixtures):
-    with AgentProcess(tmp_path, fixture_config(node_exporter_fixtures)) as agent:
+def test_healthz_index_and_read_only(tmp_path, tree):
+    with AgentProcess(tmp_path, fixture_config(tree)) as agent:
         status, body = agent.get("/healthz")
         assert status == 200 and body.startswith(b"ok")
         status, body = agent.get("/")
@@ -99,8 +106,8 @@ def test_healthz_index_and_read_only(tmp_path, node_exporter_fixtures):
             assert b"nodewarden_build_info" in gzip.decompress(resp.read())
 
 
-def test_sighup_with_broken_config_keeps_serving_and_sigterm_exits_0(tmp_path, node_exporter_fixtures):
-    agent = AgentProcess(tmp_path, fixture_config(node_exporter_fixtures)).start()
+def test_sighup_with_broken_config_keeps_serving_and_sigterm_exits_0(tmp_path, tree):
+    agent = AgentProcess(tmp_path, fixture_config(tree)).start()
     try:
         assert sample_value(agent.metrics(), "nodewarden_config_last_reload_successful") == 1
         good = agent.config_path.read_text()
@@ -109,12 +116,12 @@ def test_sighup_with_broken_config_keeps_serving_and_sigterm_exits_0(tmp_path, n
         wait_for(lambda: sample_value(agent.metrics(), "nodewarden_config_last_reload_successful") == 0,
                  what="reload failure reported")
         assert "reload_failed" in agent.log() and "bogus_key" in agent.log()
-        assert sample_value(agent.metrics(), "node_disk_reads_completed_total", device="sda") is not None
+        assert sample_value(agent.metrics(), "node_disk_reads_completed_total", device="nvme0n1") is not None
         t1 = sample_value(agent.metrics(), "nodewarden_last_tick_timestamp_seconds")
         wait_for(lambda: sample_value(agent.metrics(), "nodewarden_last_tick_timestamp_seconds") > t1,
                  what="ticks continue after failed reload")
         # Fix the file and reload with a change that shows: network no longer exported.
-        cfg = fixture_config(node_exporter_fixtures)
+        cfg = fixture_config(tree)
         cfg["collectors"]["network"] = {"export": False}
         write_yaml(agent.config_path, cfg)
         agent.signal(signal.SIGHUP)
@@ -163,10 +170,10 @@ def _drain(sock: socket.socket, until: str, timeout: float = 15.0) -> list[str]:
     raise AssertionError(f"{until} not received; got {got}")
 
 
-def test_sd_notify_ready_watchdog_reload_stopping(tmp_path, node_exporter_fixtures):
+def test_sd_notify_ready_watchdog_reload_stopping(tmp_path, tree):
     sock = _notify_socket(tmp_path)
     env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "2000000"}
-    agent = AgentProcess(tmp_path, fixture_config(node_exporter_fixtures), env=env).start(wait=False)
+    agent = AgentProcess(tmp_path, fixture_config(tree), env=env).start(wait=False)
     try:
         msgs = _drain(sock, "READY=1")
         assert not any(m.startswith("WATCHDOG") for m in msgs[: msgs.index("READY=1")])
@@ -183,7 +190,7 @@ def test_sd_notify_ready_watchdog_reload_stopping(tmp_path, node_exporter_fixtur
         sock.close()
 
 
-def test_hung_collector_does_not_stop_others_nor_metrics(tmp_path, node_exporter_fixtures):
+def test_hung_collector_does_not_stop_others_nor_metrics(tmp_path, tree):
     site = tmp_path / "site"
     site.mkdir()
     import sys
@@ -197,7 +204,7 @@ def test_hung_collector_does_not_stop_others_nor_metrics(tmp_path, node_exporter
     flag = tmp_path / "hang.flag"
     env = {"PYTHONPATH": os.pathsep.join([str(site), str(PLUGINS), os.environ.get("PYTHONPATH", "")]),
            "NW_HANG_FILE": str(flag)}
-    cfg = fixture_config(node_exporter_fixtures)
+    cfg = fixture_config(tree)
     cfg["collectors"]["hang"] = {"timeout": "300ms"}
     with AgentProcess(tmp_path, cfg, env=env) as agent:
         wait_for(lambda: sample_value(agent.metrics(), "nwtest_hang_calls_total") is not None, what="plugin sample")
@@ -228,12 +235,12 @@ def _threads(pid: int) -> int:
     raise AssertionError("no Threads line")
 
 
-def test_sample_prints_table_and_json(tmp_path, node_exporter_fixtures):
-    cfg = write_yaml(tmp_path / "c.yml", fixture_config(node_exporter_fixtures))
+def test_sample_prints_table_and_json(tmp_path, tree):
+    cfg = write_yaml(tmp_path / "c.yml", fixture_config(tree))
     res = subprocess.run([*NODEWARDEN, "sample", "--config", str(cfg)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert re.search(r"^network\s+node_network_receive_bytes_total\s+device=\"eth0\"\s+\d+", res.stdout, re.M)
+    assert re.search(r"^network\s+node_network_receive_bytes_total\s+device=\"ens1f0np0\"\s+\d+", res.stdout, re.M)
     assert re.search(r"^disk: ok, \d+ samples", res.stdout, re.M)
     res = subprocess.run([*NODEWARDEN, "sample", "--json", "--config", str(cfg),
                           "--collector", "netstat"], capture_output=True, text=True, timeout=60)
