@@ -1,0 +1,1 @@
+"""Collectors: one subsystem each, registered through the ``nodewarden.collectors`` entry points."""
