@@ -71,3 +71,8 @@ def parse_types(text: str) -> dict[str, str]:
         if len(parts) == 4 and parts[:2] == ["#", "TYPE"]:
             out[parts[2]] = parts[3]
     return out
+
+
+def sample_key(name: str, labels: tuple[tuple[str, str], ...]) -> SeriesKey:
+    """The key :func:`parse_exposition` uses, for one of our Samples."""
+    return (name, frozenset(labels))
