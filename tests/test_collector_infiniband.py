@@ -16,7 +16,7 @@ from agent.errors import NoData
 from agent.metrics import catalogue
 from agent.paths import Paths
 from tests.expo import parse_exposition
-from tests.live_node_exporter import scrape_node_exporter
+from tests.nodeexp import scrape_node_exporter
 from tests.trees import build_scaled_tree
 
 # counter file -> (metric, multiplier), spelled out here independently of the collector's table
@@ -107,7 +107,7 @@ def test_matches_node_exporter_e2e_output(node_exporter_fixtures: Path) -> None:
 
 def test_matches_live_node_exporter(tmp_path: Path) -> None:
     tree = build_scaled_tree(tmp_path / "tree", disks=1, nics=1, ib_ports=8)
-    theirs = parse_exposition(scrape_node_exporter(tree / "proc", tree / "sys", ["--collector.infiniband"]))
+    theirs = parse_exposition(scrape_node_exporter(*_only(tree), "--collector.infiniband"))
     collector = InfinibandCollector(InfinibandConfig(), Paths(sysfs=str(tree / "sys")))
     ours = series(collector.collect())
     shared = {k for k in ours if k[0] in {name for name, _ in theirs}}
@@ -225,3 +225,8 @@ def test_catalogue_covers_every_emitted_series(tmp_path: Path) -> None:
     assert set(specs) - {s.name for s in samples} == {"node_infiniband_port_discards_received_total"}
     assert len({s.labels for s in samples if s.name == "node_infiniband_state_id"}) == 8
     assert collector.name == InfinibandCollector.NAME == "infiniband"
+
+
+def _only(tree: Path) -> list[str]:
+    """node_exporter flags: read ``tree`` and run only the collectors named after these."""
+    return [f"--path.procfs={tree / 'proc'}", f"--path.sysfs={tree / 'sys'}", "--collector.disable-defaults"]

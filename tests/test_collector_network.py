@@ -17,7 +17,7 @@ from agent.errors import CollectorError
 from agent.metrics import catalogue
 from agent.paths import Paths
 from tests.expo import parse_exposition, parse_types
-from tests.live_node_exporter import scrape_node_exporter
+from tests.nodeexp import scrape_node_exporter
 from tests.trees import build_scaled_tree
 
 NET_DEV = (
@@ -137,7 +137,7 @@ def test_netstat_matches_node_exporter_e2e_output(node_exporter_fixtures: Path) 
 
 def test_network_matches_live_node_exporter(tree: Path) -> None:
     flags = ["--collector.netdev", "--no-collector.netdev.netlink", "--collector.netclass", "--collector.netstat"]
-    theirs = parse_exposition(scrape_node_exporter(tree / "proc", tree / "sys", flags))
+    theirs = parse_exposition(scrape_node_exporter(*_only(tree), *flags))
     paths = tree_paths(tree)
     ours = series(NetworkCollector(NetworkConfig(), paths).collect()) | series(
         NetstatCollector(NetstatConfig(), paths).collect()
@@ -267,3 +267,8 @@ def test_exposition_parser_used_by_the_oracles() -> None:
     assert got[("c", frozenset())] == float("inf")
     assert got[("b", frozenset())] != got[("b", frozenset())]  # NaN
     assert parse_types(text) == {"a_total": "counter"}
+
+
+def _only(tree: Path) -> list[str]:
+    """node_exporter flags: read ``tree`` and run only the collectors named after these."""
+    return [f"--path.procfs={tree / 'proc'}", f"--path.sysfs={tree / 'sys'}", "--collector.disable-defaults"]
