@@ -414,3 +414,15 @@ def test_scenario_errors_name_file_line_column(tmp_path):
     assert any(p.startswith(f"{path}:7:") and "not a valid duration" in p for p in problems), problems
     with pytest.raises(ConfigError, match="unknown scenario 'nope'"):
         simulate.load("nope")
+
+
+def test_docs_scenario_example_is_valid():
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "gpu.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", doc, re.S).group(1)
+    sc = simulate.load_text(example, "docs/gpu.md")
+    assert sc.gpu_count == 8 and sc.devices[4].pci_bus_id == "00000000:9B:00.0"
+    fake = FakeNvml(sc, Clock())
+    fake.nvmlInit()
+    assert fake.nvmlDeviceGetCount() == 8

@@ -209,7 +209,7 @@ class GpuCollector:
         self.unsupported: dict[str, list[str]] = {}
         self.processes: dict[int, list[tuple[int, int]]] = {}  # gpu index -> [(pid, used bytes)]
         # XID bookkeeping (events arrive from threads; counted on the collect() thread).
-        self._inbox: deque[tuple[str, Any, int, float]] = deque()
+        self._inbox: deque[tuple[str, Any, int, float]] = deque(maxlen=10_000)
         self._dedup = xidlib.Dedup(getattr(config, "xid_dedup_window", 10.0))
         self._xid_counts: dict[Labels, float] = {}
         self._xid_seen: dict[str, float] = {"nvml": 0.0, "kmsg": 0.0}
@@ -237,6 +237,10 @@ class GpuCollector:
             if t is not None:
                 t.join(timeout=1.0)
         if self.nvml is not None:
+            if self._ready:  # under the deadline like every call; a wedged driver cannot block shutdown
+                with contextlib.suppress(Exception):
+                    self.nvml.run(self.nvml.nv.nvmlShutdown)
+                self._ready = False
             self.nvml.close()
 
     def describe(self) -> str:
@@ -514,9 +518,10 @@ class GpuCollector:
             ret = fv.nvmlReturn
             if ret == 0:
                 name, scale = g.field_specs[k]
-                v = getattr(fv.value, _VALUE_ATTR[fv.valueType])
+                vt = fv.valueType
+                v = getattr(fv.value, _VALUE_ATTR[vt] if 0 <= vt < len(_VALUE_ATTR) else "ullVal")
                 out.append(Sample(name, L, float(v) * scale if scale != 1.0 else float(v)))
-            elif ret == 3:  # NOT_SUPPORTED: drop the field for good
+            elif ret in (2, 3):  # INVALID_ARGUMENT (field unknown to this driver) / NOT_SUPPORTED: drop for good
                 drop = drop or []
                 drop.append(k)
             elif ret == 15:
