@@ -426,3 +426,34 @@ def test_docs_scenario_example_is_valid():
     fake = FakeNvml(sc, Clock())
     fake.nvmlInit()
     assert fake.nvmlDeviceGetCount() == 8
+
+
+def test_bad_scenario_fails_at_construction():
+    with pytest.raises(ConfigError, match="unknown scenario 'nope'"):
+        GpuCollector(GpuConfig(simulate="nope"), Paths(), "n")
+
+
+def test_caller_bounds_abandoned_workers_and_recovers():
+    from agent.collectors.nvml import Caller, NvmlHung
+
+    caller = Caller(timeout=0.05, max_abandoned=3, name="t-caller")
+    gate = threading.Event()
+    try:
+        assert caller.run(lambda x: x + 1, 1) == 2
+        for _ in range(3):
+            with pytest.raises(NvmlHung):
+                caller.run(gate.wait)
+        assert caller.abandoned == 3
+        before = threading.active_count()
+        for _ in range(5):  # refused without a new thread
+            with pytest.raises(NvmlHung, match="still hung"):
+                caller.run(lambda: 1)
+        assert threading.active_count() == before
+        gate.set()  # the driver answers: stuck workers return and exit
+        assert wait_for(lambda: caller.abandoned == 0)
+        with pytest.raises(ZeroDivisionError):  # errors cross the boundary as themselves
+            caller.run(lambda: 1 / 0)
+        assert caller.run(lambda: "ok") == "ok"
+    finally:
+        gate.set()
+        caller.close()

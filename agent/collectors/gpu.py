@@ -23,7 +23,15 @@ from typing import Any
 import structlog
 
 from agent import xid as xidlib
-from agent.collectors.nvml import UNSUPPORTED, GpuLost, Nvml, NvmlHung, NvmlUnavailable, load_module
+from agent.collectors.nvml import (
+    UNSUPPORTED,
+    GpuLost,
+    Nvml,
+    NvmlHung,
+    NvmlUnavailable,
+    load_module,
+    unavailable_reason,
+)
 from agent.errors import CollectorError, NoData
 from agent.metrics import Labels, MetricSpec, Sample
 from agent.paths import Paths
@@ -196,7 +204,10 @@ class GpuCollector:
         self.paths = paths
         self.hostname = hostname or socket.gethostname()
         self._clock = clock
+        # A simulation scenario is loaded now, so a bad one fails at start with its file:line (ConfigError).
         self._module = nvml_module
+        if self._module is None and getattr(config, "simulate", None):
+            self._module = load_module(config.simulate, clock)
         self.nvml: Nvml | None = None
         self._gpus: list[_Gpu] = []
         self._by_handle: dict[Any, _Gpu] = {}
@@ -315,7 +326,7 @@ class GpuCollector:
         self.nvml.run(self._discover)
         self._ready = True
         self._reason = "" if self._gpus else "no NVIDIA GPUs found by NVML"
-        if self._event_thread is None and self._gpus:
+        if self._gpus and (self._event_thread is None or not self._event_thread.is_alive()):
             self._event_thread = threading.Thread(target=self._event_loop, name="gpu-xid-events", daemon=True)
             self._event_thread.start()
 
@@ -326,8 +337,6 @@ class GpuCollector:
         try:
             nv.nvmlInit()
         except nv.NVMLError as err:
-            from agent.collectors.nvml import unavailable_reason
-
             raise NvmlUnavailable(unavailable_reason(nvml.code(err) or 0)) from err
         get = nvml.get
         driver = _text(get(nv.nvmlSystemGetDriverVersion))
