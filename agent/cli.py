@@ -18,6 +18,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("run",): "agent.commands.run",
     ("sample",): "agent.commands.sample",
     ("check", "config"): "agent.commands.check_config",
+    ("status",): "agent.commands.status",
 }
 
 GROUP_HELP = {
