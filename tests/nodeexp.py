@@ -7,7 +7,7 @@ import tempfile
 import time
 import urllib.request
 
-from conftest import free_port, require_binary
+from tests.conftest import free_port, require_binary
 
 
 def scrape_node_exporter(*flags: str, timeout: float = 15.0) -> str:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from expo import parse_exposition, sample_key
-from nodeexp import scrape_node_exporter
 
 from agent.collectors.disk import DEFAULT_DEVICE_EXCLUDE, DiskCollector, DiskStats, parse_diskstats
 from agent.config import DiskConfig
 from agent.errors import CollectorError, NoData
 from agent.metrics import Collector
 from agent.paths import Paths
+from tests.expo import parse_exposition, sample_key
+from tests.nodeexp import scrape_node_exporter
 
 FAMILIES = {spec.name for spec in DiskCollector.metrics}
 

@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
-from expo import parse_exposition, sample_key
-from nodeexp import scrape_node_exporter
 
 from agent.collectors.filesystem import FilesystemCollector, Mount, parse_mountinfo
 from agent.config import FilesystemConfig
 from agent.errors import CollectorError, NoData
 from agent.metrics import Collector
 from agent.paths import Paths
+from tests.expo import parse_exposition, sample_key
+from tests.nodeexp import scrape_node_exporter
 
 FAMILIES = {spec.name for spec in FilesystemCollector.metrics}
 
