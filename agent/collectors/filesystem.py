@@ -22,12 +22,15 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import structlog
+
 from agent.config import FilesystemConfig
 from agent.errors import CollectorError, NoData
 from agent.metrics import Labels, MetricSpec, Sample
 from agent.paths import Paths
 
 NAME = "filesystem"
+log = structlog.get_logger(NAME)
 
 # node_exporter's defaults (``^/(...)($|/)`` searched) rewritten for full-match semantics.
 DEFAULT_MOUNT_POINTS_EXCLUDE = (
@@ -311,15 +314,17 @@ class StatRunner:
                     return job.pos
                 left = self._timeout if job.started is None else job.started + self._timeout - time.monotonic()
                 if left <= 0:
-                    hung = paths[job.pos]
+                    hung, resume = paths[job.pos], job.pos + 1
                     self._stuck.add(hung)
                     results[hung] = None
                     w.abandoned = True
                     if self._worker is w:
                         self._worker = None
-                    return job.pos + 1
+                    break
             if job.finished.acquire(timeout=left):
                 return len(paths)
+        log.warning("statvfs_timeout", path=hung, timeout=self._timeout, action="not stat'ed again until it returns")
+        return resume
 
     def _work(self, w: _Worker) -> None:
         lock, statvfs = self._lock, self._statvfs
@@ -344,13 +349,20 @@ class StatRunner:
                 except Exception as err:  # any failure is this mount's device_error
                     result = err
                 with lock:
-                    if w.abandoned:  # the round gave up on this call: unmark and go away
-                        self._stuck.discard(path)
-                        return
-                    job.results[path] = result
-                    job.pos += 1
-                    if job.pos == len(job.paths):
+                    if not w.abandoned:
+                        job.results[path] = result
+                        job.pos += 1
+                        if job.pos < len(job.paths):
+                            job.started = time.monotonic()
+                            continue
                         w.busy = False
-                        break
-                    job.started = time.monotonic()
-            job.finished.release()
+                        w.exited = self._worker is not w  # replaced while busy: don't linger idle
+                if w.abandoned:  # the round gave up on this call: unmark the path and go away
+                    log.info("statvfs_returned", path=path, note="stuck mount will be stat'ed again")
+                    with lock:
+                        self._stuck.discard(path)
+                    return
+                job.finished.release()
+                if w.exited:
+                    return
+                break
