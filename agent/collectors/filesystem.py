@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import structlog
 
+from agent.collectors.common import DeviceFilter
 from agent.config import FilesystemConfig
 from agent.errors import CollectorError, NoData
 from agent.metrics import Labels, MetricSpec, Sample
@@ -138,8 +139,8 @@ class FilesystemCollector:
         self.name = NAME
         self._paths = paths
         self._sources = (paths.proc("1", "mountinfo"), paths.proc("self", "mountinfo"))
-        self._mp = _Filter(config.mount_points_include, config.mount_points_exclude, DEFAULT_MOUNT_POINTS_EXCLUDE)
-        self._fs = _Filter(config.fs_types_include, config.fs_types_exclude, DEFAULT_FS_TYPES_EXCLUDE)
+        self._mp = DeviceFilter(config.mount_points_include, config.mount_points_exclude, DEFAULT_MOUNT_POINTS_EXCLUDE)
+        self._fs = DeviceFilter(config.fs_types_include, config.fs_types_exclude, DEFAULT_FS_TYPES_EXCLUDE)
         self._stat = StatRunner(statvfs, config.stat_timeout)
         self._last_text: str | None = None
         self._targets: list[_Target] = []
@@ -217,21 +218,6 @@ class FilesystemCollector:
             append(Sample(FILES.name, labels, float(r.f_files)))
             append(Sample(FILES_FREE.name, labels, float(r.f_ffree)))
         return out
-
-
-class _Filter:
-    """Fully anchored include/exclude; the default exclude applies only when neither is given."""
-
-    def __init__(self, include: str | None, exclude: str | None, default_exclude: str) -> None:
-        if include is None and exclude is None:
-            exclude = default_exclude
-        self._include = re.compile(include) if include is not None else None
-        self._exclude = re.compile(exclude) if exclude is not None else None
-
-    def __call__(self, value: str) -> bool:
-        return (self._include is None or self._include.fullmatch(value) is not None) and (
-            self._exclude is None or self._exclude.fullmatch(value) is None
-        )
 
 
 class _Job:
