@@ -19,6 +19,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("sample",): "agent.commands.sample",
     ("check", "config"): "agent.commands.check_config",
     ("simulate",): "agent.commands.simulate",
+    ("status",): "agent.commands.status",
 }
 
 GROUP_HELP = {

@@ -74,7 +74,7 @@ class FilesystemConfig(CollectorConfig):
     mount_points_exclude: Regex | None = None
     fs_types_include: Regex | None = None
     fs_types_exclude: Regex | None = None
-    stat_timeout: Duration = 1.0
+    stat_timeout: Duration = Field(1.0, gt=0, description="deadline for one statfs() call")
 
 
 class NetworkConfig(DeviceFilterConfig):

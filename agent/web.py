@@ -8,7 +8,9 @@ endpoint can be secured exactly the way SREs already secure node_exporter.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -143,8 +145,6 @@ class Server:
         self.httpd = ThreadingHTTPServer((host, port), handler, bind_and_activate=False)
         self.httpd.daemon_threads = True
         if ":" in host:
-            import socket
-
             self.httpd.address_family = socket.AF_INET6
             self.httpd.socket = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         self.httpd.allow_reuse_address = True
@@ -177,15 +177,22 @@ def _make_handler(server: Server) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
+        def setup(self) -> None:
+            super().setup()
+            with contextlib.suppress(OSError):
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
         def _send(self, status: int, ctype: str, body: bytes, extra: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             for k, v in {**server.web.http_server_config.headers, **(extra or {})}.items():
                 self.send_header(k, v)
-            self.end_headers()
+            # Headers and body in one write: two small writes meet Nagle + delayed ACK (~40 ms per scrape).
+            self._headers_buffer.append(b"\r\n")
             if self.command != "HEAD":
-                self.wfile.write(body)
+                self._headers_buffer.append(body)
+            self.flush_headers()
 
         def _authorized(self) -> bool:
             if server.auth is None or server.auth.check(self.headers.get("Authorization")):
