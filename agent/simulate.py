@@ -88,7 +88,7 @@ HANGABLE = frozenset(
 
 MIG_PROFILES: dict[str, tuple[int, int]] = {  # H100 80GB: profile -> (slices, MiB)
     "1g.10gb": (1, 9856),
-    "1g.20gb": (2, 19968),
+    "1g.20gb": (1, 19968),
     "2g.20gb": (2, 19968),
     "3g.40gb": (3, 40192),
     "4g.40gb": (4, 40192),

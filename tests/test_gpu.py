@@ -457,3 +457,28 @@ def test_caller_bounds_abandoned_workers_and_recovers():
     finally:
         gate.set()
         caller.close()
+
+
+def test_mig_profile_name_fallback():
+    from agent.collectors.gpu import mig_profile_name
+
+    for profile, (slices, mib) in simulate.MIG_PROFILES.items():
+        assert mig_profile_name(slices, mib) == profile
+    assert mig_profile_name(1, 4864) == "1g.5gb"  # A100 40GB
+
+
+def test_fake_matches_real_pynvml_for_every_name_the_collector_uses():
+    """Guards against drift: every NVML name gpu.py uses exists in pynvml, and the fake implements it."""
+    import re
+
+    import pynvml
+
+    from agent.collectors import gpu
+
+    source = Path(gpu.__file__).read_text()
+    names = set(re.findall(r"\bnv\.((?:nvml|NVML_)\w+)", source))
+    assert len(names) > 20
+    for name in sorted(names):
+        assert hasattr(pynvml, name), name
+        if callable(getattr(pynvml, name)) and name.startswith("nvml"):
+            assert name in vars(FakeNvml), f"fake NVML lacks {name}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import select
 import socket
@@ -390,6 +391,10 @@ class GpuCollector:
                 pinfo = get(nv.nvmlDeviceGetGpuInstanceProfileInfoById, g.handle, info.profileId)
                 if pinfo is not None and pinfo is not UNSUPPORTED:
                     profile = _text(pinfo.name).removeprefix("MIG ")
+            if not profile:  # GPU-instance queries can need root: derive the name from the attributes
+                attrs = get(nv.nvmlDeviceGetAttributes, mh)
+                if attrs is not None and attrs is not UNSUPPORTED:
+                    profile = mig_profile_name(attrs.gpuInstanceSliceCount, attrs.memorySizeMB)
             labels = (*g.labels[:5], ("GPU_I_PROFILE", profile), ("GPU_I_ID", str(gi)), *g.labels[5:])
             g.mig.append((mh, labels))
 
@@ -630,6 +635,11 @@ class GpuCollector:
         event = xidlib.parse_xid(rec.message if rec else line)
         if event is not None:
             self._inbox.append(("kmsg", event.bus_id, event.xid, self._clock()))
+
+
+def mig_profile_name(slices: int, memory_mb: int) -> str:
+    """NVIDIA's profile name from slice count and memory: ``1g.10gb`` (memory rounded up to 5 GB steps)."""
+    return f"{slices}g.{math.ceil(memory_mb / 1024 / 5) * 5}gb"
 
 
 def _clock_reasons_fn(nv: Any) -> Callable[..., Any]:
