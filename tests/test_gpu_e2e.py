@@ -237,3 +237,16 @@ def test_sample_says_why_no_gpu_rows_and_shows_mig(tmp_path):
     mig = [s["labels"] for s in doc["samples"] if s["name"] == "DCGM_FI_DEV_FB_USED" and "GPU_I_ID" in s["labels"]]
     assert sorted(m["GPU_I_ID"] for m in mig) == [str(i) for i in range(1, 8)]
     assert {m["GPU_I_PROFILE"] for m in mig} == {"1g.10gb"}
+
+
+def test_no_driver_agent_serves_everything_else(tmp_path, tree):
+    import ctypes.util
+
+    if ctypes.util.find_library("nvidia-ml"):
+        pytest.skip("an NVIDIA driver is installed here")
+    with AgentProcess(tmp_path, gpu_config(tree, tmp_path)) as agent:  # real pynvml, no libnvidia-ml
+        text = wait_for(lambda: (t := agent.metrics()) and 'collector="gpu"' in t and t, what="gpu collector ran")
+    assert sample_value(text, "nodewarden_collector_success", collector="gpu") == 1  # "no GPUs" is not a failure
+    assert sample_value(text, "nodewarden_collector_success", collector="disk") == 1
+    assert "node_network_receive_bytes_total" in text
+    assert "DCGM_FI_" not in text.replace("# HELP DCGM_FI_", "").replace("# TYPE DCGM_FI_", "")
