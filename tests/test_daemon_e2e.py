@@ -258,3 +258,9 @@ def test_status_command_reports_running_agent(tmp_path, tree):
         assert re.search(r"alerts: \d+ firing, \d+ pending", res.stdout)
     res = subprocess.run([*NODEWARDEN, "status", "--url", agent.url], capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "cannot reach" in res.stderr
+
+
+def test_unknown_simulation_scenario_exits_2(tmp_path):
+    res = subprocess.run([*NODEWARDEN, "run", "--simulate", "no-such-scenario", "--state-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "unknown scenario 'no-such-scenario'" in res.stderr
