@@ -57,14 +57,14 @@ def go_float(v: float) -> str:
     e = format(v, f".{nd - 1}e")
     exp = int(e.split("e")[1])
     if exp < -4 or exp >= 6:
-        m, x = e.split("e")
+        m = e.split("e")[0]
         return f"{m}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
     return format(v, f".{max(nd - exp - 1, 0)}f")
 
 
 def _g4(v: float) -> str:
     """Go's ``%.4g``."""
-    return _special(v) or "%.4g" % v
+    return _special(v) or format(v, ".4g")
 
 
 def _to_float(v: Any) -> float:
@@ -646,7 +646,9 @@ def _call(name: str, args: list[Any]) -> Any:
     try:
         return FUNCS[name](*args)
     except _ExecError as err:
-        raise _ExecError(f"error calling {name}: {err}") if not str(err).startswith("error calling") else err
+        if str(err).startswith("error calling"):
+            raise
+        raise _ExecError(f"error calling {name}: {err}") from err
 
 
 def _arg(a: Any, data: dict[str, Any]) -> Any:
