@@ -271,12 +271,10 @@ def _parse_rule(p: _Problems, loc: list[str | int], r: Any, group: str, index: i
         query = _compile(p, [*loc, "expr"], expr, prefix, compiler)
     for_ = _duration(p, [*loc, "for"], r["for"]) if "for" in r else 0.0
     kff = _duration(p, [*loc, "keep_firing_for"], r["keep_firing_for"]) if "keep_firing_for" in r else 0.0
-    labels = _labels(p, [*loc, "labels"], r.get("labels"), "label", prefix)
-    annotations = _labels(p, [*loc, "annotations"], r.get("annotations"), "annotation", prefix)
     label_tmpls: list[tuple[str, templates.Template]] = []
     ann_tmpls: list[tuple[str, templates.Template]] = []
     if record:
-        if annotations:
+        if r.get("annotations"):
             p.add([*loc, "record"], prefix + "invalid field 'annotations' in recording rule")
         if for_:
             p.add([*loc, "record"], prefix + "invalid field 'for' in recording rule")
@@ -284,7 +282,9 @@ def _parse_rule(p: _Problems, loc: list[str | int], r: Any, group: str, index: i
             p.add([*loc, "record"], prefix + "invalid field 'keep_firing_for' in recording rule")
         if not METRIC_NAME_RE.match(record):
             p.add([*loc, "record"], prefix + f"invalid recording rule name: {record}")
-    elif alert:
+    labels = _labels(p, [*loc, "labels"], r.get("labels"), "label", prefix)
+    annotations = _labels(p, [*loc, "annotations"], r.get("annotations"), "annotation", prefix)
+    if alert and not record:
         for what, items, out in (("label", labels, label_tmpls), ("annotation", annotations, ann_tmpls)):
             for k, v in items.items():
                 try:
