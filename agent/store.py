@@ -64,6 +64,7 @@ class Store:
         self._ts = array("d", [math.nan] * self.capacity)
         self.tick = -1  # index of the newest tick (monotonic; slot = tick % capacity)
         self.by_name: dict[str, dict[Labels, Series]] = {}
+        self.version = 0  # bumped whenever a series is added or dropped (lets readers cache selections)
         self.lock = threading.RLock()
 
     # -- writing ---------------------------------------------------------------------------
@@ -90,6 +91,7 @@ class Store:
             series = family.get(labels)
             if series is None:
                 series = family[labels] = Series(name, labels, cap)
+                self.version += 1
             last = series.last_tick
             if last != tick - 1 and last != tick:
                 vals = series.values
@@ -108,6 +110,7 @@ class Store:
             for labels in [k for k, s in family.items() if s.last_tick < horizon]:
                 del family[labels]
                 dropped += 1
+                self.version += 1
             if not family:
                 del self.by_name[name]
         return dropped
