@@ -24,6 +24,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from agent import yamlpos
 from agent.durations import format_duration, parse_duration
 from agent.errors import ConfigError, RuleError
+from agent.promql import PromQLError
+from agent.promql.series_notation import parse_series
 from agent.rules import RuleEngine
 from agent.store import ABSENT_NAN, STALE_NAN, Store
 
@@ -94,54 +96,16 @@ def _dur(seconds: float) -> str:
 # ---------------------------------------------------------------------------------------------
 # Input series
 # ---------------------------------------------------------------------------------------------
-_NUM = r"[-+]?(?:Inf|inf|NaN|nan|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|0[xX][0-9a-fA-F]+)"
-_ITEM = re.compile(rf"^(?:(?P<blank>_)(?:x(?P<bn>\d+))?|(?P<stale>stale)|(?P<v>{_NUM})"
-                   rf"(?:(?P<step>[-+](?:Inf|inf|NaN|nan|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?))?x(?P<n>\d+))?)$")
-
-
 def _num(text: str) -> float:
-    t = text.lstrip("+-")
-    sign = -1.0 if text.startswith("-") else 1.0
-    if t.lower() == "inf":
-        return sign * math.inf
-    if t.lower() == "nan":
-        return math.nan
-    if t.lower().startswith("0x"):
-        return sign * float(int(t, 16))
-    return sign * float(t)
-
-
-def expand_values(text: str) -> list[float | None]:
-    """promtool's series values: ``1 2 3``, ``a+bxn`` / ``a-bxn`` (n+1 values), ``axn``, ``_``, ``_xn``, ``stale``.
-
-    None is an omitted sample; STALE_NAN a staleness marker. ``a+bxn`` accumulates like Prometheus
-    (repeated addition), so values compare bit for bit.
-    """
-    out: list[float | None] = []
-    for item in str(text).split():
-        m = _ITEM.match(item)
-        if m is None:
-            raise ValueError(f"invalid series value {item!r}")
-        if m.group("blank"):
-            out.extend([None] * (int(m.group("bn")) if m.group("bn") else 1))
-        elif m.group("stale"):
-            out.append(STALE_NAN)
-        else:
-            v = _num(m.group("v"))
-            if m.group("n") is None:
-                out.append(v)
-                continue
-            n = int(m.group("n"))
-            step = _num(m.group("step")) if m.group("step") else 0.0
-            out.append(v)
-            for _ in range(n):
-                v += step
-                out.append(v)
-    return out
+    t = text.strip()
+    body = t.lstrip("+-")
+    if body[:2] in ("0x", "0X"):
+        return (-1.0 if t.startswith("-") else 1.0) * float(int(body, 16))
+    return float(t)
 
 
 def parse_metric(text: str) -> dict[str, str]:
-    """``name{a="b"}`` or ``{a="b"}`` to a label dict (``__name__`` included when named)."""
+    """``name{a="b"}`` or ``{a="b"}`` (exp_samples labels) to a label dict (``__name__`` included when named)."""
     import promql_parser
 
     text = str(text).strip()
@@ -171,18 +135,20 @@ class InputSeries:
 
 
 def load_input_series(items: list[Any], interval: float) -> list[InputSeries]:
-    """Input series as {time: value} maps (promtool puts value i at i*interval)."""
+    """Input series as {time: value} maps (promtool puts value i at i*interval; ``stale`` is STALE_NAN)."""
     out: list[InputSeries] = []
     for item in items:
-        labels = parse_metric(item.get("series", ""))
-        name = labels.pop("__name__", "")
+        try:
+            name, labels, values = parse_series(str(item.get("series", "")), str(item.get("values", "") or ""))
+        except PromQLError as err:
+            raise ValueError(err.message) from err
         points: dict[float, float] = {}
-        for i, v in enumerate(expand_values(item.get("values", ""))):
+        for i, v in enumerate(values):
             if v is None:
                 continue
             t = i * interval
             if t not in points:  # equal timestamps (interval 0): the first sample wins, as in promtool
-                points[t] = v
+                points[t] = STALE_NAN if v == "stale" else float(v)
         out.append(InputSeries(name, tuple(sorted(labels.items())), points))
     return out
 
