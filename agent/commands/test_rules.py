@@ -25,7 +25,7 @@ from agent import yamlpos
 from agent.durations import format_duration, parse_duration
 from agent.errors import ConfigError, RuleError
 from agent.promql import PromQLError
-from agent.promql.series_notation import parse_series
+from agent.promql.series_notation import parse_series_selector
 from agent.rules import RuleEngine
 from agent.store import ABSENT_NAN, STALE_NAN, Store
 
@@ -97,33 +97,64 @@ def _dur(seconds: float) -> str:
 # Input series
 # ---------------------------------------------------------------------------------------------
 def _num(text: str) -> float:
-    t = text.strip()
-    body = t.lstrip("+-")
-    if body[:2] in ("0x", "0X"):
-        return (-1.0 if t.startswith("-") else 1.0) * float(int(body, 16))
-    return float(t)
+    return float(text.strip())
+
+
+# promtool's series values. (Expanded here rather than with agent.promql.series_notation.parse_values,
+# which reads ``0x10`` as hexadecimal 16; Prometheus's series lexer reads it as 0 repeated: x is TIMES.)
+_NUMBER = r"[-+]?(?:[iI][nN][fF]|[nN][aA][nN]|(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)"
+_ITEM = re.compile(rf"(?P<blank>_)(?:x(?P<bn>[0-9]+))?|(?P<stale>stale)|(?P<a>{_NUMBER})(?:(?P<b>[-+]"
+                   rf"(?:[iI][nN][fF]|[nN][aA][nN]|(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?))?"
+                   rf"x(?P<n>[0-9]+))?")
+
+
+def expand_values(text: str) -> list[float | None]:
+    """``1 2 3``, ``a+bxn``/``a-bxn`` (n+1 values, accumulated like Go), ``axn``, ``_``, ``_xn``, ``stale``.
+
+    None is an omitted sample, STALE_NAN a staleness marker.
+    """
+    out: list[float | None] = []
+    for item in text.split():
+        m = _ITEM.fullmatch(item)
+        if m is None:
+            raise ValueError(f"invalid series value {item!r}")
+        if m["blank"]:
+            out.extend([None] * (int(m["bn"]) if m["bn"] is not None else 1))
+        elif m["stale"]:
+            out.append(STALE_NAN)
+        else:
+            a = float(m["a"])
+            if m["n"] is None:
+                out.append(a)
+                continue
+            b = float(m["b"]) if m["b"] else 0.0
+            for _ in range(int(m["n"]) + 1):
+                out.append(a)
+                a += b
+    return out
+
+
+_METRIC = re.compile(r"\s*(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)?\s*(?:\{(?P<body>.*)\})?\s*", re.S)
+_PAIR = re.compile(r"\s*(?P<k>[a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*\"(?P<v>(?:[^\"\\]|\\.)*)\"\s*(?:,|$)", re.S)
+_UNESCAPE = {"n": "\n", "t": "\t", "\\": "\\", '"': '"'}
 
 
 def parse_metric(text: str) -> dict[str, str]:
-    """``name{a="b"}`` or ``{a="b"}`` (exp_samples labels) to a label dict (``__name__`` included when named)."""
-    import promql_parser
-
-    text = str(text).strip()
-    if not text:
-        return {}
-    try:
-        node = promql_parser.parse(text)
-    except Exception as err:
-        raise ValueError(f"cannot parse series {text!r}: {err}") from err
-    if type(node).__name__ != "VectorSelector":
-        raise ValueError(f"not a series description: {text!r}")
+    """``name{a="b"}``, ``{a="b"}`` or ``{}`` (exp_samples labels, like Go's parser.ParseMetric) to a dict."""
+    m = _METRIC.fullmatch(str(text))
+    if m is None or (m["name"] is None and m["body"] is None):
+        raise ValueError(f"cannot parse metric {text!r}")
     labels: dict[str, str] = {}
-    if node.name:
-        labels["__name__"] = node.name
-    for m in node.matchers.matchers:
-        if str(m.op) != "MatchOp.Equal":
-            raise ValueError(f"only = matchers are allowed in series descriptions: {text!r}")
-        labels[m.name] = m.value
+    if m["name"]:
+        labels["__name__"] = m["name"]
+    body = (m["body"] or "").strip()
+    pos = 0
+    while pos < len(body):
+        pm = _PAIR.match(body, pos)
+        if pm is None or pm.end() == pos:
+            raise ValueError(f"cannot parse metric {text!r}")
+        labels[pm["k"]] = re.sub(r"\\(.)", lambda e: _UNESCAPE.get(e.group(1), e.group(1)), pm["v"])
+        pos = pm.end()
     return labels
 
 
@@ -139,16 +170,17 @@ def load_input_series(items: list[Any], interval: float) -> list[InputSeries]:
     out: list[InputSeries] = []
     for item in items:
         try:
-            name, labels, values = parse_series(str(item.get("series", "")), str(item.get("values", "") or ""))
+            name, labels = parse_series_selector(str(item.get("series", "")))
         except PromQLError as err:
             raise ValueError(err.message) from err
+        values = expand_values(str(item.get("values", "") or ""))
         points: dict[float, float] = {}
         for i, v in enumerate(values):
             if v is None:
                 continue
             t = i * interval
             if t not in points:  # equal timestamps (interval 0): the first sample wins, as in promtool
-                points[t] = STALE_NAN if v == "stale" else float(v)
+                points[t] = v
         out.append(InputSeries(name, tuple(sorted(labels.items())), points))
     return out
 
