@@ -18,9 +18,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, require_binary
 
 from agent.commands import check_rules, test_rules
+from tests.conftest import REPO, require_binary
 
 CORPUS = REPO / "tests" / "rules_corpus"
 LIBRARY_TESTS = sorted((REPO / "rules" / "tests").glob("*.yml"))

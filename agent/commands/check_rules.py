@@ -89,9 +89,8 @@ def catalogue_warnings(groups: list[rulesmod.GroupDef], catalogue: dict[str, Met
                        text: str, filename: str) -> list[str]:
     """Warnings for selectors that can never match on this node."""
     produced = {r.name for g in groups for r in g.rules if r.kind == "recording"}
-    self_metrics = {s.name for s in rulesmod.METRICS} | {"ALERTS", "ALERTS_FOR_STATE"}
+    self_metrics = {s.name for s in rulesmod.METRICS} | {"ALERTS", "ALERTS_FOR_STATE"} | _daemon_metrics()
     known = set(catalogue) | produced | self_metrics
-    root = None
     out: list[str] = []
     for gi, g in enumerate(groups):
         for ri, r in enumerate(g.rules):
@@ -106,7 +105,7 @@ def catalogue_warnings(groups: list[rulesmod.GroupDef], catalogue: dict[str, Met
                 if name not in known:
                     close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
                     hint = f"; closest known: {', '.join(close)}" if close else ""
-                    where = where or _pos(root, text, filename, gi, ri)
+                    where = where or _pos(text, filename, gi, ri)
                     out.append(f"{where}: warning: group {g.name!r}, rule {r.name!r}: no enabled collector produces "
                                f"{name} (the rule can never match on this node){hint}")
                     continue
@@ -117,13 +116,21 @@ def catalogue_warnings(groups: list[rulesmod.GroupDef], catalogue: dict[str, Met
                     lname, op, value = _matcher(m)
                     if lname == "__name__" or lname in spec.labels or _matches_empty(op, value):
                         continue
-                    where = where or _pos(root, text, filename, gi, ri)
+                    where = where or _pos(text, filename, gi, ri)
                     out.append(f"{where}: warning: group {g.name!r}, rule {r.name!r}: {name} never carries label "
                                f"{lname!r} (it has: {', '.join(spec.labels) or 'no labels'})")
     return out
 
 
-def _pos(root: Any, text: str, filename: str, gi: int, ri: int) -> str:
+def _daemon_metrics() -> set[str]:
+    try:
+        from agent.daemon import SELF_METRICS
+    except Exception:  # the daemon module is optional for this check
+        return set()
+    return {s.name for s in SELF_METRICS}
+
+
+def _pos(text: str, filename: str, gi: int, ri: int) -> str:
     from agent import yamlpos
 
     try:
@@ -151,7 +158,7 @@ def main(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"  NOTE: {note}", file=sys.stderr)
     for path in args.file:
-        print(f"Checking {path}")
+        print(f"Checking {path}", flush=True)
         try:
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()
@@ -171,11 +178,12 @@ def main(args: argparse.Namespace) -> int:
             continue
         n = sum(len(g.rules) for g in groups)
         warnings = catalogue_warnings(groups, catalogue, text, path) if catalogue else []
+        sys.stdout.flush()
         for w in warnings:
             print(f"  WARNING: {w}", file=sys.stderr)
         warned = warned or bool(warnings)
         print(f"  SUCCESS: {n} rules found")
-        print()
+        print(flush=True)
     if status == 0 and warned and args.lint_fatal:
         return 3
     return status
