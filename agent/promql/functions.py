@@ -49,10 +49,10 @@ def extrapolated_rate(
     interval = sampled
     interval += duration_to_start if duration_to_start < threshold else avg_between / 2
     interval += duration_to_end if duration_to_end < threshold else avg_between / 2
-    result = result * go_div(interval, sampled)
+    factor = go_div(interval, sampled)
     if is_rate:
-        result = result / range_s
-    return result
+        factor /= range_s
+    return result * factor
 
 
 def instant_value(points: Points, is_rate: bool) -> float | None:
@@ -69,10 +69,20 @@ def instant_value(points: Points, is_rate: bool) -> float | None:
     return result
 
 
+def kahan_inc(inc: float, total: float, c: float) -> tuple[float, float]:
+    """One step of Kahan-Neumaier summation (promql kahanSumInc)."""
+    t = total + inc
+    if abs(total) >= abs(inc):
+        c += (total - t) + inc
+    else:
+        c += (inc - t) + total
+    return t, c
+
+
 def linear_regression(points: Points, intercept_ms: int) -> tuple[float, float]:
-    """Least-squares slope and intercept with x in seconds relative to ``intercept_ms``."""
+    """Least-squares slope and intercept with x in seconds relative to ``intercept_ms`` (Kahan sums)."""
     n = 0.0
-    sum_x = sum_y = sum_xy = sum_x2 = 0.0
+    sum_x = c_x = sum_y = c_y = sum_xy = c_xy = sum_x2 = c_x2 = 0.0
     init_y = points[0][1]
     const_y = True
     for t, v in points:
@@ -80,14 +90,18 @@ def linear_regression(points: Points, intercept_ms: int) -> tuple[float, float]:
             const_y = False
         n += 1.0
         x = (ms(t) - intercept_ms) / 1e3
-        sum_x += x
-        sum_y += v
-        sum_xy += x * v
-        sum_x2 += x * x
+        sum_x, c_x = kahan_inc(x, sum_x, c_x)
+        sum_y, c_y = kahan_inc(v, sum_y, c_y)
+        sum_xy, c_xy = kahan_inc(x * v, sum_xy, c_xy)
+        sum_x2, c_x2 = kahan_inc(x * x, sum_x2, c_x2)
     if const_y:
         if math.isinf(init_y):
             return math.nan, math.nan
         return 0.0, init_y
+    sum_x += c_x
+    sum_y += c_y
+    sum_xy += c_xy
+    sum_x2 += c_x2
     cov_xy = sum_xy - sum_x * sum_y / n
     var_x = sum_x2 - sum_x * sum_x / n
     slope = go_div(cov_xy, var_x)
@@ -129,8 +143,7 @@ def resets(points: Points) -> float:
 
 
 def avg_over_time(points: Points) -> float:
-    mean = 0.0
-    count = 0.0
+    mean = c = count = 0.0
     for _, v in points:
         count += 1
         if math.isinf(mean):
@@ -138,15 +151,15 @@ def avg_over_time(points: Points) -> float:
                 continue
             if not math.isinf(v) and v == v:
                 continue
-        mean += v / count - mean / count
-    return mean
+        mean, c = kahan_inc(v / count - mean / count, mean, c)
+    return mean if math.isinf(mean) else mean + c
 
 
 def sum_over_time(points: Points) -> float:
-    s = 0.0
+    total = c = 0.0
     for _, v in points:
-        s += v
-    return s
+        total, c = kahan_inc(v, total, c)
+    return total if math.isinf(total) else total + c
 
 
 def min_over_time(points: Points) -> float:
@@ -166,13 +179,13 @@ def max_over_time(points: Points) -> float:
 
 
 def stdvar_over_time(points: Points) -> float:
-    count = mean = aux = 0.0
+    count = mean = c_mean = aux = c_aux = 0.0
     for _, v in points:
         count += 1
-        delta = v - mean
-        mean += delta / count
-        aux += delta * (v - mean)
-    return aux / count
+        delta = v - (mean + c_mean)
+        mean, c_mean = kahan_inc(delta / count, mean, c_mean)
+        aux, c_aux = kahan_inc(delta * (v - (mean + c_mean)), aux, c_aux)
+    return (aux + c_aux) / count
 
 
 def stddev_over_time(points: Points) -> float:

@@ -590,10 +590,13 @@ class Call(Node):
         return self.impl(self, store, t)
 
 
-def _range_fn(f: Callable[[fn.Points], float]) -> Callable[[Call, Any, float], VectorT]:
+def _range_fn(f: Callable[[fn.Points], float], keep_name: bool = False) -> Callable[[Call, Any, float], VectorT]:
     def impl(call: Call, store: Any, t: float) -> VectorT:
         ms_node: MatrixSelector = call.args[0]
-        return check_unique([(drop_name(labels), f(pts)) for labels, pts in ms_node.eval_points(store, t)])
+        pts_by_series = ms_node.eval_points(store, t)
+        if keep_name:  # last_over_time keeps __name__ in 2.42
+            return check_unique([(labels, f(pts)) for labels, pts in pts_by_series])
+        return check_unique([(drop_name(labels), f(pts)) for labels, pts in pts_by_series])
 
     return impl
 
@@ -830,5 +833,5 @@ FUNCTIONS: dict[str, Callable[[Call, Any, float], Any]] = {
     "sort_desc": _sort_desc,
     "label_replace": _label_replace,
     "label_join": _label_join,
-    **{name: _range_fn(f) for name, f in fn.SIMPLE_RANGE.items()},
+    **{name: _range_fn(f, name == "last_over_time") for name, f in fn.SIMPLE_RANGE.items()},
 }
