@@ -1,18 +1,22 @@
 """PromQL function implementations (Prometheus 2.42 semantics) over plain Python lists.
 
-Range functions take the series' points ``[(t_seconds, value), ...]`` (oldest first, never empty) and
-return a value or None (no output sample). Timestamps are converted to integer milliseconds where
-Prometheus computes with them, so results match bit for bit.
+Range functions take a series' samples in the window as parallel lists ``times`` (seconds) and ``vals``
+(oldest first, never empty) and return a value or None (no output sample). ``clean`` says that ``vals``
+holds no NaN, which enables C-speed shortcuts that give bit-identical results. Timestamps are converted to
+integer milliseconds where Prometheus computes with them, so results match bit for bit.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 
 from agent.promql.values import go_div
 
-Points = list[tuple[float, float]]
+_EXACT = 2.0**53
+Times = list[float]
+Values = list[float]
 
 
 def ms(t: float) -> int:
@@ -20,27 +24,52 @@ def ms(t: float) -> int:
     return round(t * 1000)
 
 
+def kahan_inc(inc: float, total: float, c: float) -> tuple[float, float]:
+    """One step of Kahan-Neumaier summation (promql kahanSumInc)."""
+    t = total + inc
+    if abs(total) >= abs(inc):
+        c += (total - t) + inc
+    else:
+        c += (inc - t) + total
+    return t, c
+
+
+def counter_correction(vals: Values, clean: bool) -> float:
+    """Sum of the values before each counter reset (a decrease). ``clean``: no NaN in ``vals``."""
+    if clean and vals == sorted(vals):
+        return 0.0  # non-decreasing: no reset (sorting a sorted list is a linear C loop)
+    correction = 0.0
+    prev = vals[0]
+    for v in vals:
+        if v < prev:
+            correction += prev
+        prev = v
+    return correction
+
+
 def extrapolated_rate(
-    points: Points, range_start: float, range_end: float, range_s: float, is_counter: bool, is_rate: bool
+    times: Times,
+    vals: Values,
+    clean: bool,
+    range_start: float,
+    range_end: float,
+    range_s: float,
+    is_counter: bool,
+    is_rate: bool,
 ) -> float | None:
     """rate / increase / delta (promql/functions.go extrapolatedRate as of 2.42)."""
-    if len(points) < 2:
+    if len(vals) < 2:
         return None
-    first_v = points[0][1]
-    last_v = points[-1][1]
-    result = last_v - first_v
+    first_v = vals[0]
+    result = vals[-1] - first_v
     if is_counter:
-        prev = first_v
-        for _, v in points:
-            if v < prev:
-                result += prev
-            prev = v
-    first_t = ms(points[0][0])
-    last_t = ms(points[-1][0])
+        result += counter_correction(vals, clean)
+    first_t = ms(times[0])
+    last_t = ms(times[-1])
     duration_to_start = (first_t - ms(range_start)) / 1000
     duration_to_end = (ms(range_end) - last_t) / 1000
     sampled = (last_t - first_t) / 1000
-    avg_between = sampled / (len(points) - 1)
+    avg_between = sampled / (len(vals) - 1)
     if is_counter and result > 0 and first_v >= 0:
         duration_to_zero = sampled * (first_v / result)
         if duration_to_zero < duration_to_start:
@@ -49,19 +78,19 @@ def extrapolated_rate(
     interval = sampled
     interval += duration_to_start if duration_to_start < threshold else avg_between / 2
     interval += duration_to_end if duration_to_end < threshold else avg_between / 2
-    result = result * go_div(interval, sampled)
+    factor = go_div(interval, sampled)
     if is_rate:
-        result = result / range_s
-    return result
+        factor /= range_s
+    return result * factor
 
 
-def instant_value(points: Points, is_rate: bool) -> float | None:
+def instant_value(times: Times, vals: Values, is_rate: bool) -> float | None:
     """irate / idelta."""
-    if len(points) < 2:
+    if len(vals) < 2:
         return None
-    (pt, pv), (lt, lv) = points[-2], points[-1]
+    pv, lv = vals[-2], vals[-1]
     result = lv if is_rate and lv < pv else lv - pv
-    interval = ms(lt) - ms(pt)
+    interval = ms(times[-1]) - ms(times[-2])
     if interval == 0:
         return None
     if is_rate:
@@ -69,25 +98,44 @@ def instant_value(points: Points, is_rate: bool) -> float | None:
     return result
 
 
-def linear_regression(points: Points, intercept_ms: int) -> tuple[float, float]:
-    """Least-squares slope and intercept with x in seconds relative to ``intercept_ms``."""
-    n = 0.0
-    sum_x = sum_y = sum_xy = sum_x2 = 0.0
-    init_y = points[0][1]
-    const_y = True
-    for t, v in points:
-        if const_y and v != init_y:
-            const_y = False
-        n += 1.0
-        x = (ms(t) - intercept_ms) / 1e3
-        sum_x += x
-        sum_y += v
-        sum_xy += x * v
-        sum_x2 += x * x
-    if const_y:
+def x_sums(times: Times, intercept_ms: int) -> tuple[list[float], float, float]:
+    """x values (seconds from the intercept) and their Kahan sums of x and x*x, shared by series on one grid."""
+    xs = [(round(t * 1000) - intercept_ms) / 1e3 for t in times]
+    sx = cx = sx2 = cx2 = 0.0
+    for x in xs:
+        sx, cx = kahan_inc(x, sx, cx)
+        sx2, cx2 = kahan_inc(x * x, sx2, cx2)
+    return xs, sx + cx, sx2 + cx2
+
+
+def linear_regression(
+    times: Times, vals: Values, intercept_ms: int, xsums: tuple[list[float], float, float] | None = None
+) -> tuple[float, float]:
+    """Least-squares slope and intercept with x in seconds from ``intercept_ms`` (Kahan sums, as Prometheus)."""
+    init_y = vals[0]
+    if vals.count(init_y) == len(vals):  # constant y (a NaN never equals itself, as in Go)
         if math.isinf(init_y):
             return math.nan, math.nan
         return 0.0, init_y
+    xs, sum_x, sum_x2 = xsums if xsums is not None else x_sums(times, intercept_ms)
+    n = float(len(vals))
+    sy = cy = sxy = cxy = 0.0
+    for x, v in zip(xs, vals, strict=True):
+        t = sy + v
+        if abs(sy) >= abs(v):
+            cy += (sy - t) + v
+        else:
+            cy += (v - t) + sy
+        sy = t
+        p = x * v
+        t = sxy + p
+        if abs(sxy) >= abs(p):
+            cxy += (sxy - t) + p
+        else:
+            cxy += (p - t) + sxy
+        sxy = t
+    sum_y = sy + cy
+    sum_xy = sxy + cxy
     cov_xy = sum_xy - sum_x * sum_y / n
     var_x = sum_x2 - sum_x * sum_x / n
     slope = go_div(cov_xy, var_x)
@@ -95,88 +143,103 @@ def linear_regression(points: Points, intercept_ms: int) -> tuple[float, float]:
     return slope, intercept
 
 
-def deriv(points: Points) -> float | None:
-    if len(points) < 2:
+def deriv(times: Times, vals: Values, xsums: tuple[list[float], float, float] | None = None) -> float | None:
+    if len(vals) < 2:
         return None
-    return linear_regression(points, ms(points[0][0]))[0]
+    return linear_regression(times, vals, ms(times[0]), xsums)[0]
 
 
-def predict_linear(points: Points, t: float, duration: float) -> float | None:
-    if len(points) < 2:
+def predict_linear(
+    times: Times, vals: Values, t: float, duration: float, xsums: tuple[list[float], float, float] | None = None
+) -> float | None:
+    if len(vals) < 2:
         return None
-    slope, intercept = linear_regression(points, ms(t))
+    slope, intercept = linear_regression(times, vals, ms(t), xsums)
     return slope * duration + intercept
 
 
-def changes(points: Points) -> float:
+def changes(vals: Values, clean: bool) -> float:
+    if clean:
+        return float(sum(map(operator.ne, vals[1:], vals)))
     n = 0
-    prev = points[0][1]
-    for _, v in points[1:]:
+    prev = vals[0]
+    for v in vals[1:]:
         if not (v == prev or (v != v and prev != prev)):
             n += 1
         prev = v
     return float(n)
 
 
-def resets(points: Points) -> float:
-    n = 0
-    prev = points[0][1]
-    for _, v in points[1:]:
-        if v < prev:
-            n += 1
-        prev = v
-    return float(n)
+def resets(vals: Values, clean: bool) -> float:
+    return float(sum(map(operator.lt, vals[1:], vals)))
 
 
-def avg_over_time(points: Points) -> float:
-    mean = 0.0
-    count = 0.0
-    for _, v in points:
+def avg_over_time(vals: Values, clean: bool) -> float:
+    mean = c = count = 0.0
+    inf = math.inf
+    for v in vals:
         count += 1
-        if math.isinf(mean):
-            if math.isinf(v) and (mean > 0) == (v > 0):
+        if mean == inf or mean == -inf:
+            if (v == inf or v == -inf) and (mean > 0) == (v > 0):
                 continue
-            if not math.isinf(v) and v == v:
+            if v != inf and v != -inf and v == v:
                 continue
-        mean += v / count - mean / count
-    return mean
+        inc = v / count - mean / count
+        t = mean + inc
+        if abs(mean) >= abs(inc):
+            c += (mean - t) + inc
+        else:
+            c += (inc - t) + mean
+        mean = t
+    return mean if math.isinf(mean) else mean + c
 
 
-def sum_over_time(points: Points) -> float:
-    s = 0.0
-    for _, v in points:
-        s += v
-    return s
+def sum_over_time(vals: Values, clean: bool) -> float:
+    if clean and len(vals) * max(map(abs, vals)) < _EXACT and all(map(float.is_integer, vals)):
+        return float(sum(vals))  # integer sums below 2**53 are exact: Kahan's compensation stays 0
+    total = c = 0.0
+    for v in vals:
+        t = total + v
+        if abs(total) >= abs(v):
+            c += (total - t) + v
+        else:
+            c += (v - t) + total
+        total = t
+    return total if math.isinf(total) else total + c
 
 
-def min_over_time(points: Points) -> float:
-    m = points[0][1]
-    for _, v in points:
+def min_over_time(vals: Values, clean: bool) -> float:
+    if clean:
+        return min(vals)
+    m = vals[0]
+    for v in vals:
         if v < m or m != m:
             m = v
     return m
 
 
-def max_over_time(points: Points) -> float:
-    m = points[0][1]
-    for _, v in points:
+def max_over_time(vals: Values, clean: bool) -> float:
+    if clean:
+        return max(vals)
+    m = vals[0]
+    for v in vals:
         if v > m or m != m:
             m = v
     return m
 
 
-def stdvar_over_time(points: Points) -> float:
-    count = mean = aux = 0.0
-    for _, v in points:
+def stdvar_over_time(vals: Values, clean: bool) -> float:
+    count = mean = c_mean = aux = c_aux = 0.0
+    for v in vals:
         count += 1
-        delta = v - mean
-        mean += delta / count
-        aux += delta * (v - mean)
-    return aux / count
+        delta = v - (mean + c_mean)
+        mean, c_mean = kahan_inc(delta / count, mean, c_mean)
+        aux, c_aux = kahan_inc(delta * (v - (mean + c_mean)), aux, c_aux)
+    return (aux + c_aux) / count
 
 
-def stddev_over_time(points: Points) -> float:
-    var = stdvar_over_time(points)
+def stddev_over_time(vals: Values, clean: bool) -> float:
+    var = stdvar_over_time(vals, clean)
     return math.sqrt(var) if var >= 0 else math.nan
 
 
@@ -197,13 +260,13 @@ def quantile(q: float, values: list[float]) -> float:
     return vals[int(lower)] * (1 - weight) + vals[int(upper)] * weight
 
 
-SIMPLE_RANGE: dict[str, Callable[[Points], float]] = {
+SIMPLE_RANGE: dict[str, Callable[[Values, bool], float]] = {
     "avg_over_time": avg_over_time,
     "sum_over_time": sum_over_time,
     "min_over_time": min_over_time,
     "max_over_time": max_over_time,
-    "count_over_time": lambda pts: float(len(pts)),
-    "last_over_time": lambda pts: pts[-1][1],
+    "count_over_time": lambda vals, clean: float(len(vals)),
+    "last_over_time": lambda vals, clean: vals[-1],
     "stddev_over_time": stddev_over_time,
     "stdvar_over_time": stdvar_over_time,
     "changes": changes,

@@ -28,6 +28,7 @@ from agent.promql.values import (
     go_pow,
     labels_key,
 )
+from agent.store import is_absent, is_stale
 
 LOOKBACK = 300.0
 _EPS = 1e-4  # store timestamps are float seconds; Prometheus' windows are closed at the start (2.42)
@@ -137,27 +138,46 @@ class VectorSelector(Node):
         self._cache_store, self._cache_version, self._cache = store, version, out
         return out
 
-    def eval(self, store: Any, t: float) -> VectorT:
+    def _instants(self, store: Any, t: float) -> list[tuple[LabelDict, float, float]]:
+        """(labels, sample time, value) of every matching series with a sample in the lookback window."""
         ref = t - self.offset
         lookback = LOOKBACK + _EPS
-        instant = store.instant
+        selected = self.select(store)
         out = []
-        for series, labels in self.select(store):
-            s = instant(series, ref, lookback)
+        tick_window = getattr(store, "tick_window", None)
+        if tick_window is None:
+            for series, labels in selected:
+                s = store.instant(series, ref, lookback)
+                if s is not None:
+                    out.append((labels, s[0], s[1]))
+            return out
+        # Ticks are shared by all series: find the newest tick at or before ref once.
+        first, k = tick_window(ref - lookback, ref)
+        if k < first:
+            return out
+        slot = k % store.capacity
+        tk = store.tick_times(k, k)[0]
+        for series, labels in selected:
+            if series.last_tick < k:
+                continue  # the series missed tick k: a staleness marker
+            v = series.values[slot]
+            if v == v:
+                out.append((labels, tk, v))
+                continue
+            s = store.instant(series, ref, lookback)  # NaN: stale, absent (look further back) or a real NaN
             if s is not None:
-                out.append((labels, s[1]))
+                out.append((labels, s[0], s[1]))
         return out
+
+    def eval(self, store: Any, t: float) -> VectorT:
+        return [(labels, v) for labels, _, v in self._instants(store, t)]
 
     def eval_timestamps(self, store: Any, t: float) -> VectorT:
         """Like eval, with the sample timestamps as values (for timestamp())."""
-        ref = t - self.offset
-        lookback = LOOKBACK + _EPS
-        out = []
-        for series, labels in self.select(store):
-            s = store.instant(series, ref, lookback)
-            if s is not None:
-                out.append((labels, fn.ms(s[0]) / 1000))
-        return out
+        return [(labels, fn.ms(ts) / 1000) for labels, ts, _ in self._instants(store, t)]
+
+
+SeriesRange = tuple[LabelDict, list[float], list[float], bool]
 
 
 class MatrixSelector(Node):
@@ -173,14 +193,48 @@ class MatrixSelector(Node):
         end = t - self.vs.offset
         return end - self.range, end
 
-    def eval_points(self, store: Any, t: float) -> list[tuple[LabelDict, fn.Points]]:
+    def eval_series(self, store: Any, t: float) -> list[SeriesRange]:
+        """(labels, times, values, clean) per matching series with samples in the window; clean: no NaN."""
         start, end = self.window(t)
-        out = []
-        points = store.points
-        for series, labels in self.vs.select(store):
-            pts = points(series, start - _EPS, end)
-            if pts:
-                out.append((labels, pts))
+        out: list[SeriesRange] = []
+        selected = self.vs.select(store)
+        tick_window = getattr(store, "tick_window", None)
+        if tick_window is None:
+            for series, labels in selected:
+                pts = store.points(series, start - _EPS, end)
+                if pts:
+                    vals = [v for _, v in pts]
+                    out.append((labels, [p[0] for p in pts], vals, not any(v != v for v in vals)))
+            return out
+        k0, k1 = tick_window(start - _EPS, end)
+        if k1 < k0:
+            return out
+        cap = store.capacity
+        a = k0 % cap
+        times: list[float] | None = None
+        for series, labels in selected:
+            last = min(k1, series.last_tick)
+            if last < k0:
+                continue
+            b = last % cap
+            ring = series.values
+            vals = ring[a : b + 1].tolist() if a <= b else ring[a:].tolist() + ring[: b + 1].tolist()
+            if times is None:
+                times = store.tick_times(k0, k1)
+            ts = times if len(vals) == len(times) else times[: len(vals)]
+            total = sum(vals)
+            if total == total:
+                out.append((labels, ts, vals, True))
+                continue
+            # NaN somewhere: drop staleness markers and absent slots, keep real NaN samples
+            keep_t, keep_v = [], []
+            for tk, v in zip(ts, vals, strict=True):
+                if v != v and (is_stale(v) or is_absent(v)):
+                    continue
+                keep_t.append(tk)
+                keep_v.append(v)
+            if keep_v:
+                out.append((labels, keep_t, keep_v, not any(v != v for v in keep_v)))
         return out
 
 
@@ -590,10 +644,12 @@ class Call(Node):
         return self.impl(self, store, t)
 
 
-def _range_fn(f: Callable[[fn.Points], float]) -> Callable[[Call, Any, float], VectorT]:
+def _range_fn(f: Callable[[fn.Values, bool], float], keep_name: bool = False) -> Callable[[Call, Any, float], VectorT]:
     def impl(call: Call, store: Any, t: float) -> VectorT:
-        ms_node: MatrixSelector = call.args[0]
-        return check_unique([(drop_name(labels), f(pts)) for labels, pts in ms_node.eval_points(store, t)])
+        ranges = call.args[0].eval_series(store, t)
+        if keep_name:  # last_over_time keeps __name__ in 2.42
+            return check_unique([(labels, f(vals, clean)) for labels, _, vals, clean in ranges])
+        return check_unique([(drop_name(labels), f(vals, clean)) for labels, _, vals, clean in ranges])
 
     return impl
 
@@ -602,9 +658,10 @@ def _rate_fn(is_counter: bool, is_rate: bool) -> Callable[[Call, Any, float], Ve
     def impl(call: Call, store: Any, t: float) -> VectorT:
         ms_node: MatrixSelector = call.args[0]
         start, end = ms_node.window(t)
+        rng = ms_node.range
         out = []
-        for labels, pts in ms_node.eval_points(store, t):
-            v = fn.extrapolated_rate(pts, start, end, ms_node.range, is_counter, is_rate)
+        for labels, times, vals, clean in ms_node.eval_series(store, t):
+            v = fn.extrapolated_rate(times, vals, clean, start, end, rng, is_counter, is_rate)
             if v is not None:
                 out.append((drop_name(labels), v))
         return check_unique(out)
@@ -615,8 +672,8 @@ def _rate_fn(is_counter: bool, is_rate: bool) -> Callable[[Call, Any, float], Ve
 def _instant_rate_fn(is_rate: bool) -> Callable[[Call, Any, float], VectorT]:
     def impl(call: Call, store: Any, t: float) -> VectorT:
         out = []
-        for labels, pts in call.args[0].eval_points(store, t):
-            v = fn.instant_value(pts, is_rate)
+        for labels, times, vals, _ in call.args[0].eval_series(store, t):
+            v = fn.instant_value(times, vals, is_rate)
             if v is not None:
                 out.append((drop_name(labels), v))
         return check_unique(out)
@@ -624,10 +681,20 @@ def _instant_rate_fn(is_rate: bool) -> Callable[[Call, Any, float], VectorT]:
     return impl
 
 
+def _shared_x(cache: dict, times: list[float], intercept_ms: int) -> tuple[list[float], float, float]:
+    """x sums per timestamp list: series sampled on the same ticks share one list object."""
+    got = cache.get(id(times))
+    if got is None:
+        got = cache[id(times)] = fn.x_sums(times, intercept_ms)
+    return got
+
+
 def _deriv(call: Call, store: Any, t: float) -> VectorT:
     out = []
-    for labels, pts in call.args[0].eval_points(store, t):
-        v = fn.deriv(pts)
+    ranges = call.args[0].eval_series(store, t)  # keeps every times list alive, so id() keys are safe
+    cache: dict = {}
+    for labels, times, vals, _ in ranges:
+        v = fn.deriv(times, vals, _shared_x(cache, times, fn.ms(times[0])) if len(vals) > 1 else None)
         if v is not None:
             out.append((drop_name(labels), v))
     return check_unique(out)
@@ -636,8 +703,11 @@ def _deriv(call: Call, store: Any, t: float) -> VectorT:
 def _predict_linear(call: Call, store: Any, t: float) -> VectorT:
     duration = call.args[1].eval(store, t)
     out = []
-    for labels, pts in call.args[0].eval_points(store, t):
-        v = fn.predict_linear(pts, t, duration)
+    ranges = call.args[0].eval_series(store, t)
+    cache: dict = {}
+    intercept = fn.ms(t)
+    for labels, times, vals, _ in ranges:
+        v = fn.predict_linear(times, vals, t, duration, _shared_x(cache, times, intercept))
         if v is not None:
             out.append((drop_name(labels), v))
     return check_unique(out)
@@ -646,7 +716,7 @@ def _predict_linear(call: Call, store: Any, t: float) -> VectorT:
 def _quantile_over_time(call: Call, store: Any, t: float) -> VectorT:
     q = call.args[0].eval(store, t)
     return check_unique(
-        [(drop_name(labels), fn.quantile(q, [v for _, v in pts])) for labels, pts in call.args[1].eval_points(store, t)]
+        [(drop_name(labels), fn.quantile(q, vals)) for labels, _, vals, _ in call.args[1].eval_series(store, t)]
     )
 
 
@@ -657,7 +727,7 @@ def _absent(call: Call, store: Any, t: float) -> VectorT:
 
 
 def _absent_over_time(call: Call, store: Any, t: float) -> VectorT:
-    if call.args[0].eval_points(store, t):
+    if call.args[0].eval_series(store, t):
         return []
     return [(dict(call.extra), 1.0)]
 
@@ -830,5 +900,5 @@ FUNCTIONS: dict[str, Callable[[Call, Any, float], Any]] = {
     "sort_desc": _sort_desc,
     "label_replace": _label_replace,
     "label_join": _label_join,
-    **{name: _range_fn(f) for name, f in fn.SIMPLE_RANGE.items()},
+    **{name: _range_fn(f, name == "last_over_time") for name, f in fn.SIMPLE_RANGE.items()},
 }

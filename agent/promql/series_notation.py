@@ -21,7 +21,7 @@ from agent.store import ABSENT_NAN, Store
 Value = float | None | Literal["stale"]
 
 _NUM = (
-    r"(?:0[xX][0-9a-fA-F]+|[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?|\.[0-9]+(?:[eE][-+]?[0-9]+)?"
+    r"(?:[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?|\.[0-9]+(?:[eE][-+]?[0-9]+)?"
     r"|[iI][nN][fF]|[nN][aA][nN])"
 )
 _ITEM = re.compile(

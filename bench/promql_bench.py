@@ -1,0 +1,115 @@
+"""Rule-evaluation cost of agent.promql: N alert-style expressions over M series with 15 min of 1 s history.
+
+    python bench/promql_bench.py                       # 50/500/5000 rules x 2,000/20,000 series
+    python bench/promql_bench.py --rules 500 --series 2000 --history 900
+
+Series come in families of 16 (``device`` d0..d15, like disks/NICs/GPUs of one node), half counters, half
+gauges. Rule i uses template i % 10 (the shapes of the default rule library) on family i % families.
+Prints per configuration: one evaluation of every rule (ms per tick), the per-rule mean, the first
+(cold-cache) pass, and a per-template breakdown, which is the cost model: cost ~ sum over rules of
+(selected series x (c_series + c_point x points in the window)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+from agent.metrics import Sample
+from agent.promql import compile_expr
+from agent.store import Store
+
+FAMILY = 16
+TEMPLATES = [
+    ("rate>", "rate(bench_counter_{f}_total[5m]) > 1000"),
+    ("increase regex", 'increase(bench_counter_{f}_total{{device=~"d1.*"}}[5m]) > 0'),
+    ("ratio group_left", "bench_gauge_{f} / on(device) group_left bench_gauge_{g} > 0.9"),
+    ("avg_over_time", "avg_over_time(bench_gauge_{f}[5m]) > 85"),
+    ("predict_linear", "predict_linear(bench_gauge_{f}[10m], 4 * 3600) < 0"),
+    ("absent", 'absent(bench_gauge_{f}{{device="d0"}})'),
+    ("sum by rate", "sum by (instance) (rate(bench_counter_{f}_total[5m])) > 1e9"),
+    ("max-min_over_time", "max_over_time(bench_gauge_{f}[10m]) - min_over_time(bench_gauge_{f}[10m]) > 50"),
+    ("threshold", "bench_gauge_{f} > 90"),
+    ("irate", "irate(bench_counter_{f}_total[1m]) > 1e6"),
+]
+
+
+def build_store(n_series: int, history: int) -> Store:
+    """A store with ``n_series`` series sampled every second for ``history`` seconds."""
+    families = max(1, n_series // FAMILY)
+    store = Store(retention=history, interval=1.0)
+    series = []
+    for f in range(families):
+        kind = "counter" if f % 2 == 0 else "gauge"
+        name = f"bench_counter_{f // 2}_total" if kind == "counter" else f"bench_gauge_{f // 2}"
+        for d in range(FAMILY):
+            series.append((name, (("device", f"d{d}"), ("instance", "node-1")), kind, f * FAMILY + d))
+    t0 = 1_700_000_000.0
+    for k in range(history + 1):
+        store.begin_tick(t0 + k)
+        store.add(
+            [
+                Sample(name, labels, k * (1 + i % 7) if kind == "counter" else 50 + 40 * math.sin(k / 60 + i))
+                for name, labels, kind, i in series
+            ]
+        )
+    return store
+
+
+def rules(n_rules: int, n_series: int) -> list[tuple[str, str]]:
+    pairs = max(1, n_series // FAMILY // 2)  # counter/gauge family pairs
+    out = []
+    for i in range(n_rules):
+        label, template = TEMPLATES[i % len(TEMPLATES)]
+        f = (i // len(TEMPLATES)) % pairs
+        out.append((label, template.format(f=f, g=(f + 1) % pairs)))
+    return out
+
+
+def run(n_rules: int, n_series: int, history: int, repeat: int) -> None:
+    t_build = time.perf_counter()
+    store = build_store(n_series, history)
+    t_build = time.perf_counter() - t_build
+    exprs = rules(n_rules, n_series)
+    queries = [(label, compile_expr(text)) for label, text in exprs]
+    now = store.now
+    per_template: dict[str, list[float]] = {label: [] for label, _ in TEMPLATES}
+    t = time.perf_counter()
+    for _, q in queries:
+        q.eval(store, now)
+    cold = time.perf_counter() - t
+    totals = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for label, q in queries:
+            t = time.perf_counter()
+            q.eval(store, now)
+            per_template[label].append(time.perf_counter() - t)
+        totals.append(time.perf_counter() - start)
+    total = statistics.median(totals)
+    print(
+        f"{n_rules:>5} rules x {n_series:>6} series ({history} s of 1 s history; store built in {t_build:.1f} s): "
+        f"{total * 1e3:8.1f} ms per evaluation of all rules, {total / n_rules * 1e6:6.1f} us/rule "
+        f"(cold first pass {cold * 1e3:.1f} ms)"
+    )
+    for label, samples in per_template.items():
+        if samples:
+            print(f"        {label:<20} {statistics.mean(samples) * 1e6:8.1f} us/rule")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rules", default="50,500,5000")
+    parser.add_argument("--series", default="2000,20000")
+    parser.add_argument("--history", type=int, default=900)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    for n_series in (int(x) for x in args.series.split(",")):
+        for n_rules in (int(x) for x in args.rules.split(",")):
+            run(n_rules, n_series, args.history, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
