@@ -28,13 +28,6 @@ TEST_FILES = sorted(CORPUS.glob("*.test.yml"))
 CHECK_FILES = sorted((CORPUS / "check").glob("*.yml"))
 HEADER = re.compile(r"^    (name: .*,|alertname: \S+, time: \S+,|expr: \".*\", time: [^,]+,|rule: \S+, time: [^,]+,)")
 
-# Known evaluator divergences (agent/promql, not the rule engine): strict, so a fix shows up as XPASS.
-KNOWN = {
-    "rate_rounding_pass.test.yml": "agent.promql rate(): multiplies by extrapolated/sampled then divides by "
-                                   "the range; Prometheus divides the factor first (1-ulp difference)",
-}
-
-
 def run_cli(module, argv: list[str]) -> tuple[int, str, str]:
     parser = argparse.ArgumentParser()
     module.add_arguments(parser)
@@ -54,12 +47,7 @@ def headers(stderr: str) -> list[str]:
     return sorted(m.group(1) for line in stderr.splitlines() if (m := HEADER.match(line)))
 
 
-def _params(files: list[Path]) -> list:
-    return [pytest.param(f, id=f.name, marks=[pytest.mark.xfail(reason=KNOWN[f.name], strict=True)]
-                         if f.name in KNOWN else []) for f in files]
-
-
-@pytest.mark.parametrize("path", _params(TEST_FILES + LIBRARY_TESTS))
+@pytest.mark.parametrize("path", TEST_FILES + LIBRARY_TESTS, ids=lambda p: p.name)
 def test_same_verdict_as_promtool(path: Path) -> None:
     p_code, _, p_err = promtool("test", "rules", str(path))
     n_code, _, n_err = run_cli(test_rules, [str(path)])

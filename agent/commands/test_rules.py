@@ -25,7 +25,7 @@ from agent import yamlpos
 from agent.durations import format_duration, parse_duration
 from agent.errors import ConfigError, RuleError
 from agent.promql import PromQLError
-from agent.promql.series_notation import parse_series_selector
+from agent.promql.series_notation import parse_series
 from agent.rules import RuleEngine
 from agent.store import ABSENT_NAN, STALE_NAN, Store
 
@@ -100,40 +100,6 @@ def _num(text: str) -> float:
     return float(text.strip())
 
 
-# promtool's series values. (Expanded here rather than with agent.promql.series_notation.parse_values,
-# which reads ``0x10`` as hexadecimal 16; Prometheus's series lexer reads it as 0 repeated: x is TIMES.)
-_NUMBER = r"[-+]?(?:[iI][nN][fF]|[nN][aA][nN]|(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)"
-_ITEM = re.compile(rf"(?P<blank>_)(?:x(?P<bn>[0-9]+))?|(?P<stale>stale)|(?P<a>{_NUMBER})(?:(?P<b>[-+]"
-                   rf"(?:[iI][nN][fF]|[nN][aA][nN]|(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?))?"
-                   rf"x(?P<n>[0-9]+))?")
-
-
-def expand_values(text: str) -> list[float | None]:
-    """``1 2 3``, ``a+bxn``/``a-bxn`` (n+1 values, accumulated like Go), ``axn``, ``_``, ``_xn``, ``stale``.
-
-    None is an omitted sample, STALE_NAN a staleness marker.
-    """
-    out: list[float | None] = []
-    for item in text.split():
-        m = _ITEM.fullmatch(item)
-        if m is None:
-            raise ValueError(f"invalid series value {item!r}")
-        if m["blank"]:
-            out.extend([None] * (int(m["bn"]) if m["bn"] is not None else 1))
-        elif m["stale"]:
-            out.append(STALE_NAN)
-        else:
-            a = float(m["a"])
-            if m["n"] is None:
-                out.append(a)
-                continue
-            b = float(m["b"]) if m["b"] else 0.0
-            for _ in range(int(m["n"]) + 1):
-                out.append(a)
-                a += b
-    return out
-
-
 _METRIC = re.compile(r"\s*(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)?\s*(?:\{(?P<body>.*)\})?\s*", re.S)
 _PAIR = re.compile(r"\s*(?P<k>[a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*\"(?P<v>(?:[^\"\\]|\\.)*)\"\s*(?:,|$)", re.S)
 _UNESCAPE = {"n": "\n", "t": "\t", "\\": "\\", '"': '"'}
@@ -170,17 +136,16 @@ def load_input_series(items: list[Any], interval: float) -> list[InputSeries]:
     out: list[InputSeries] = []
     for item in items:
         try:
-            name, labels = parse_series_selector(str(item.get("series", "")))
+            name, labels, values = parse_series(str(item.get("series", "")), str(item.get("values", "") or ""))
         except PromQLError as err:
             raise ValueError(err.message) from err
-        values = expand_values(str(item.get("values", "") or ""))
         points: dict[float, float] = {}
         for i, v in enumerate(values):
             if v is None:
                 continue
             t = i * interval
             if t not in points:  # equal timestamps (interval 0): the first sample wins, as in promtool
-                points[t] = v
+                points[t] = STALE_NAN if v == "stale" else float(v)
         out.append(InputSeries(name, tuple(sorted(labels.items())), points))
     return out
 
