@@ -517,7 +517,10 @@ class RuleEngine:
             except Exception as err:  # a rule failure is data: the rule is inactive and counted
                 rs.health, rs.last_error = "err", str(err) or type(err).__name__
                 gs.failures["error"] += 1
-                if write and rs.outputs:  # like Prometheus: no new samples, old ones age out via lookback
+                if rs.rule.kind == "alerting":
+                    self._deactivate(rs, t)
+                    rs.outputs = []  # ALERTS series go stale with the alerts
+                elif write and rs.outputs:  # like Prometheus: no new samples, old ones age out via lookback
                     store.add([Sample(n, lb, ABSENT_NAN) for n, lb in rs.outputs])
             else:
                 rs.outputs = [(s.name, s.labels) for s in samples]
@@ -534,6 +537,17 @@ class RuleEngine:
         gs.evaluations += 1
         gs.last_eval = t
         gs.duration = time.perf_counter() - start
+
+    def _deactivate(self, rs: _RuleState, t: float) -> None:
+        """A failed evaluation never leaves an alert pending or firing: pending ones go, firing ones resolve."""
+        for key in list(rs.active):
+            a = rs.active[key]
+            if a.state == "pending":
+                del rs.active[key]
+                self._dirty = True
+            elif a.state == "firing":
+                a.state, a.resolved_at, a.keep_firing_since = "inactive", t, None
+                self._dirty = True
 
     @staticmethod
     def _no_data(rs: _RuleState, store: Any) -> bool:
@@ -608,6 +622,7 @@ class RuleEngine:
                 cur.value, cur.annotations = a.value, a.annotations
                 continue
             active[key] = a
+            self._dirty = True
         samples: list[Sample] = []
         n_active = 0
         for key in list(active):

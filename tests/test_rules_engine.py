@@ -381,3 +381,29 @@ groups:
     assert (g.interval, g.limit, g.labels) == (30.0, 10, (("team", "infra"),))
     assert [(r.kind, r.for_, r.keep_firing_for) for r in g.rules] == [("alerting", 300.0, 60.0), ("recording", 0, 0)]
     assert math.isclose(g.rules[0].for_, 300.0)
+
+
+def test_evaluation_error_resolves_firing_alerts_and_persists_new_pending(tmp_path: Path) -> None:
+    s = Scripted()
+    s.script["temp"] = [({"gpu": "0"}, 90.0)]
+    state = tmp_path / "alerts.json"
+    eng = engine_with(tmp_path, s, state=str(state))
+    store = Store(retention=3600, interval=60)
+    run(eng, store, 0)
+    assert json.loads(state.read_text())["rules"][0]["alerts"][0]["state"] == "pending"  # written at once
+    run(eng, store, 120)
+    assert states(eng) == [("0", "firing", 0.0)]
+
+    def boom(t):
+        raise RuntimeError("many-to-many matching not allowed")
+
+    s.script["temp"] = boom
+    out = run(eng, store, 180)
+    (a,) = eng.alerts()
+    assert (a.state, a.resolved_at) == ("inactive", 180.0)
+    assert not [x for x in out if x.name == "ALERTS"]
+    (rule,) = eng.api_rules()["data"]["groups"][0]["rules"]
+    assert (rule["health"], rule["lastError"]) == ("err", "many-to-many matching not allowed")
+    assert json.loads(state.read_text())["rules"] == []
+    (series,) = [x for x in store.family("ALERTS").values() if x.labels[1] == ("alertstate", "firing")]
+    assert store.instant(series, 180) is None  # stale right away, not kept visible by lookback
