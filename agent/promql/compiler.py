@@ -27,14 +27,23 @@ _MATCH_OPS = {"MatchOp.Equal": "=", "MatchOp.NotEqual": "!=", "MatchOp.Re": "=~"
 class Query:
     """A compiled expression: ``eval(store, t)`` returns a :class:`Vector` or a :class:`Scalar`."""
 
-    def __init__(self, text: str, root: nodes.Node, selectors: list[Selector]) -> None:
+    def __init__(
+        self, text: str, root: nodes.Node, selectors: list[Selector], shared: list[nodes.MatrixSelector] | None = None
+    ) -> None:
         self.text = text
         self.root = root
         self.selectors = selectors
+        self._shared = shared or []  # range selectors used more than once: read once per evaluation
 
     def eval(self, store: Any, t: float) -> Vector | Scalar:
         """Evaluate at time ``t`` (seconds) over ``store``; raises PromQLError when Prometheus would fail."""
-        value = self.root.eval(store, t)
+        for m in self._shared:
+            m.memo = {}
+        try:
+            value = self.root.eval(store, t)
+        finally:
+            for m in self._shared:
+                m.memo = None
         if self.root.kind == "scalar":
             return Scalar(value)
         return Vector((dict(labels), v) for labels, v in value)
@@ -52,6 +61,9 @@ class _Compiler:
     def __init__(self, text: str) -> None:
         self.text = text
         self.selectors: list[Selector] = []
+        self.vectors: dict[tuple, nodes.VectorSelector] = {}
+        self.matrices: dict[tuple, nodes.MatrixSelector] = {}
+        self.shared: list[nodes.MatrixSelector] = []
 
     def fail(self, message: str, pattern: str | None = None) -> PromQLError:
         return PromQLError(message, _locate(self.text, pattern) if pattern else None)
@@ -67,7 +79,13 @@ class _Compiler:
             return self.vector_selector(node)
         if isinstance(node, pp.MatrixSelector):
             vs = self.vector_selector(node.vector_selector)
-            return nodes.MatrixSelector(vs, node.range.total_seconds())
+            key = (id(vs), node.range.total_seconds())
+            m = self.matrices.get(key)
+            if m is None:
+                m = self.matrices[key] = nodes.MatrixSelector(vs, node.range.total_seconds())
+            elif m not in self.shared:
+                self.shared.append(m)
+            return m
         if isinstance(node, pp.SubqueryExpr):
             raise self.fail("subquery is not supported", r"\[[^\]]*:")
         if isinstance(node, pp.UnaryExpr):
@@ -105,8 +123,12 @@ class _Compiler:
                 matchers.append(nodes.Matcher(label, op, value))
             except PromQLError as err:
                 raise PromQLError(err.message, self.text.find(value)) from err
-        sel = nodes.VectorSelector(name, matchers, vs.offset.total_seconds() if vs.offset is not None else 0.0)
-        sel.absent_labels = _absent_labels(raw)
+        offset = vs.offset.total_seconds() if vs.offset is not None else 0.0
+        key = (name, tuple(lint), offset)
+        sel = self.vectors.get(key)
+        if sel is None:
+            sel = self.vectors[key] = nodes.VectorSelector(name, matchers, offset)
+            sel.absent_labels = _absent_labels(raw)
         return sel
 
     def binary(self, node: Any) -> nodes.Node:
@@ -204,4 +226,4 @@ def compile_expr(text: str) -> Query:
         raise PromQLError("expression of type string is not supported (expected instant vector or scalar)")
     if root.kind == "matrix":
         raise PromQLError("expression of type range vector is not supported (expected instant vector or scalar)")
-    return Query(text, root, compiler.selectors)
+    return Query(text, root, compiler.selectors, compiler.shared)

@@ -175,7 +175,22 @@ def resets(vals: Values, clean: bool) -> float:
 
 
 def avg_over_time(vals: Values, clean: bool) -> float:
+    """Prometheus' incremental mean with Kahan compensation."""
     mean = c = count = 0.0
+    if clean and -math.inf < sum(vals) < math.inf:
+        # finite values only: the Inf branches below cannot trigger unless the mean overflows
+        for v in vals:
+            count += 1.0
+            inc = v / count - mean / count
+            t = mean + inc
+            if abs(mean) >= abs(inc):
+                c += (mean - t) + inc
+            else:
+                c += (inc - t) + mean
+            mean = t
+        if not math.isinf(mean):
+            return mean + c
+        mean = c = count = 0.0
     inf = math.inf
     for v in vals:
         count += 1

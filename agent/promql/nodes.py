@@ -188,13 +188,24 @@ class MatrixSelector(Node):
     def __init__(self, vs: VectorSelector, range_s: float) -> None:
         self.vs = vs
         self.range = range_s
+        self.memo: dict | None = None  # set by Query.eval when this selector occurs more than once
+
+    def eval_series(self, store: Any, t: float) -> list[SeriesRange]:
+        """(labels, times, values, clean) per matching series with samples in the window; clean: no NaN."""
+        memo = self.memo
+        if memo is None:
+            return self._read(store, t)
+        key = (id(store), t)
+        got = memo.get(key)
+        if got is None:
+            got = memo[key] = self._read(store, t)
+        return got
 
     def window(self, t: float) -> tuple[float, float]:
         end = t - self.vs.offset
         return end - self.range, end
 
-    def eval_series(self, store: Any, t: float) -> list[SeriesRange]:
-        """(labels, times, values, clean) per matching series with samples in the window; clean: no NaN."""
+    def _read(self, store: Any, t: float) -> list[SeriesRange]:
         start, end = self.window(t)
         out: list[SeriesRange] = []
         selected = self.vs.select(store)
