@@ -398,6 +398,10 @@ def go_float_e(v: float) -> str:
 
 
 METRICS = [
+    MetricSpec("ALERTS", "gauge", "Pending and firing alerts of the alerting rules (value 1).",
+               ("alertname", "alertstate")),
+    MetricSpec("ALERTS_FOR_STATE", "gauge", "Unix time since which each pending/firing alert is active.",
+               ("alertname",)),
     MetricSpec("nodewarden_rule_group_last_evaluation_timestamp_seconds", "gauge",
                "Unix time of the rule group's last evaluation.", ("rule_group",)),
     MetricSpec("nodewarden_rule_group_last_duration_seconds", "gauge",
@@ -410,9 +414,9 @@ METRICS = [
                "Rule evaluations that failed (reason=error) or found none of the metrics the rule reads "
                "(reason=no_data).", ("rule_group", "reason")),
     MetricSpec("nodewarden_alerts", "gauge", "Active alerts by state.", ("state",)),
-    MetricSpec("nodewarden_config_last_reload_successful", "gauge",
-               "Whether the last rule reload succeeded (1) or kept the previous rules (0).", ()),
-    MetricSpec("nodewarden_config_last_reload_success_timestamp_seconds", "gauge",
+    MetricSpec("nodewarden_rules_last_reload_successful", "gauge",
+               "Whether the last rule load succeeded (1) or kept the previous rules (0).", ()),
+    MetricSpec("nodewarden_rules_last_reload_success_timestamp_seconds", "gauge",
                "Unix time of the last successful rule reload.", ()),
 ]
 
@@ -676,8 +680,8 @@ class RuleEngine:
                         counts[a.state] += 1
         for state, n in counts.items():
             out.append(Sample("nodewarden_alerts", (("state", state),), float(n)))
-        out.append(Sample("nodewarden_config_last_reload_successful", (), self.reload_ok))
-        out.append(Sample("nodewarden_config_last_reload_success_timestamp_seconds", (), self.reload_time))
+        out.append(Sample("nodewarden_rules_last_reload_successful", (), self.reload_ok))
+        out.append(Sample("nodewarden_rules_last_reload_success_timestamp_seconds", (), self.reload_time))
         return out
 
     # -- reading ---------------------------------------------------------------------------

@@ -281,7 +281,7 @@ def test_reload_keeps_state_of_unchanged_rules_and_bad_reload_keeps_old(tmp_path
     assert info.value.problems[0].startswith(f"{tmp_path / 'bad.yml'}:5:")
     assert [rs.rule.name for _, rs in eng.rule_states()] == ["Hot", "Other"]
     out = run(eng, store, 180)
-    assert [x.value for x in out if x.name == "nodewarden_config_last_reload_successful"] == [0.0]
+    assert [x.value for x in out if x.name == "nodewarden_rules_last_reload_successful"] == [0.0]
 
 
 def test_api_shapes(tmp_path: Path) -> None:
