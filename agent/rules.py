@@ -434,6 +434,7 @@ class RuleEngine:
                  check_no_data: bool = True) -> None:
         self.state_path = state_path
         self.external_labels = dict(external_labels or {})
+        self.external_url = ""  # {{ $externalURL }} in templates
         self.clock = clock
         self.compiler = compiler
         self.check_no_data = check_no_data
@@ -608,13 +609,14 @@ class RuleEngine:
                 else:
                     lb.pop(k, None)
             for k, tmpl in rule.label_tmpls:
-                v = tmpl.render(metric, value, self.external_labels)
+                v = tmpl.render(metric, value, self.external_labels, self.external_url)
                 if v:
                     lb[k] = v
                 else:
                     lb.pop(k, None)
             lb["alertname"] = rule.name
-            ann = {k: tmpl.render(metric, value, self.external_labels) for k, tmpl in rule.annotation_tmpls}
+            ext, url = self.external_labels, self.external_url
+            ann = {k: tmpl.render(metric, value, ext, url) for k, tmpl in rule.annotation_tmpls}
             key = _label_key(lb)
             if key in fresh:
                 raise RuleError("vector contains metrics with the same labelset after applying alert labels")

@@ -407,3 +407,54 @@ def test_evaluation_error_resolves_firing_alerts_and_persists_new_pending(tmp_pa
     assert json.loads(state.read_text())["rules"] == []
     (series,) = [x for x in store.family("ALERTS").values() if x.labels[1] == ("alertstate", "firing")]
     assert store.instant(series, 180) is None  # stale right away, not kept visible by lookback
+
+
+def test_default_library_on_a_live_store_with_restart(tmp_path: Path) -> None:
+    """Real PromQL, real store, 5 s ticks: a read-only remount fires after 1m, survives a restart, GPU rules
+    on a node without GPUs count no_data failures instead of looking healthy."""
+    from tests.conftest import REPO
+
+    files = [str(REPO / "rules" / "storage.yml"), str(REPO / "rules" / "gpu.yml")]
+    state = str(tmp_path / "alerts.json")
+    fs = (("device", "/dev/sdc1"), ("fstype", "xfs"), ("mountpoint", "/data"))
+
+    def feed(store: Store, eng: RuleEngine, t0: float, n: int, ro: float) -> list:
+        out: list = []
+        for k in range(n):
+            t = t0 + 5 * k
+            store.begin_tick(t)
+            store.add([("node_filesystem_readonly", fs, ro), ("node_filesystem_avail_bytes", fs, 5e11),
+                       ("node_filesystem_size_bytes", fs, 1e12)])
+            out = eng.evaluate(store, t)
+        return out
+
+    eng = RuleEngine(state)
+    eng.load(files)
+    store = Store(retention=900, interval=5)
+    feed(store, eng, 1000.0, 6, 0.0)
+    feed(store, eng, 1030.0, 12, 1.0)  # read-only from t=1030; last tick 1085
+    (a,) = [a for a in eng.alerts() if a.name == "FilesystemReadOnly"]
+    assert (a.state, a.active_at) == ("pending", 1030.0)
+    out = feed(store, eng, 1090.0, 1, 1.0)
+    (a,) = [a for a in eng.alerts() if a.name == "FilesystemReadOnly"]
+    assert (a.state, a.fired_at) == ("firing", 1090.0)
+    assert a.annotations == {"summary": "/data (/dev/sdc1) is read-only"}
+    alerts = [dict(s.labels) for s in out if s.name == "ALERTS"]
+    assert {"alertname": "FilesystemReadOnly", "alertstate": "firing", "severity": "critical", **dict(fs)} in alerts
+    nodata = {dict(s.labels)["rule_group"].split(";")[1]: s.value for s in out
+              if s.name == "nodewarden_rule_evaluation_failures_total" and dict(s.labels)["reason"] == "no_data"}
+    assert nodata["nodewarden-gpu-health"] > 0  # no GPU metrics on this node
+    health = {r["name"]: r["health"] for g in eng.api_rules()["data"]["groups"] for r in g["rules"]}
+    assert (health["FilesystemReadOnly"], health["DiskSaturated"], health["GpuLost"]) == ("ok", "err", "err")
+    eng.save_state()
+
+    eng2 = RuleEngine(state)
+    eng2.restore_state()
+    eng2.load(files)
+    store2 = Store(retention=900, interval=5)
+    feed(store2, eng2, 1200.0, 1, 1.0)
+    (b,) = [a for a in eng2.alerts() if a.name == "FilesystemReadOnly"]
+    assert (b.state, b.active_at, b.fired_at) == ("firing", 1030.0, 1090.0)
+    feed(store2, eng2, 1205.0, 1, 0.0)
+    (b,) = [a for a in eng2.alerts() if a.name == "FilesystemReadOnly"]
+    assert (b.state, b.resolved_at) == ("inactive", 1205.0)

@@ -266,6 +266,7 @@ def _run_group(tg: Any, root: Any, filename: str, loc: list[Any], eval_interval:
         return [f"{filename}: {err}"]
     ext = {str(k): str(v) for k, v in (tg.get("external_labels") or {}).items()}
     engine = RuleEngine(None, ext, clock=lambda: 0.0, check_no_data=False)
+    engine.external_url = str(tg.get("external_url") or "")
     try:
         engine.load(rule_files)
     except RuleError as err:
