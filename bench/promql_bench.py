@@ -36,10 +36,10 @@ TEMPLATES = [
 ]
 
 
-def build_store(n_series: int, history: int) -> Store:
-    """A store with ``n_series`` series sampled every second for ``history`` seconds."""
+def build_store(n_series: int, history: int, step: float = 1.0) -> Store:
+    """A store with ``n_series`` series sampled every ``step`` seconds for ``history`` seconds."""
     families = max(1, n_series // FAMILY)
-    store = Store(retention=history, interval=1.0)
+    store = Store(retention=history, interval=step)
     series = []
     for f in range(families):
         kind = "counter" if f % 2 == 0 else "gauge"
@@ -47,8 +47,8 @@ def build_store(n_series: int, history: int) -> Store:
         for d in range(FAMILY):
             series.append((name, (("device", f"d{d}"), ("instance", "node-1")), kind, f * FAMILY + d))
     t0 = 1_700_000_000.0
-    for k in range(history + 1):
-        store.begin_tick(t0 + k)
+    for k in range(int(history / step) + 1):
+        store.begin_tick(t0 + k * step)
         store.add(
             [
                 Sample(name, labels, k * (1 + i % 7) if kind == "counter" else 50 + 40 * math.sin(k / 60 + i))
@@ -68,9 +68,9 @@ def rules(n_rules: int, n_series: int) -> list[tuple[str, str]]:
     return out
 
 
-def run(n_rules: int, n_series: int, history: int, repeat: int) -> None:
+def run(n_rules: int, n_series: int, history: int, repeat: int, step: float) -> None:
     t_build = time.perf_counter()
-    store = build_store(n_series, history)
+    store = build_store(n_series, history, step)
     t_build = time.perf_counter() - t_build
     exprs = rules(n_rules, n_series)
     queries = [(label, compile_expr(text)) for label, text in exprs]
@@ -90,7 +90,7 @@ def run(n_rules: int, n_series: int, history: int, repeat: int) -> None:
         totals.append(time.perf_counter() - start)
     total = statistics.median(totals)
     print(
-        f"{n_rules:>5} rules x {n_series:>6} series ({history} s of 1 s history; store built in {t_build:.1f} s): "
+        f"{n_rules:>5} rules x {n_series:>6} series ({history} s of {step:g} s history; built in {t_build:.1f} s): "
         f"{total * 1e3:8.1f} ms per evaluation of all rules, {total / n_rules * 1e6:6.1f} us/rule "
         f"(cold first pass {cold * 1e3:.1f} ms)"
     )
@@ -99,16 +99,88 @@ def run(n_rules: int, n_series: int, history: int, repeat: int) -> None:
             print(f"        {label:<20} {statistics.mean(samples) * 1e6:8.1f} us/rule")
 
 
+_NODE = [  # (metric-name prefix, base label sets): a big node of 8 GPUs, 16 disks and filesystems, 8 NICs, 8 IB ports
+    (("nodewarden_gpu", "DCGM_", "gpu_xid:"), [{"gpu": str(i), "UUID": f"GPU-{i:04d}"} for i in range(8)]),
+    (("node_disk_",), [{"device": f"nvme{i}n1"} for i in range(16)]),
+    (
+        ("node_filesystem_",),
+        [{"device": f"/dev/nvme{i}n1", "mountpoint": f"/mnt/d{i}", "fstype": "ext4"} for i in range(16)],
+    ),
+    (("node_network_",), [{"device": f"eth{i}"} for i in range(8)]),
+    (("node_infiniband_",), [{"device": f"mlx5_{i}", "port": "1"} for i in range(8)]),
+]
+
+
+def library_store(exprs: list[str], history: int, step: float) -> Store:
+    """Series for every selector of ``exprs`` on a big node: label sets by metric prefix, times the
+    alternatives of the selector's ``=`` / ``=~`` matchers (so every rule selects data)."""
+    wanted: dict[str, list[dict[str, str]]] = {}
+    for text in exprs:
+        for sel in compile_expr(text).selectors:
+            if sel.name is None:
+                continue
+            base = next((sets for prefixes, sets in _NODE if sel.name.startswith(prefixes)), [{}])
+            for label, op, value in sel.matchers:
+                if op in ("=", "=~") and label != "__name__":
+                    base = [{**b, label: alt} for b in base for alt in value.split("|")]
+            wanted.setdefault(sel.name, []).extend(base)
+    series = []
+    for name, sets in wanted.items():
+        seen = {tuple(sorted(s.items())) for s in sets}
+        series.extend((name, labels, i) for i, labels in enumerate(sorted(seen)))
+    store = Store(retention=history, interval=step)
+    t0 = 1_700_000_000.0
+    for k in range(int(history / step) + 1):
+        store.begin_tick(t0 + k * step)
+        store.add(
+            [
+                Sample(name, labels, k * step * (i + 1) if name.endswith("_total") else 1.0 + (k + i) % 3)
+                for name, labels, i in series
+            ]
+        )
+    return store
+
+
+def run_library(paths: list[str], history: int, step: float, repeat: int) -> None:
+    """Evaluate every rule expression of rule files ``paths`` once per tick on a big synthetic node."""
+    from ruamel.yaml import YAML
+
+    exprs = []
+    for path in paths:
+        with open(path) as fh:
+            for group in YAML(typ="safe").load(fh)["groups"]:
+                exprs.extend(rule["expr"] for rule in group["rules"])
+    store = library_store(exprs, history, step)
+    queries = [compile_expr(e) for e in exprs]
+    now = store.now
+    totals = []
+    for _ in range(repeat + 1):
+        start = time.perf_counter()
+        for q in queries:
+            q.eval(store, now)
+        totals.append(time.perf_counter() - start)
+    cold, warm = totals[0], statistics.median(totals[1:])
+    print(
+        f"rule library: {len(exprs)} rules over {store.series_count()} series ({history} s of {step:g} s history): "
+        f"{warm * 1e3:.2f} ms per tick (cold first pass {cold * 1e3:.2f} ms)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rules", default="50,500,5000")
     parser.add_argument("--series", default="2000,20000")
     parser.add_argument("--history", type=int, default=900)
+    parser.add_argument("--step", type=float, default=1.0, help="sampling interval in seconds")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--library", nargs="*", help="rule files: time their expressions on a big node instead")
     args = parser.parse_args()
+    if args.library:
+        run_library(args.library, args.history, args.step, max(1, args.repeat))
+        return
     for n_series in (int(x) for x in args.series.split(",")):
         for n_rules in (int(x) for x in args.rules.split(",")):
-            run(n_rules, n_series, args.history, args.repeat)
+            run(n_rules, n_series, args.history, args.repeat, args.step)
 
 
 if __name__ == "__main__":

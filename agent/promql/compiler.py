@@ -8,8 +8,8 @@ from typing import Any
 import promql_parser as pp
 
 from agent.promql import nodes
-from agent.promql.regex import RegexError, compile_anchored
-from agent.promql.values import NAME, PromQLError, Scalar, Selector, Vector
+from agent.promql.regex import RegexError, RegexUnsupported, compile_anchored
+from agent.promql.values import NAME, PromQLError, PromQLEvalError, Scalar, Selector, Vector
 
 AGGREGATIONS = {
     "sum", "avg", "min", "max", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values", "group",
@@ -181,20 +181,25 @@ class _Compiler:
             vs = arg.vs if isinstance(arg, nodes.MatrixSelector) else arg
             call.extra = getattr(vs, "absent_labels", {}) if isinstance(vs, nodes.VectorSelector) else {}
         elif name == "label_replace":
+            # Prometheus accepts these at load time and fails every evaluation: so do we (unsupported RE2
+            # constructs are the exception: those we refuse to load rather than evaluate differently).
             dst, regex = args[1].value, args[4].value
             try:
                 call.extra = compile_anchored(regex)
-            except RegexError as err:
-                raise self.fail(f"invalid regular expression in label_replace(): {regex}: {err}") from err
-            if not nodes._valid_label_name(dst):
-                raise self.fail(f"invalid destination label name in label_replace(): {dst}")
+            except RegexUnsupported as err:
+                raise self.fail(f"regular expression {regex!r} in label_replace() is not supported: {err}") from err
+            except RegexError:
+                call.extra = PromQLEvalError(f"invalid regular expression in label_replace(): {regex}")
+            if not nodes.valid_label_name(dst):
+                call.extra = PromQLEvalError(f"invalid destination label name in label_replace(): {dst}")
         elif name == "label_join":
-            dst = args[1].value
-            if not nodes._valid_label_name(dst):
-                raise self.fail(f"invalid destination label name in label_join(): {dst}")
             for a in args[3:]:
-                if not nodes._valid_label_name(a.value):
-                    raise self.fail(f"invalid source label name in label_join(): {a.value}")
+                if not nodes.valid_label_name(a.value):
+                    call.extra = PromQLEvalError(f"invalid source label name in label_join(): {a.value}")
+                    break
+            else:
+                if not nodes.valid_label_name(args[1].value):
+                    call.extra = PromQLEvalError(f"invalid destination label name in label_join(): {args[1].value}")
         return call
 
 
@@ -214,8 +219,50 @@ def _absent_labels(raw: list[tuple[str, str, str]]) -> dict[str, str]:
     return {k: v for k, v in labels.items() if v != ""}
 
 
+_UNITLESS = re.compile(r"(\[\s*|\boffset\s+-?\s*)(\d+(?:\.\d*)?)(?![\w.])")
+
+
+def _prescan(text: str) -> None:
+    """Reject syntax newer than Prometheus 2.42 that promql-parser accepts: quoted (UTF-8) metric/label
+    names, and durations without a unit (``[5]``, ``offset 5``)."""
+    code: list[str] = []  # the text with string literals and comments blanked, positions kept
+    depth = 0
+    prev = ""
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "\"'`":
+            if depth > 0 and prev in ("{", ","):
+                raise PromQLError("quoted metric or label names are not supported (Prometheus 2.42)", i)
+            j = i + 1
+            while j < n and text[j] != c:
+                j += 2 if text[j] == "\\" and c != "`" else 1
+            code.append(" " * (min(j, n - 1) - i + 1))
+            i = j + 1
+            prev = '"'
+            continue
+        if c == "#":
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            code.append(" " * (j - i))
+            i = j
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+        if not c.isspace():
+            prev = c
+        code.append(c)
+        i += 1
+    m = _UNITLESS.search("".join(code))
+    if m:
+        raise PromQLError(f"duration {m.group(2)!r} has no unit (e.g. 5m); not valid in Prometheus 2.42", m.start(2))
+
+
 def compile_expr(text: str) -> Query:
     """Parse and compile a PromQL expression; PromQLError names any construct outside the subset."""
+    _prescan(text)
     try:
         ast = pp.parse(text)
     except ValueError as err:

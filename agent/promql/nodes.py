@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.promql import functions as fn
-from agent.promql.regex import RegexError, compile_anchored
+from agent.promql.regex import RegexError, RegexUnsupported, compile_anchored
 from agent.promql.values import (
     NAME,
     LabelDict,
@@ -97,6 +97,8 @@ class Matcher:
         if op in ("=~", "!~"):
             try:
                 pattern = compile_anchored(value)
+            except RegexUnsupported as err:
+                raise PromQLError(f"regular expression {value!r} in matcher is not supported: {err}") from err
             except RegexError as err:
                 raise PromQLError(f"invalid regular expression {value!r} in matcher: {err}") from err
             match = pattern.match
@@ -542,7 +544,7 @@ class Aggregate(Node):
         grouping: list[str] | frozenset = self.grouping_set if self.without else self.grouping
         if op == "count_values":
             value_label = param
-            if not _valid_label_name(value_label):
+            if not valid_label_name(value_label):
                 raise PromQLEvalError(f"invalid label name {_go_quote(value_label)}")
             if not self.without:
                 grouping = sorted({*self.grouping, value_label})
@@ -632,7 +634,7 @@ class Aggregate(Node):
         return out
 
 
-def _valid_label_name(name: str) -> bool:
+def valid_label_name(name: str) -> bool:
     if not name or not (name[0].isascii() and (name[0].isalpha() or name[0] == "_")):
         return False
     return all(c.isascii() and (c.isalnum() or c == "_") for c in name)
@@ -850,6 +852,8 @@ def go_expand(template: str, src: str, match: Any) -> str:
 
 
 def _label_replace(call: Call, store: Any, t: float) -> VectorT:
+    if isinstance(call.extra, PromQLEvalError):
+        raise call.extra
     vec = call.args[0].eval(store, t)
     dst = call.args[1].value
     repl = call.args[2].value
@@ -871,6 +875,8 @@ def _label_replace(call: Call, store: Any, t: float) -> VectorT:
 
 
 def _label_join(call: Call, store: Any, t: float) -> VectorT:
+    if isinstance(call.extra, PromQLEvalError):
+        raise call.extra
     vec = call.args[0].eval(store, t)
     dst = call.args[1].value
     sep = call.args[2].value

@@ -38,7 +38,11 @@ _NOT_BOUNDARY = f"(?:(?<={_WORD})(?={_WORD})|(?<!{_WORD})(?!{_WORD}))"
 
 
 class RegexError(ValueError):
-    """The regex is invalid or uses a construct we cannot reproduce exactly."""
+    """The regex is invalid (Go's regexp rejects it too)."""
+
+
+class RegexUnsupported(RegexError):
+    """The regex is valid RE2 but uses a construct we cannot reproduce exactly with Python's re."""
 
 
 def _escape_char(c: str) -> str:
@@ -61,10 +65,10 @@ def _escape(p: str, i: int, in_class: bool) -> tuple[str, int]:
         return (f"[{_ASCII_CLASSES[c]}]" if not in_class else _ASCII_CLASSES[c]), i + 2
     if c in "DWS":
         if in_class:
-            raise RegexError(f"\\{c} inside a character class is not supported")
+            raise RegexUnsupported(f"\\{c} inside a character class is not supported")
         return f"[^{_ASCII_CLASSES[c.lower()]}]", i + 2
     if c in "pP":
-        raise RegexError("Unicode classes (\\p) are not supported")
+        raise RegexUnsupported("Unicode classes (\\p) are not supported")
     if c in "123456789" and (i + 2 >= len(p) or p[i + 2] not in "01234567"):
         raise RegexError(f"invalid escape sequence: \\{c}")
     if c in "01234567":
@@ -162,7 +166,7 @@ def translate(pattern: str) -> str:
                     raise RegexError(f"invalid or unsupported Perl syntax: {pattern[i : i + 3]}")
                 flags = m.group(1)
                 if "U" in flags:
-                    raise RegexError("the (?U) flag is not supported")
+                    raise RegexUnsupported("the (?U) flag is not supported")
                 if "m" in flags.split("-")[0]:
                     multiline = True
                 if m.group(2) == ":":
