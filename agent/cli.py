@@ -20,6 +20,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("check", "config"): "agent.commands.check_config",
     ("check", "rules"): "agent.commands.check_rules",
     ("test", "rules"): "agent.commands.test_rules",
+    ("simulate",): "agent.commands.simulate",
     ("status",): "agent.commands.status",
 }
 
