@@ -111,3 +111,10 @@ def test_default_library_loads_in_the_engine(name: str) -> None:
     eng.load([str(REPO / "rules" / f"{name}.yml")])
     assert sum(1 for _ in eng.rule_states()) >= 10
     assert all(rs.rule.annotations or rs.rule.kind == "recording" for _, rs in eng.rule_states())
+
+
+def test_default_library_names_only_metrics_and_labels_the_collectors_emit() -> None:
+    files = sorted(str(p) for p in (REPO / "rules").glob("*.yml"))
+    proc = nodewarden("check", "rules", "--lint-fatal", *files)
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING" not in proc.stderr and "NOTE" not in proc.stderr
