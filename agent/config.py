@@ -17,6 +17,8 @@ from agent.durations import parse_duration
 from agent.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:9842"
+# The default rule library (top-level rules/); rules/remediations.yml is the policy, not a rule file.
+DEFAULT_RULE_FILES = ("rules/gpu.yml", "rules/network.yml", "rules/storage.yml")
 
 
 def _duration(value: Any) -> float:
@@ -157,6 +159,10 @@ class Config(Model):
     retention: Duration = 900.0
     hostname: str | None = None
     web_config_file: str | None = None
+    rule_files: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_RULE_FILES),
+        description="Prometheus rule files (globs), relative to the config file's directory")
+    external_labels: dict[str, str] = Field(default_factory=dict, description="$externalLabels in templates")
     paths: PathsConfig = PathsConfig()
     log: LogConfig = LogConfig()
     collectors: CollectorsConfig = CollectorsConfig()
@@ -219,12 +225,33 @@ def load_text(text: str, filename: str = "<config>") -> Config:
 
 
 def load_file(path: str | Path) -> Config:
-    """Read and validate a config file."""
+    """Read and validate a config file; relative rule_files are resolved against its directory."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{path}:1:1: cannot read config: {err.strerror}") from err
-    return load_text(text, str(path))
+    cfg = load_text(text, str(path))
+    base = Path(path).resolve().parent
+    if "rule_files" in cfg.model_fields_set:
+        files = [f if Path(f).is_absolute() else str(base / f) for f in cfg.rule_files]
+        cfg = cfg.model_copy(update={"rule_files": files})
+    return cfg
+
+
+def rule_paths(cfg: Config) -> list[str]:
+    """Expand rule_files globs (sorted per pattern). A configured file that does not exist is returned as is,
+    so loading it reports the missing file; the built-in default list only uses the files that exist."""
+    import glob
+
+    explicit = "rule_files" in cfg.model_fields_set
+    out: list[str] = []
+    for pattern in cfg.rule_files:
+        matches = sorted(glob.glob(pattern))
+        if matches:
+            out += [m for m in matches if m not in out]
+        elif explicit and not glob.has_magic(pattern):
+            out.append(pattern)
+    return out
 
 
 def with_overrides(cfg: Config, **overrides: Any) -> Config:

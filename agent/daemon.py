@@ -23,10 +23,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from agent import __version__, collectors
 from agent import config as configmod
 from agent.config import Config
-from agent.errors import ConfigError, PluginLoadError
+from agent.errors import ConfigError, PluginLoadError, RuleError
 from agent.exporter import CONTENT_TYPE, Exporter
 from agent.metrics import Collector, MetricSpec, Sample
 from agent.paths import Paths
+from agent.rules import RuleEngine
 from agent.runner import CollectorRunner, Outcome
 from agent.store import Store
 from agent.systemd import Notifier
@@ -132,6 +133,9 @@ class Daemon:
         self._warned: set[str] = set()
         self.server: Server | None = None
         self.scheduler: BackgroundScheduler | None = None
+        self.rules = RuleEngine(os.path.join(cfg.state_dir, "alerts.json"), dict(cfg.external_labels), clock=wall)
+        self.rules.restore_state()
+        self.rules.load(configmod.rule_paths(cfg))  # RuleError: the caller reports it (exit 2)
         self.components = self._build(cfg)
         self.web = self._web_config(cfg)
 
@@ -150,7 +154,16 @@ class Daemon:
         self.exporter.register(SELF_METRICS)
         for coll in built:
             self.exporter.register(list(coll.metrics), export=cfg.collectors.get(coll.name).export)
+        self._register_rule_metrics()
         return Components(cfg, runners, failed)
+
+    def _register_rule_metrics(self) -> None:
+        """The rule engine's own families, and one untyped family per recording rule."""
+        self.exporter.register(list(self.rules.metrics))
+        for gs in self.rules.groups:
+            for r in gs.group.rules:
+                if r.kind == "recording" and self.exporter.spec(r.name) is None:
+                    self.exporter.register([MetricSpec(r.name, "untyped", f"Recording rule (group {gs.group.name}).")])
 
     @staticmethod
     def _web_config(cfg: Config) -> WebConfig:
@@ -169,7 +182,13 @@ class Daemon:
             "/healthz": self._healthz,
             "/": self._index,
             "/api/v1/status": self._status_json,
+            "/api/v1/alerts": lambda: self._json(self.rules.api_alerts()),
+            "/api/v1/rules": lambda: self._json(self.rules.api_rules()),
         }
+
+    @staticmethod
+    def _json(doc: dict[str, Any]) -> tuple[int, str, bytes]:
+        return 200, "application/json", json.dumps(doc).encode()
 
     def _healthz(self) -> tuple[int, str, bytes]:
         ok, reason = self.health.check(self.mono())
@@ -182,13 +201,14 @@ class Daemon:
             '<li><a href="/metrics">/metrics</a> &mdash; Prometheus exposition</li>'
             '<li><a href="/healthz">/healthz</a> &mdash; sampling loop health</li>'
             '<li><a href="/api/v1/status">/api/v1/status</a> &mdash; collectors (JSON)</li>'
+            '<li><a href="/api/v1/alerts">/api/v1/alerts</a> &mdash; pending and firing alerts (JSON)</li>'
+            '<li><a href="/api/v1/rules">/api/v1/rules</a> &mdash; rule groups and their health (JSON)</li>'
             "</ul></body></html>\n"
         )
         return 200, "text/html; charset=utf-8", html.encode()
 
     def _status_json(self) -> tuple[int, str, bytes]:
-        body = {"status": "success", "data": self.status()}
-        return 200, "application/json", json.dumps(body).encode()
+        return self._json({"status": "success", "data": self.status()})
 
     def status(self) -> dict[str, Any]:
         """A summary for `nodewarden status` and /api/v1/status."""
@@ -241,7 +261,6 @@ class Daemon:
             self_samples.append(Sample("nodewarden_collector_duration_seconds", lbl, 0.0))
         if self.store.tick % 60 == 59:
             self.store.gc()
-        self._tick_duration = self.mono() - start
         self_samples += [
             Sample("nodewarden_tick_lag_seconds", (), round(self._lag, 6)),
             Sample("nodewarden_tick_duration_seconds", (), round(self._tick_duration, 6)),
@@ -252,6 +271,8 @@ class Daemon:
             Sample("nodewarden_config_last_reload_success_timestamp_seconds", (), round(self.reload_ok_at, 3)),
         ]
         self.store.add(self_samples)
+        self.store.add(self.rules.evaluate(self.store, now))  # recording rules, ALERTS, engine metrics
+        self._tick_duration = self.mono() - start
         self.exporter.render(self.store)
         first = self.health.ticks == 0
         self.health.last_tick_end = self.mono()
@@ -308,11 +329,13 @@ class Daemon:
                 cfg = self.config
             web = self._web_config(cfg)
         except ConfigError as err:
-            self.reload_ok = 0.0
-            log.error("reload_failed", error=str(err), kept="previous configuration")
-            self.notifier.ready("reload failed; previous configuration kept")
-            return False
+            return self._reload_failed(err.problems, "configuration")
         with self._tick_lock:
+            try:
+                self.rules.load(configmod.rule_paths(cfg))  # all-or-nothing; keeps state of unchanged rules
+            except RuleError as err:
+                return self._reload_failed(err.problems, "configuration and rules")
+            self.rules.external_labels = dict(cfg.external_labels)
             old = self.components
             for r in old.runners:
                 r.close()
@@ -335,6 +358,12 @@ class Daemon:
         self.notifier.ready("reloaded")
         return True
 
+    def _reload_failed(self, problems: list[str], kept: str) -> bool:
+        self.reload_ok = 0.0
+        log.error("reload_failed", error="\n".join(problems), problems=problems, kept=f"previous {kept}")
+        self.notifier.ready(f"reload failed; previous {kept} kept")
+        return False
+
     def stop(self, timeout: float = 4.0) -> None:
         """Stop sampling and serving; bounded by ``timeout`` seconds."""
         self.notifier.stopping()
@@ -347,6 +376,7 @@ class Daemon:
         try:
             for r in self.components.runners:
                 r.close()
+            self.rules.save_state()
         finally:
             if acquired:
                 self._tick_lock.release()

@@ -9,7 +9,7 @@ import structlog
 
 from agent import config as configmod
 from agent import logs
-from agent.errors import ConfigError
+from agent.errors import ConfigError, RuleError
 
 HELP = "run the agent in the foreground"
 
@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         daemon = Daemon(cfg, config_path=args.config, overrides=overrides_from(args))
-    except ConfigError as err:
+    except (ConfigError, RuleError) as err:
         for problem in err.problems:
             print(problem, file=sys.stderr)
         return 2
