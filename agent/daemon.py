@@ -303,7 +303,8 @@ class Daemon:
         self.server = Server(host, port, self.routes(), self.web, gzip_body=self.exporter.gzipped)
         self.server.start()
         log.info("listening", address=f"{host}:{self.server.port}", tls=self.web.tls_server_config is not None,
-                 mode=cfg.mode, interval=cfg.interval, state_dir=cfg.state_dir)
+                 mode=cfg.mode, interval=cfg.interval, state_dir=cfg.state_dir,
+                 rule_files=self.rules.files, rules=sum(len(g.rules) for g in self.rules.groups))
         self.scheduler = BackgroundScheduler(
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}, timezone="UTC")
         self.scheduler.add_job(self.tick, "interval", seconds=cfg.interval, id="tick",
