@@ -18,6 +18,10 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("run",): "agent.commands.run",
     ("sample",): "agent.commands.sample",
     ("check", "config"): "agent.commands.check_config",
+    ("act",): "agent.commands.act",
+    ("history",): "agent.commands.history",
+    ("pause",): "agent.commands.pause",
+    ("resume",): "agent.commands.resume",
 }
 
 GROUP_HELP = {

@@ -35,6 +35,8 @@ class MarkerParams(ParamsModel):
 class MarkerConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     dir: str
+    crash_delay: float = 0.0                      # extra sleep, set by the kill -9 driver
+    crash_phase: Literal["before", "after"] = "before"
 
 
 class Marker:
@@ -45,6 +47,7 @@ class Marker:
     def __init__(self, config: MarkerConfig, **_) -> None:
         self.name = self.NAME
         self.dir = config.dir
+        self.config = config
 
     def _path(self, plan: Plan) -> str:
         return os.path.join(self.dir, plan.params["name"])
@@ -60,12 +63,16 @@ class Marker:
             raise RemediationError("asked to fail")
         if plan.params["phase"] == "before":
             time.sleep(plan.params["delay"])
+        if self.config.crash_phase == "before":
+            time.sleep(self.config.crash_delay)
         with open(self._path(plan), "a") as f:
             f.write("applied\n")
             f.flush()
             os.fsync(f.fileno())
         if plan.params["phase"] == "after":
             time.sleep(plan.params["delay"])
+        if self.config.crash_phase == "after":
+            time.sleep(self.config.crash_delay)
         return Outcome(f"wrote {plan.params['name']}", {"was": "absent"})
 
     def verify(self, plan: Plan) -> bool:
@@ -89,7 +96,7 @@ routes:
     matchers: ['alertname="GpuXid"']
     steps:
       - action: marker
-        params: {name: "m_{{ $labels.gpu }}", delay: "DELAY", phase: "PHASE"}
+        params: {name: "m_{{ $labels.gpu }}"}
 """
 
 
@@ -99,10 +106,10 @@ def driver(state_dir: str, mark_dir: str, phase: str) -> int:
     from agent.policy import load_policy_text
     from agent.remediator import Remediator
 
-    delay = "0" if phase == "recover" else "30"
-    policy = load_policy_text(POLICY.replace("DELAY", delay).replace("PHASE", "after" if phase == "after" else
-                                                                     "before"))
-    rem = Remediator(policy, Journal(state_dir), {"marker": Marker(MarkerConfig(dir=mark_dir))}, mode="enforce")
+    policy = load_policy_text(POLICY)
+    marker = Marker(MarkerConfig(dir=mark_dir, crash_delay=0 if phase == "recover" else 60,
+                                 crash_phase="after" if phase == "after" else "before"))
+    rem = Remediator(policy, Journal(state_dir), {"marker": marker}, mode="enforce")
     rem.recover()
     alert = Alert(labels={"alertname": "GpuXid", "gpu": "0"}, annotations={}, state="firing", active_at=0.0,
                   value=79.0)

@@ -243,3 +243,30 @@ def test_revert_leaves_a_drain_taken_over_by_someone_else(tmp_path, slurm_env):
     slurm_env.run("scontrol", "update", "NodeName=nw1", "State=DRAIN", "Reason=ops took over")
     rem.revert_entry(entry.id)
     assert slurm_env.reasons()["nw1"] == "ops took over"
+
+
+def test_act_cli_apply_and_revert(tmp_path, slurm_env, capsys):
+    import argparse
+    import json
+
+    from agent.commands import act, history
+
+    policy = tmp_path / "p.yml"
+    policy.write_text("defaults: {blast_radius: {max_nodes: 1, max_fraction: null}}\n"
+                      "plugins: {rebalance: {backend: slurm, node_name: nw1}}\nroutes: []\n")
+
+    def run(module, argv):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        return module.main(parser.parse_args(argv))
+
+    base = ["--state-dir", str(tmp_path / "s"), "--policy", str(policy)]
+    assert run(act, [*base, "rebalance", "gpu=2", "reason=rehearsal", "--apply", "--json"]) == 0
+    entry = json.loads(capsys.readouterr().out)
+    assert entry["status"] == "succeeded" and slurm_env.reasons()["nw1"] == "nodewarden: rehearsal"
+    assert run(act, [*base, "--revert", str(entry["id"])]) == 0
+    assert "undrained nw1" in capsys.readouterr().out
+    assert "DRAIN" not in slurm_env.state("nw1")
+    assert run(history, ["--state-dir", str(tmp_path / "s"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["op"], r["status"]) for r in rows] == [("apply", "reverted"), ("revert", "succeeded")]
