@@ -15,6 +15,7 @@ is ``enforce``; otherwise it is planned and journaled as ``planned`` (would do),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -76,6 +77,8 @@ class _Job:
     deadline: float
     thread: threading.Thread
     episode: tuple[int, str] | None
+    mode: str = "enforce"
+    at: float = 0.0             # dispatch time (the cooldown / rate-limit reservation)
     timed_out: bool = False
 
 
@@ -117,6 +120,8 @@ class Remediator:
         self._lock = threading.Lock()
         self._results: dict[tuple[str, str], float] = defaultdict(float)
         self._skips: dict[tuple[str, str], float] = defaultdict(float)
+        self._max_window = max([self.policy.guards(r).rate_limit.window for r in policy.routes]
+                               + [policy.defaults.rate_limit.window])
         self._route_index = {policy.route_name(i): i for i in range(len(policy.routes))}
         self._load_history(self.clock())
 
@@ -327,7 +332,7 @@ class Remediator:
             return "cooldown"
         starts = self._starts[mode]
         rl = guards.rate_limit
-        while starts and starts[0][0] <= now - max(rl.window, self.policy.defaults.rate_limit.window):
+        while starts and starts[0][0] <= now - self._max_window:
             starts.popleft()
         recent = [a for t, a in starts if t > now - rl.window]
         if rl.total is not None and len(recent) >= rl.total:
@@ -375,6 +380,13 @@ class Remediator:
             return
         self._last_start[(mode, plan.action, plan.target)] = now
         self._starts[mode].append((now, plan.action))
+
+    def _release(self, mode: str, plan: Plan, at: float) -> None:
+        """Give back a cooldown / rate-limit reservation for a start that was refused in the worker."""
+        if self._last_start.get((mode, plan.action, plan.target)) == at:
+            del self._last_start[(mode, plan.action, plan.target)]
+        with contextlib.suppress(ValueError):
+            self._starts[mode].remove((at, plan.action))
 
     def _dispatch(self, ep: _Episode, route: Route, action: str, plan: Plan | None, plugin: Remediation | None,
                   guards: Guards, mode: str, now: float) -> None:
@@ -442,7 +454,7 @@ class Remediator:
         t = threading.Thread(target=fn, args=args, name=f"remediation-{action}-{eid}", daemon=True)
         if eid is not None:
             now = self._now if self._now is not None else self.clock()
-            self._jobs[eid] = _Job(eid, action, now + guards.timeout, t, key)
+            self._jobs[eid] = _Job(eid, action, now + guards.timeout, t, key, at=now)
         t.start()
 
     def _run_apply(self, eid: int, plugin: Remediation, plan: Plan, key, guards: Guards, check_blast: bool) -> None:
@@ -492,7 +504,6 @@ class Remediator:
         if eid is not None:
             self.journal.finish(eid, status, output, reason="" if status == "succeeded" else "push_failed")
             self._done.put(_Done(eid, None, "page", status))
-            self._results[(PAGE, status)] += 1
 
     def _resend_page(self, ep: _Episode, now: float) -> None:
         am = self.policy.alertmanager
@@ -509,10 +520,11 @@ class Remediator:
                 break
             job = self._jobs.pop(d.entry_id, None)
             action = d.plan.action if d.plan else (job.action if job else PAGE)
-            if d.kind != "page":
-                self._results[(action, d.status)] += 1
+            self._results[(action, d.status)] += 1
             if d.status == "skipped":
                 self._skips[(action, d.reason)] += 1
+                if job is not None and d.plan is not None:
+                    self._release(job.mode, d.plan, job.at)
             ep = self._episodes.get(d.episode) if d.episode else None
             if ep is None:
                 for e in self._episodes.values():
@@ -524,6 +536,8 @@ class Remediator:
             if d.kind == "revert":
                 if d.status == "reverted" and ep.applied:
                     ep.applied.pop(0)
+                    if not ep.applied:  # all undone: a new firing starts the escalation afresh
+                        ep.step, ep.due, ep.since, ep.skip, ep.exhausted = 0, now, now, "", False
                 else:
                     ep.clear_since = now  # try again after another revert_after
                 continue

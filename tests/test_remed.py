@@ -25,6 +25,7 @@ defaults:
   max_concurrent: {concurrent}
   flap: {{window: 30m, max_changes: {flaps}}}
   timeout: {timeout}
+  blast_radius: {blast}
 routes:
   - name: xid
     matchers: ['alertname="GpuXid"', 'severity=~"critical|page"']
@@ -40,10 +41,10 @@ routes:
 
 def make(tmp_path, mode="enforce", cooldown="0s", per_action=100, total=100, concurrent=4, flaps=100,
          timeout="5m", revert_after="10m", delay=0, fail="false", extra="", daemon_mode="enforce", pause=None,
-         steps=""):
+         steps="", blast="{max_fraction: 0.1}"):
     text = BASE.format(mode=mode, cooldown=cooldown, per_action=per_action, total=total, concurrent=concurrent,
                        flaps=flaps, timeout=timeout, revert_after=revert_after, delay=delay, fail=fail, extra=extra,
-                       steps=steps)
+                       steps=steps, blast=blast)
     policy = load_policy_text(text, "policy.yml", plugins={"marker": Marker})
     marks = tmp_path / "marks"
     marks.mkdir(exist_ok=True)
@@ -269,3 +270,42 @@ def test_pause_file_path_is_checked_each_tick(tmp_path):
     assert rem.paused()
     os.unlink(flag)
     assert not rem.paused()
+
+
+class Held:
+    """The cluster engine's answer for the blast-radius tests (the real one is Slurm/Kubernetes)."""
+
+    def __init__(self, held, total):
+        self.value = (held, total)
+
+    def held(self):
+        return self.value
+
+
+def test_blast_radius_refusal_retries_without_burning_the_cooldown(tmp_path):
+    rem, journal, marks = make(tmp_path, cooldown="1h", blast="{max_nodes: 1, max_fraction: null}")
+    rem.cluster = Held(1, 10)
+    tick(rem, [alert()], 100.0)
+    assert applied(marks) == 0 and statuses(journal) == [("skipped", "blast_radius")]
+    tick(rem, [alert()], 110.0)            # within retry_interval (30s): not asked again
+    assert len(statuses(journal)) == 1
+    rem.cluster.value = (0, 10)            # the other node came back
+    tick(rem, [alert()], 131.0)
+    assert applied(marks) == 1 and statuses(journal)[-1] == ("succeeded", "")
+
+
+def test_blast_radius_fraction(tmp_path):
+    rem, journal, marks = make(tmp_path)
+    rem.cluster = Held(0, 5)               # default max_fraction 10 %: 1 of 5 nodes would be 20 %
+    tick(rem, [alert()], 100.0)
+    assert applied(marks) == 0 and statuses(journal) == [("skipped", "blast_radius")]
+
+
+def test_refire_after_revert_starts_a_new_escalation(tmp_path):
+    rem, journal, marks = make(tmp_path, revert_after="1m")
+    tick(rem, [alert()], 100.0)
+    tick(rem, [], 110.0)
+    tick(rem, [], 170.0)
+    assert applied(marks) == 0
+    tick(rem, [alert()], 200.0)
+    assert applied(marks) == 1 and [s for s, _ in statuses(journal)] == ["reverted", "succeeded"]
