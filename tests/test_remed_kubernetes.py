@@ -13,6 +13,7 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import kubernetes  # noqa: F401  (a declared dependency: fail, do not skip, when missing)
 import pytest
 
 from agent.alerts import Alert
@@ -20,8 +21,6 @@ from agent.journal import Journal
 from agent.plugins import load_remediations
 from agent.policy import load_policy_text
 from agent.remediator import Remediator
-
-pytest.importorskip("kubernetes")
 
 
 def _node(name, unschedulable=False, taints=None):
