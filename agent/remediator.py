@@ -117,11 +117,11 @@ class Remediator:
         self._starts: dict[str, deque[tuple[float, str]]] = defaultdict(deque)  # mode -> (t, action)
         self._jobs: dict[int, _Job] = {}
         self._done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
-        self._lock = threading.Lock()
         self._results: dict[tuple[str, str], float] = defaultdict(float)
         self._skips: dict[tuple[str, str], float] = defaultdict(float)
-        self._max_window = max([self.policy.guards(r).rate_limit.window for r in policy.routes]
-                               + [policy.defaults.rate_limit.window])
+        self._guards = [policy.guards(r) for r in policy.routes]
+        self._max_window = max([g.rate_limit.window for g in self._guards] + [policy.defaults.rate_limit.window])
+        self._flap_window = max([g.flap.window for g in self._guards] or [0.0])
         self._route_index = {policy.route_name(i): i for i in range(len(policy.routes))}
         self._load_history(self.clock())
 
@@ -287,7 +287,7 @@ class Remediator:
             return
         if now < ep.due:
             return
-        guards = self.policy.guards(route)
+        guards = self._guards[ep.route]
         step = route.steps[ep.step]
         mode = "enforce" if (self.mode == "enforce" and guards.mode == "enforce") else "observe"
         reason, plan, plugin = self._check(ep, step, guards, mode, now, paused)
@@ -425,8 +425,7 @@ class Remediator:
             ep.clear_since = now
             if ep.exhausted and ep.paged_at is not None and self.policy.alertmanager.url:
                 self._spawn(None, PAGE, self.policy.defaults, None, self._run_page, None, ep.alert, True)
-        route = self.policy.routes[ep.route] if ep.route < len(self.policy.routes) else None
-        guards = self.policy.guards(route)
+        guards = self._guards[ep.route] if ep.route < len(self._guards) else self.policy.defaults
         if not ep.applied or guards.revert_after is None:
             del self._episodes[key]
             return
@@ -547,7 +546,7 @@ class Remediator:
                 ep.applied.append(d.entry_id)
             if d.status == "skipped":  # refused in the worker (blast radius): retry later, escalate after wait
                 ep.skip = d.reason
-                ep.due = now + self.policy.guards(route).retry_interval
+                ep.due = now + self._guards[ep.route].retry_interval
                 if now - ep.since >= wait and ep.step + 1 < len(route.steps):
                     self._next_step(ep, now, now)
             elif d.status == "failed":
@@ -562,7 +561,7 @@ class Remediator:
                 log.error("remediation_timeout", id=job.entry_id, action=job.action)
 
     def _track_flaps(self, alerts: list[Alert], firing: Mapping[str, Alert], now: float) -> None:
-        window = max([self.policy.guards(r).flap.window for r in self.policy.routes] or [0.0])
+        window = self._flap_window
         seen = {a.fingerprint for a in alerts} | set(self._last_firing)
         for fp in seen:
             state = fp in firing
@@ -580,9 +579,7 @@ class Remediator:
 
     def _load_history(self, now: float) -> None:
         """Rebuild cooldown and rate-limit memory from the journal (so a restart does not reset them)."""
-        horizon = max([self.policy.guards(r).cooldown for r in self.policy.routes] + [self.policy.defaults.cooldown]
-                      + [self.policy.guards(r).rate_limit.window for r in self.policy.routes]
-                      + [self.policy.defaults.rate_limit.window])
+        horizon = max([g.cooldown for g in self._guards] + [self.policy.defaults.cooldown, self._max_window])
         self._last_start.clear()
         self._starts.clear()
         rows = self.journal.query("op = 'apply' AND ts >= ? AND status IN ('planned','started','succeeded','failed')",
