@@ -225,8 +225,7 @@ class Remediator:
         out.append(Sample("nodewarden_remediation_paused", (), 1.0 if self.paused() else 0.0))
         return out
 
-    def act(self, action: str, params: Mapping[str, Any], apply: bool, alert: Alert | None = None,
-            timeout: float | None = None) -> Entry:
+    def act(self, action: str, params: Mapping[str, Any], apply: bool, alert: Alert | None = None) -> Entry:
         """Plan one action by hand and, with ``apply``, run it now through the guard rails and the journal."""
         guards = self.policy.defaults
         now = self.clock()
@@ -235,7 +234,7 @@ class Remediator:
             raise RemediationError(f"unknown plugin {action!r} (loaded: {', '.join(sorted(self.plugins)) or 'none'})")
         try:
             plan = plugin.plan(alert, plugin.Params.model_validate(dict(params)))
-        except ValidationError as err:
+        except (ValidationError, ValueError) as err:
             raise RemediationError(f"bad params for {action}: {err}") from err
         mode = "enforce" if apply else "observe"
         labels = alert.labels if alert else {}
@@ -294,7 +293,8 @@ class Remediator:
         if reason:
             self._skip(ep, route, step.action, reason, mode, plan, now)
             if reason != "paused" and now - ep.since >= step.wait and ep.step + 1 < len(route.steps):
-                self._next_step(ep, now, now)  # refused for longer than its wait: escalate
+                self._next_step(ep, now, now)  # refused for longer than its wait: escalate now
+                self._advance(ep, route, now, paused)
             return
         self._dispatch(ep, route, step.action, plan, plugin, guards, mode, now)
 
@@ -303,11 +303,11 @@ class Remediator:
             return "paused", None, None
         if self.policy.no_data.blocks(ep.alert):
             return "no_data", None, None
+        if step.action == PAGE:  # a flapping alert whose actions were refused still reaches a human
+            return "", None, None
         changes = self._changes.get(ep.fingerprint, ())
         if sum(1 for t in changes if t >= now - guards.flap.window) > guards.flap.max_changes:
             return "flapping", None, None
-        if step.action == PAGE:
-            return "", None, None
         plugin = self.plugins.get(step.action)
         if plugin is None:
             return "plugin_unavailable", None, None

@@ -309,3 +309,12 @@ def test_refire_after_revert_starts_a_new_escalation(tmp_path):
     assert applied(marks) == 0
     tick(rem, [alert()], 200.0)
     assert applied(marks) == 1 and [s for s, _ in statuses(journal)] == ["reverted", "succeeded"]
+
+
+def test_flapping_alert_escalates_to_a_page_instead_of_acting(tmp_path):
+    rem, journal, marks = make(tmp_path, flaps=1, revert_after="null", steps="      - action: page")
+    for i, firing in enumerate([True, False, True, False, True]):
+        tick(rem, [alert()] if firing else [], 100.0 + i)
+    assert applied(marks) == 1                               # the first firing acted; then the gate held
+    tick(rem, [alert()], 100.0 + 4 + 301)                   # refused for longer than the step's wait (5m)
+    assert [(e.op, e.status) for e in journal][-1] == ("page", "succeeded")
