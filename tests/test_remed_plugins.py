@@ -22,9 +22,11 @@ def test_broken_plugins_are_disabled_one_by_one(tmp_path, monkeypatch):
     _dist(tmp_path, "marker = remed_support:Marker\nmissing = no_such_module_xyz:Plugin\n"
                     "incomplete = json:JSONDecoder\nbadconf = remed_support:Marker\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    result = load_remediations({"marker": {"dir": str(tmp_path)}, "badconf": {"dir": 5}}, group=TEST_GROUP)
+    result = load_remediations({"marker": {"dir": str(tmp_path)}, "badconf": {"dir": 5}, "ghost": {}},
+                               group=TEST_GROUP)
     assert list(result.plugins) == ["marker"]
-    assert sorted(result.errors) == ["badconf", "incomplete", "missing"]
+    assert sorted(result.errors) == ["badconf", "ghost", "incomplete", "missing"]
+    assert "not installed" in result.errors["ghost"]
     assert "plugin 'missing' (no_such_module_xyz:Plugin): cannot import" in result.errors["missing"]
     assert "missing NAME" in result.errors["incomplete"]
     assert "bad settings" in result.errors["badconf"]
