@@ -318,3 +318,39 @@ def test_flapping_alert_escalates_to_a_page_instead_of_acting(tmp_path):
     assert applied(marks) == 1                               # the first firing acted; then the gate held
     tick(rem, [alert()], 100.0 + 4 + 301)                   # refused for longer than the step's wait (5m)
     assert [(e.op, e.status) for e in journal][-1] == ("page", "succeeded")
+
+
+def test_pause_holds_reverts_too(tmp_path):
+    flag = tmp_path / "paused"
+    rem, _journal, marks = make(tmp_path, revert_after="1m", pause=str(flag))
+    tick(rem, [alert()], 100.0)
+    flag.touch()
+    tick(rem, [], 110.0)
+    tick(rem, [], 200.0)
+    assert applied(marks) == 1
+    flag.unlink()
+    tick(rem, [], 210.0)
+    assert applied(marks) == 0
+
+
+def test_recover_finishes_an_interrupted_revert(tmp_path):
+    rem, journal, marks = make(tmp_path)
+    done = rem.act("marker", {"name": "m_0"}, apply=True)
+    plan = journal.get(done.id).get_plan()
+    journal.add(op="revert", action="marker", status="started", mode="enforce", target=plan.target, plan=plan,
+                parent=done.id)                 # the process died here, before calling revert
+    rem2, journal2, _ = make(tmp_path)
+    rem2.recover()
+    assert applied(marks) == 0
+    assert [(e.op, e.status) for e in journal2] == [("apply", "reverted"), ("revert", "succeeded")]
+
+
+def test_recover_rebuilds_revert_on_resolve(tmp_path):
+    rem, _journal, marks = make(tmp_path, revert_after="1m")
+    tick(rem, [alert()], time.time())
+    rem2, _, _ = make(tmp_path, revert_after="1m")   # restart while the action is in effect
+    rem2.recover()
+    now = time.time()
+    tick(rem2, [], now)
+    tick(rem2, [], now + 61)
+    assert applied(marks) == 0
