@@ -22,6 +22,10 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("test", "rules"): "agent.commands.test_rules",
     ("simulate",): "agent.commands.simulate",
     ("status",): "agent.commands.status",
+    ("act",): "agent.commands.act",
+    ("history",): "agent.commands.history",
+    ("pause",): "agent.commands.pause",
+    ("resume",): "agent.commands.resume",
 }
 
 GROUP_HELP = {

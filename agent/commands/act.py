@@ -1,0 +1,82 @@
+"""``nodewarden act``: plan one remediation by hand; ``--apply`` runs it through the guard rails and journal.
+
+    nodewarden act rebalance node=gpu-a1 gpu=3 reason="xid 79"        # plan only (journaled as planned)
+    nodewarden act rebalance node=gpu-a1 gpu=3 reason="xid 79" --apply
+    nodewarden act --revert 42                                          # undo journal entry 42
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from agent.commands._remed import add_common, pause_path, report, state_dir
+from agent.errors import ConfigError, RemediationError
+from agent.journal import Journal, to_json
+from agent.plugins import classes, load_remediations
+from agent.policy import Policy, load_policy
+
+HELP = "plan (and with --apply run) one remediation by hand, or --revert one"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register arguments."""
+    add_common(parser, policy=True)
+    parser.add_argument("plugin", nargs="?", help="plugin name, e.g. rebalance")
+    parser.add_argument("params", nargs="*", metavar="KEY=VALUE", help="plugin params")
+    parser.add_argument("--apply", action="store_true", help="run it (default: only plan)")
+    parser.add_argument("--revert", type=int, metavar="ID", help="revert the applied journal entry ID")
+    parser.add_argument("--json", action="store_true", help="print the journal entry as JSON")
+
+
+def _params(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RemediationError(f"params must be KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    """Plan, apply or revert; exit 0 on success, 1 when refused or failed, 2 on bad input."""
+    import structlog
+
+    from agent.remediator import Remediator
+
+    # Logs go to stderr (looked up at each write), stdout stays for the plan / JSON.
+    structlog.configure(logger_factory=lambda *_: structlog.PrintLogger(sys.stderr))
+    if (args.plugin is None) == (args.revert is None):
+        print("give a PLUGIN with KEY=VALUE params, or --revert ID", file=sys.stderr)
+        return 2
+    try:
+        directory = state_dir(args)
+        found = classes()
+        policy = load_policy(args.policy, found.plugins) if args.policy else Policy()
+    except ConfigError as err:
+        return report(err)
+    loaded = load_remediations(policy.plugins)
+    for name, error in loaded.errors.items():
+        print(f"warning: plugin {name} disabled: {error}", file=sys.stderr)
+    journal = Journal(directory, policy.journal.retention, policy.journal.max_rows)
+    rem = Remediator(policy, journal, loaded.plugins, mode="enforce", pause_flag_path=pause_path(directory))
+    try:
+        entry = rem.revert_entry(args.revert) if args.revert is not None else \
+            rem.act(args.plugin, _params(args.params), apply=args.apply)
+    except RemediationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        journal.close()
+    if args.json:
+        print(json.dumps(to_json(entry), indent=1))
+    else:
+        for change in (entry.plan or {}).get("changes", []):
+            print(f"  - {change}")
+        print(f"entry {entry.id}: {entry.op} {entry.action} {entry.target} -> {entry.status}"
+              f"{' (' + entry.reason + ')' if entry.reason else ''}")
+        if entry.output:
+            print(entry.output)
+    return 0 if entry.status in ("planned", "succeeded") else 1

@@ -1,0 +1,1 @@
+"""Built-in remediation plugins (registered through the ``nodewarden.remediations`` entry-point group)."""

@@ -1,0 +1,1 @@
+"""Backends of the ``rebalance`` plugin: one file each (slurm, kubernetes, gpu_fence)."""

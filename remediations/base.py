@@ -1,0 +1,170 @@
+"""The remediation plugin protocol.
+
+A plugin is a class with a ``NAME`` constant, a ``Params`` pydantic model (the schema of a policy step's
+``params``), an optional ``Config`` model (its section under ``plugins:`` in the policy file), and:
+
+- ``plan(alert, params) -> Plan``: pure. Decides what would change; all that observe mode runs.
+- ``apply(plan) -> Outcome``: makes the change. ``Outcome.undo`` carries what ``revert`` needs (e.g. the
+  previous GPU compute mode); the remediator journals it and hands it back in ``plan.undo``.
+- ``verify(plan) -> bool``: is the change in effect?
+- ``revert(plan) -> Outcome``: undo it (idempotent).
+- ``recover(entry) -> str``: an entry was left ``started`` by a crash; finish it or roll it back and return
+  the final status (``succeeded``, ``failed`` or ``reverted``). Must be idempotent.
+
+The remediator, not the plugin, enforces mode, cooldowns, rate limits, concurrency and blast radius.
+Plugins run shell-free: external programs are called with argument vectors through an injected runner,
+and every label-derived value is validated (:func:`check_node`, :func:`check_gpu`) before it reaches one.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from agent.alerts import Alert
+from agent.errors import RemediationError
+
+Scope = Literal["node", "gpu", "local"]
+
+NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+GPU_RE = re.compile(r"^(?:[0-9]{1,3}|GPU-[0-9a-fA-F-]{8,64})$")
+REASON_RE = re.compile(r"^[\x20-\x7e]{1,200}$")
+
+
+def check_node(value: str) -> str:
+    """A node/host name safe to pass as one argv element; ValueError otherwise."""
+    if not isinstance(value, str) or not NODE_RE.match(value):
+        raise ValueError(f"not a valid node name: {value!r}")
+    return value
+
+
+def check_gpu(value: str) -> str:
+    """A GPU index (``0``..``999``) or UUID (``GPU-...``); ValueError otherwise."""
+    if not isinstance(value, str) or not GPU_RE.match(value):
+        raise ValueError(f"not a valid GPU index or UUID: {value!r}")
+    return value
+
+
+class ParamsModel(BaseModel):
+    """Base for a plugin's ``Params``: frozen, unknown keys rejected, strings coerced (params are templated)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What an action would change. JSON-serialisable (it is journaled and recovered after a crash)."""
+
+    action: str                      # plugin name
+    target: str                      # what it acts on, e.g. "node/gpu-a1" or "gpu/gpu-a1/3"; cooldown key
+    params: Mapping[str, Any]        # the validated params
+    changes: Sequence[str]           # human-readable list of changes
+    reversible: bool
+    scope: Scope = "local"           # "node" plans count against the cluster blast radius
+    noop: bool = False               # nothing to do (already in the desired state)
+    undo: Mapping[str, Any] = field(default_factory=dict)  # filled after apply from Outcome.undo
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        d = asdict(self)
+        d["params"], d["changes"], d["undo"] = dict(self.params), list(self.changes), dict(self.undo)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Plan:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def with_undo(self, undo: Mapping[str, Any]) -> Plan:
+        """A copy carrying ``undo``."""
+        return replace(self, undo=dict(undo))
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What apply/revert did: text for the journal, plus state revert will need."""
+
+    output: str = ""
+    undo: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One journal row, as handed to ``recover()`` and shown by ``nodewarden history``."""
+
+    id: int
+    ts: float
+    updated: float
+    op: str                 # "apply" | "revert" | "page"
+    action: str
+    target: str
+    status: str             # planned | skipped | started | succeeded | failed | reverted
+    mode: str
+    reason: str
+    fingerprint: str
+    alertname: str
+    route: str
+    step: int
+    plan: Mapping[str, Any] | None
+    output: str
+    parent: int | None
+
+    def get_plan(self) -> Plan:
+        """The journaled plan; RemediationError when the row has none."""
+        if not self.plan:
+            raise RemediationError(f"journal entry {self.id} has no plan")
+        return Plan.from_dict(self.plan)
+
+
+@runtime_checkable
+class Remediation(Protocol):
+    """A remediation plugin (see module docstring)."""
+
+    name: str
+    Params: type[BaseModel]
+
+    def plan(self, alert: Alert | None, params: BaseModel) -> Plan: ...
+    def apply(self, plan: Plan) -> Outcome: ...
+    def verify(self, plan: Plan) -> bool: ...
+    def revert(self, plan: Plan) -> Outcome: ...
+    def recover(self, entry: Entry) -> str: ...
+
+
+@runtime_checkable
+class Cluster(Protocol):
+    """The cluster engine's view for the blast-radius cap."""
+
+    def held(self) -> tuple[int, int]:
+        """(nodes currently held out of service by nodewarden, total nodes in scope)."""
+        ...
+
+
+def default_recover(plugin: Remediation, entry: Entry) -> str:
+    """Recover by idempotent re-run: finish an interrupted apply (re-apply, verify) or revert."""
+    plan = entry.get_plan()
+    if entry.op == "revert":
+        plugin.revert(plan)
+        return "reverted"
+    if plugin.verify(plan):
+        return "succeeded"
+    plugin.apply(plan)
+    return "succeeded" if plugin.verify(plan) else "failed"
+
+
+Runner = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
+
+
+def run_argv(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run an argument vector (never a shell) with a timeout; RemediationError on spawn failure or timeout."""
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as err:
+        raise RemediationError(f"{argv[0]} timed out after {timeout:g}s") from err
+    except OSError as err:
+        raise RemediationError(f"cannot run {argv[0]}: {err.strerror}") from err
