@@ -12,9 +12,13 @@ from agent.metrics import MetricSpec
 def sources() -> list[tuple[str, list[MetricSpec]]]:
     """(source, specs) for the daemon's self-metrics and every installed collector."""
     from agent.daemon import SELF_METRICS
+    from agent.remediator import METRICS as REMEDIATION_METRICS
     from agent.rules import METRICS as RULE_METRICS
 
-    out: list[tuple[str, list[MetricSpec]]] = [("daemon", list(SELF_METRICS)), ("rule engine", list(RULE_METRICS))]
+    out: list[tuple[str, list[MetricSpec]]] = [
+        ("daemon", list(SELF_METRICS)), ("rule engine", list(RULE_METRICS)),
+        ("remediator", list(REMEDIATION_METRICS)),
+    ]
     for name, ep in sorted(collectors.discover().items()):
         try:
             cls = collectors.load(ep)

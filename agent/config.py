@@ -19,6 +19,7 @@ from agent.errors import ConfigError
 DEFAULT_LISTEN = "127.0.0.1:9842"
 # The default rule library (top-level rules/); rules/remediations.yml is the policy, not a rule file.
 DEFAULT_RULE_FILES = ("rules/gpu.yml", "rules/network.yml", "rules/storage.yml")
+DEFAULT_POLICY = "rules/remediations.yml"
 
 
 def _duration(value: Any) -> float:
@@ -163,6 +164,8 @@ class Config(Model):
         default_factory=lambda: list(DEFAULT_RULE_FILES),
         description="Prometheus rule files (globs), relative to the config file's directory")
     external_labels: dict[str, str] = Field(default_factory=dict, description="$externalLabels in templates")
+    remediation_policy: str | None = Field(
+        DEFAULT_POLICY, description="remediation policy file (relative to the config file's directory); null: none")
     paths: PathsConfig = PathsConfig()
     log: LogConfig = LogConfig()
     collectors: CollectorsConfig = CollectorsConfig()
@@ -235,7 +238,18 @@ def load_file(path: str | Path) -> Config:
     if "rule_files" in cfg.model_fields_set:
         files = [f if Path(f).is_absolute() else str(base / f) for f in cfg.rule_files]
         cfg = cfg.model_copy(update={"rule_files": files})
+    if "remediation_policy" in cfg.model_fields_set and cfg.remediation_policy:
+        cfg = cfg.model_copy(update={"remediation_policy": str(base / cfg.remediation_policy)})
     return cfg
+
+
+def policy_path(cfg: Config) -> str | None:
+    """The remediation policy to load: a configured path (must exist), or the default when it exists."""
+    if not cfg.remediation_policy:
+        return None
+    if "remediation_policy" in cfg.model_fields_set or Path(cfg.remediation_policy).exists():
+        return cfg.remediation_policy
+    return None
 
 
 def rule_paths(cfg: Config) -> list[str]:

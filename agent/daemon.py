@@ -25,8 +25,13 @@ from agent import config as configmod
 from agent.config import Config
 from agent.errors import ConfigError, PluginLoadError, RuleError
 from agent.exporter import CONTENT_TYPE, Exporter
+from agent.journal import Journal
 from agent.metrics import Collector, MetricSpec, Sample
 from agent.paths import Paths
+from agent.plugins import classes as plugin_classes
+from agent.plugins import load_remediations
+from agent.policy import Policy, load_policy
+from agent.remediator import Remediator
 from agent.rules import RuleEngine
 from agent.runner import CollectorRunner, Outcome
 from agent.store import Store
@@ -136,6 +141,7 @@ class Daemon:
         self.rules = RuleEngine(os.path.join(cfg.state_dir, "alerts.json"), dict(cfg.external_labels), clock=wall)
         self.rules.restore_state()
         self.rules.load(configmod.rule_paths(cfg))  # RuleError: the caller reports it (exit 2)
+        self.remediator = self._remediator(cfg, self._policy(cfg))  # ConfigError: exit 2
         self.components = self._build(cfg)
         self.web = self._web_config(cfg)
 
@@ -155,6 +161,7 @@ class Daemon:
         for coll in built:
             self.exporter.register(list(coll.metrics), export=cfg.collectors.get(coll.name).export)
         self._register_rule_metrics()
+        self.exporter.register(list(self.remediator.metrics))
         return Components(cfg, runners, failed)
 
     def _register_rule_metrics(self) -> None:
@@ -164,6 +171,18 @@ class Daemon:
             for r in gs.group.rules:
                 if r.kind == "recording" and self.exporter.spec(r.name) is None:
                     self.exporter.register([MetricSpec(r.name, "untyped", f"Recording rule (group {gs.group.name}).")])
+
+    @staticmethod
+    def _policy(cfg: Config) -> Policy:
+        """The remediation policy (an empty one when none is configured); ConfigError when invalid."""
+        path = configmod.policy_path(cfg)
+        return load_policy(path, plugin_classes().plugins) if path else Policy()
+
+    def _remediator(self, cfg: Config, policy: Policy) -> Remediator:
+        loaded = load_remediations(policy.plugins)
+        journal = Journal(cfg.state_dir, policy.journal.retention, policy.journal.max_rows)
+        return Remediator(policy, journal, loaded.plugins, mode=cfg.mode, clock=self.wall,
+                          pause_flag_path=os.path.join(cfg.state_dir, "paused"))
 
     @staticmethod
     def _web_config(cfg: Config) -> WebConfig:
@@ -182,7 +201,7 @@ class Daemon:
             "/healthz": self._healthz,
             "/": self._index,
             "/api/v1/status": self._status_json,
-            "/api/v1/alerts": lambda: self._json(self.rules.api_alerts()),
+            "/api/v1/alerts": lambda: self._json(self.api_alerts()),
             "/api/v1/rules": lambda: self._json(self.rules.api_rules()),
         }
 
@@ -216,6 +235,8 @@ class Daemon:
         return {
             "version": __version__,
             "mode": self.config.mode,
+            "remediation_paused": self.remediator.paused(),
+            "remediations_in_progress": self.remediator.in_progress(),
             "healthy": ok,
             "health": reason,
             "ticks": self.health.ticks,
@@ -272,6 +293,8 @@ class Daemon:
         ]
         self.store.add(self_samples)
         self.store.add(self.rules.evaluate(self.store, now))  # recording rules, ALERTS, engine metrics
+        self.remediator.on_tick(self.rules.alerts(), now)  # decides and journals; actions run off this thread
+        self.store.add(self.remediator.samples())
         self._tick_duration = self.mono() - start
         self.exporter.render(self.store)
         first = self.health.ticks == 0
@@ -299,6 +322,7 @@ class Daemon:
         """Bind the HTTP endpoint and start sampling (first tick immediately)."""
         cfg = self.config
         os.makedirs(cfg.state_dir, exist_ok=True)
+        self.remediator.recover()  # actions a crash left 'started' are finished or rolled back first
         host, port = configmod.parse_listen(cfg.listen)
         self.server = Server(host, port, self.routes(), self.web, gzip_body=self.exporter.gzipped)
         self.server.start()
@@ -329,6 +353,7 @@ class Daemon:
             else:
                 cfg = self.config
             web = self._web_config(cfg)
+            policy = self._policy(cfg)
         except ConfigError as err:
             return self._reload_failed(err.problems, "configuration")
         with self._tick_lock:
@@ -337,6 +362,10 @@ class Daemon:
             except RuleError as err:
                 return self._reload_failed(err.problems, "configuration and rules")
             self.rules.external_labels = dict(cfg.external_labels)
+            self.remediator.close(timeout=2.0)
+            self.remediator.journal.close()
+            self.remediator = self._remediator(cfg, policy)
+            self.remediator.recover()
             old = self.components
             for r in old.runners:
                 r.close()
@@ -365,6 +394,18 @@ class Daemon:
         self.notifier.ready(f"reload failed; previous {kept} kept")
         return False
 
+    def api_alerts(self) -> dict[str, Any]:
+        """The rule engine's alerts; those whose remediation escalation is used up carry remediation="exhausted"."""
+        doc = self.rules.api_alerts()
+        exhausted = self.remediator.exhausted
+        if exhausted:
+            from agent.alerts import fingerprint
+
+            for a in doc["data"]["alerts"]:
+                if fingerprint(a["labels"]) in exhausted:
+                    a["labels"] = {**a["labels"], "remediation": "exhausted"}
+        return doc
+
     def stop(self, timeout: float = 4.0) -> None:
         """Stop sampling and serving; bounded by ``timeout`` seconds."""
         self.notifier.stopping()
@@ -378,6 +419,8 @@ class Daemon:
             for r in self.components.runners:
                 r.close()
             self.rules.save_state()
+            self.remediator.close(timeout=max(0.0, timeout - 2.0))
+            self.remediator.journal.close()
         finally:
             if acquired:
                 self._tick_lock.release()
