@@ -99,8 +99,23 @@ def go_log(x: float) -> float:
 
 
 def _fma(a: float, b: float, c: float) -> float:
-    """a * b + c with one rounding."""
-    return float(Fraction(a) * Fraction(b) + Fraction(c))
+    """a * b + c with one rounding: exact integer arithmetic on the mantissas, one correctly rounded conversion."""
+    if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c)) or a == 0 or b == 0 or c == 0:
+        return a * b + c  # at most one rounding happens here (or the result is not finite)
+    ma, ea = math.frexp(a)
+    mb, eb = math.frexp(b)
+    mc, ec = math.frexp(c)
+    pm, pe = int(ma * 2**53) * int(mb * 2**53), ea + eb - 106
+    cm, ce = int(mc * 2**53), ec - 53
+    e = min(pe, ce)
+    n = (pm << (pe - e)) + (cm << (ce - e))
+    try:
+        result = math.ldexp(float(n), e)
+    except OverflowError:
+        return float(Fraction(a) * Fraction(b) + Fraction(c))
+    if result != 0 and abs(result) < 2.2250738585072014e-308:  # subnormal: ldexp would round a second time
+        return float(Fraction(a) * Fraction(b) + Fraction(c))
+    return result
 
 
 _fma = getattr(math, "fma", _fma)  # Python >= 3.13 has it natively
