@@ -118,3 +118,17 @@ def test_results_are_fresh_objects() -> None:
     assert q.eval(store, 1.0) == [({"__name__": "m", "i": "a"}, 1.0)]
     assert isinstance(first, Vector) and isinstance(first, list)
     assert compile_expr("scalar(m) * 2").eval(store, 1.0) == Scalar(2.0)
+
+
+def test_fused_multiply_add_rounds_once() -> None:
+    import random
+    from fractions import Fraction
+
+    from agent.promql.values import _fma
+
+    rng = random.Random(7)
+    for _ in range(3000):
+        a = rng.uniform(-10, 10) * 10 ** rng.randint(-30, 30)
+        b = rng.uniform(-10, 10) * 10 ** rng.randint(-30, 30)
+        c = rng.choice([rng.uniform(-10, 10) * 10 ** rng.randint(-60, 60), -a * b, a * b * (1 + 2**-52)])
+        assert _fma(a, b, c) == float(Fraction(a) * Fraction(b) + Fraction(c)), (a, b, c)
