@@ -557,6 +557,7 @@ class Aggregate(Node):
             self.single_name = without or NAME not in self.grouping_set
 
     def _group_labels(self, labels: LabelDict, grouping: list[str] | frozenset) -> LabelDict:
+        """The group's labels; with ``by`` (grouping sorted) in label order, so its items are the group key."""
         if self.without:
             return {k: v for k, v in labels.items() if k != NAME and k not in grouping}
         return {k: labels[k] for k in grouping if k in labels}
@@ -581,14 +582,14 @@ class Aggregate(Node):
                 return []
             return self._topk(vec, k, grouping, op == "topk")
         groups: dict[tuple, list] = {}
+        keep_values = op == "quantile"
         for labels, v in vec:
-            key = labels_key(self._group_labels(labels, grouping))
+            group_labels = self._group_labels(labels, grouping)
+            key = tuple(group_labels.items()) if not self.without else labels_key(group_labels)
             group = groups.get(key)
             if group is None:
-                # [labels, value, mean, count, values]
-                groups[key] = [self._group_labels(labels, grouping), v, v, 1, [v]]
-                if op in ("stddev", "stdvar"):
-                    groups[key][1] = 0.0
+                value = 0.0 if op in ("stddev", "stdvar") else v
+                groups[key] = [group_labels, value, v, 1, [v] if keep_values else None]  # value, mean, count
                 continue
             group[3] += 1
             if op == "sum":
@@ -612,7 +613,7 @@ class Aggregate(Node):
                 delta = v - group[2]
                 group[2] += delta / group[3]
                 group[1] += delta * (v - group[2])
-            elif op == "quantile":
+            elif keep_values:
                 group[4].append(v)
         out = []
         for labels, value, mean, count, values in groups.values():
