@@ -18,6 +18,10 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("run",): "agent.commands.run",
     ("sample",): "agent.commands.sample",
     ("check", "config"): "agent.commands.check_config",
+    ("check", "rules"): "agent.commands.check_rules",
+    ("test", "rules"): "agent.commands.test_rules",
+    ("simulate",): "agent.commands.simulate",
+    ("status",): "agent.commands.status",
 }
 
 GROUP_HELP = {

@@ -10,13 +10,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent import yamlpos
 from agent.durations import parse_duration
 from agent.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:9842"
+# The default rule library (top-level rules/); rules/remediations.yml is the policy, not a rule file.
+DEFAULT_RULE_FILES = ("rules/gpu.yml", "rules/network.yml", "rules/storage.yml")
 
 
 def _duration(value: Any) -> float:
@@ -74,7 +76,7 @@ class FilesystemConfig(CollectorConfig):
     mount_points_exclude: Regex | None = None
     fs_types_include: Regex | None = None
     fs_types_exclude: Regex | None = None
-    stat_timeout: Duration = 1.0
+    stat_timeout: Duration = Field(1.0, gt=0, description="deadline for one statfs() call")
 
 
 class NetworkConfig(DeviceFilterConfig):
@@ -96,10 +98,14 @@ class GpuConfig(CollectorConfig):
     call_timeout: Duration = 2.0
     max_abandoned_calls: int = Field(4, ge=1, le=64)
     kmsg: bool = Field(True, description="also read NVRM Xid lines from /dev/kmsg (root only)")
+    xid_dedup_window: Duration = Field(10.0, description="an XID seen by NVML and kmsg within this counts once")
+    export_process_memory: bool = Field(False, description="export per-process GPU memory with a pid label")
 
 
 class CollectorsConfig(Model):
-    """Per-collector settings, keyed by collector name."""
+    """Per-collector settings, keyed by collector name (third-party collectors by their entry-point name)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
 
     disk: DiskConfig = DiskConfig()
     filesystem: FilesystemConfig = FilesystemConfig()
@@ -108,9 +114,23 @@ class CollectorsConfig(Model):
     infiniband: InfinibandConfig = InfinibandConfig()
     gpu: GpuConfig = GpuConfig()
 
+    @model_validator(mode="after")
+    def _third_party(self) -> CollectorsConfig:
+        from agent.collectors import discover
+
+        known = discover()
+        for name, value in (self.model_extra or {}).items():
+            if name not in known:
+                names = ", ".join(sorted(set(known) | set(type(self).model_fields)))
+                raise ValueError(f"unknown collector {name!r} (installed: {names})")
+            self.model_extra[name] = CollectorConfig.model_validate(value)
+        return self
+
     def get(self, name: str) -> CollectorConfig:
-        """The section for collector ``name`` (a plain CollectorConfig for unknown third-party ones)."""
-        return getattr(self, name, None) or CollectorConfig()
+        """The section for collector ``name`` (defaults for a third-party one not configured)."""
+        if name in type(self).model_fields:
+            return getattr(self, name)
+        return (self.model_extra or {}).get(name) or CollectorConfig()
 
 
 class PathsConfig(Model):
@@ -139,6 +159,10 @@ class Config(Model):
     retention: Duration = 900.0
     hostname: str | None = None
     web_config_file: str | None = None
+    rule_files: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_RULE_FILES),
+        description="Prometheus rule files (globs), relative to the config file's directory")
+    external_labels: dict[str, str] = Field(default_factory=dict, description="$externalLabels in templates")
     paths: PathsConfig = PathsConfig()
     log: LogConfig = LogConfig()
     collectors: CollectorsConfig = CollectorsConfig()
@@ -201,19 +225,40 @@ def load_text(text: str, filename: str = "<config>") -> Config:
 
 
 def load_file(path: str | Path) -> Config:
-    """Read and validate a config file."""
+    """Read and validate a config file; relative rule_files are resolved against its directory."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{path}:1:1: cannot read config: {err.strerror}") from err
-    return load_text(text, str(path))
+    cfg = load_text(text, str(path))
+    base = Path(path).resolve().parent
+    if "rule_files" in cfg.model_fields_set:
+        files = [f if Path(f).is_absolute() else str(base / f) for f in cfg.rule_files]
+        cfg = cfg.model_copy(update={"rule_files": files})
+    return cfg
+
+
+def rule_paths(cfg: Config) -> list[str]:
+    """Expand rule_files globs (sorted per pattern). A configured file that does not exist is returned as is,
+    so loading it reports the missing file; the built-in default list only uses the files that exist."""
+    import glob
+
+    explicit = "rule_files" in cfg.model_fields_set
+    out: list[str] = []
+    for pattern in cfg.rule_files:
+        matches = sorted(glob.glob(pattern))
+        if matches:
+            out += [m for m in matches if m not in out]
+        elif explicit and not glob.has_magic(pattern):
+            out.append(pattern)
+    return out
 
 
 def with_overrides(cfg: Config, **overrides: Any) -> Config:
-    """A new Config with command-line overrides (None values ignored), validated again."""
-    data = cfg.model_dump()
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    """A new Config with top-level command-line overrides (None values ignored), each validated."""
+    given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Config.model_validate(data, strict=False)
+        Config.model_validate(given)  # validates just these keys (the rest take defaults)
     except ValidationError as err:
-        raise ConfigError("\n".join(f"command line: {e['msg']}" for e in err.errors())) from err
+        raise ConfigError("\n".join(f"command line: {e['loc'][0]}: {e['msg']}" for e in err.errors())) from err
+    return cfg.model_copy(update=given)

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_binary
 from ruamel.yaml import YAML
 
 from agent.durations import parse_duration
 from agent.promql import PromQLEvalError, Scalar, compile_expr
 from agent.promql.series_notation import load_series
 from agent.store import Store
+from tests.conftest import require_binary
 
 CORPUS = Path(__file__).with_name("promql_corpus.yml")
 PROMTOOL_TIMEOUT = 60
