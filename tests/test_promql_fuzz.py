@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_promql_differential import build, go_duration, render, run_promtool
 
 from agent.durations import parse_duration
 from agent.promql import PromQLError, compile_expr
+from tests.test_promql_differential import build, go_duration, render, run_promtool
 
 NAMES = ["a", "b", "c_total"]
 RANGE_FNS = [
