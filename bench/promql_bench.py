@@ -95,9 +95,29 @@ def run(n_rules: int, n_series: int, history: int, repeat: int, step: float) -> 
         f"{total * 1e3:8.1f} ms CPU per evaluation of all rules, {total / n_rules * 1e6:6.1f} us/rule "
         f"(cold first pass {cold * 1e3:.1f} ms)"
     )
+    peer = PlainStore(store)
+    start = time.process_time()
+    for _, q in queries:
+        q.eval(peer, now)
+    plain = time.process_time() - start
     for label, samples in per_template.items():
         if samples:
             print(f"        {label:<20} {statistics.mean(samples) * 1e6:8.1f} us/rule")
+    print(
+        f"        peer: the same rules through Store's plain reading API only (no ring slices, no selection cache): "
+        f"{plain * 1e3:.1f} ms ({plain / total:.1f}x)"
+    )
+
+
+class PlainStore:
+    """The store behind only its documented per-series reading API (instant, points, family, by_name)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.by_name = store.by_name
+        self.family = store.family
+        self.points = store.points
+        self.instant = store.instant
 
 
 _NODE = [  # (metric-name prefix, base label sets): a big node of 8 GPUs, 16 disks and filesystems, 8 NICs, 8 IB ports
