@@ -88,9 +88,11 @@ def main() -> int:
     calls = (getattr(module, "calls", 0) - calls0) / args.ticks
     kind = "real NVML" if args.real else f"fake NVML, scenario {args.scenario}"
     print(f"GPU collector, {gpus} GPUs ({kind}), {len(first)} samples per tick, {args.ticks} ticks")
-    print(f"  CPU per tick: mean {cpu / args.ticks * 1e3:.3f} ms, "
-          f"p50 {statistics.median(per_tick) * 1e3:.3f} ms, "
-          f"p99 {sorted(per_tick)[int(len(per_tick) * 0.99) - 1] * 1e3:.3f} ms   (target < 2 ms for 8 GPUs)")
+    print(
+        f"  CPU per tick: mean {cpu / args.ticks * 1e3:.3f} ms, "
+        f"p50 {statistics.median(per_tick) * 1e3:.3f} ms, "
+        f"p99 {sorted(per_tick)[int(len(per_tick) * 0.99) - 1] * 1e3:.3f} ms   (target < 2 ms for 8 GPUs)"
+    )
     if not args.real:
         # The fake's own cost: the same calls made directly, without the collector.
         per_call = _per_call_costs(module, collector)

@@ -23,46 +23,89 @@ from agent.rules import RuleEngine
 from agent.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
-GPU_GAUGES = ["DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_MEMORY_TEMP", "DCGM_FI_DEV_ROW_REMAP_FAILURE",
-              "DCGM_FI_DEV_RETIRED_PENDING", "nodewarden_gpu_row_remap_pending", "nodewarden_gpu_up"]
-GPU_COUNTERS = ["DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL",
-                "DCGM_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL", "DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL",
-                "DCGM_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL"]
+GPU_GAUGES = [
+    "DCGM_FI_DEV_GPU_TEMP",
+    "DCGM_FI_DEV_MEMORY_TEMP",
+    "DCGM_FI_DEV_ROW_REMAP_FAILURE",
+    "DCGM_FI_DEV_RETIRED_PENDING",
+    "nodewarden_gpu_row_remap_pending",
+    "nodewarden_gpu_up",
+]
+GPU_COUNTERS = [
+    "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+    "DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL",
+    "DCGM_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL",
+    "DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL",
+    "DCGM_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL",
+]
 REASONS = ["gpu_idle", "sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake"]
-DISK = ["node_disk_reads_completed_total", "node_disk_writes_completed_total", "node_disk_read_time_seconds_total",
-        "node_disk_write_time_seconds_total", "node_disk_io_time_seconds_total"]
-NET = ["node_network_receive_bytes_total", "node_network_transmit_bytes_total", "node_network_receive_packets_total",
-       "node_network_transmit_packets_total", "node_network_receive_errs_total", "node_network_transmit_errs_total",
-       "node_network_receive_drop_total", "node_network_carrier_changes_total"]
-IB = ["node_infiniband_port_transmit_wait_total", "node_infiniband_symbol_error_total",
-      "node_infiniband_link_downed_total", "node_infiniband_rp_cnp_packets_handled_total",
-      "node_infiniband_np_ecn_marked_roce_packets_received_total"]
+DISK = [
+    "node_disk_reads_completed_total",
+    "node_disk_writes_completed_total",
+    "node_disk_read_time_seconds_total",
+    "node_disk_write_time_seconds_total",
+    "node_disk_io_time_seconds_total",
+]
+NET = [
+    "node_network_receive_bytes_total",
+    "node_network_transmit_bytes_total",
+    "node_network_receive_packets_total",
+    "node_network_transmit_packets_total",
+    "node_network_receive_errs_total",
+    "node_network_transmit_errs_total",
+    "node_network_receive_drop_total",
+    "node_network_carrier_changes_total",
+]
+IB = [
+    "node_infiniband_port_transmit_wait_total",
+    "node_infiniband_symbol_error_total",
+    "node_infiniband_link_downed_total",
+    "node_infiniband_rp_cnp_packets_handled_total",
+    "node_infiniband_np_ecn_marked_roce_packets_received_total",
+]
 
 
-FAULT_COUNTERS = ("err", "drop", "ECC", "NVLINK", "symbol", "downed", "xid", "carrier", "Retrans", "cnp", "ecn",
-                  "wait")
+FAULT_COUNTERS = ("err", "drop", "ECC", "NVLINK", "symbol", "downed", "xid", "carrier", "Retrans", "cnp", "ecn", "wait")
 
 
 def node_series(scale: int) -> list[tuple[str, tuple, str]]:
     """(name, labels, kind) of every series a big node exposes to the default library."""
     out: list[tuple[str, tuple, str]] = []
     for g in range(8 * scale):
-        gl = (("gpu", str(g)), ("UUID", f"GPU-{g:04d}"), ("pci_bus_id", f"0000:{g:02x}:00.0"),
-              ("device", f"nvidia{g}"), ("modelName", "NVIDIA H100 80GB HBM3"), ("hostname", "bench"))
+        gl = (
+            ("gpu", str(g)),
+            ("UUID", f"GPU-{g:04d}"),
+            ("pci_bus_id", f"0000:{g:02x}:00.0"),
+            ("device", f"nvidia{g}"),
+            ("modelName", "NVIDIA H100 80GB HBM3"),
+            ("hostname", "bench"),
+        )
         out += [(n, gl, "gauge") for n in GPU_GAUGES] + [(n, gl, "counter") for n in GPU_COUNTERS]
         out += [("nodewarden_gpu_clocks_event_active", (*gl, ("reason", r)), "flag") for r in REASONS]
-        out += [("nodewarden_gpu_xid_errors_total", (("gpu", str(g)), ("UUID", f"GPU-{g:04d}"), ("xid", x)),
-                 "counter") for x in ("13", "48", "74", "79")]
+        out += [
+            ("nodewarden_gpu_xid_errors_total", (("gpu", str(g)), ("UUID", f"GPU-{g:04d}"), ("xid", x)), "counter")
+            for x in ("13", "48", "74", "79")
+        ]
     for d in range(16 * scale):
         out += [(n, (("device", f"nvme{d}n1"),), "counter") for n in DISK]
         fl = (("device", f"/dev/nvme{d}n1p1"), ("fstype", "xfs"), ("mountpoint", f"/data{d}"))
-        out += [(n, fl, "gauge") for n in ("node_filesystem_avail_bytes", "node_filesystem_size_bytes",
-                                           "node_filesystem_files", "node_filesystem_files_free",
-                                           "node_filesystem_readonly", "node_filesystem_device_error")]
+        out += [
+            (n, fl, "gauge")
+            for n in (
+                "node_filesystem_avail_bytes",
+                "node_filesystem_size_bytes",
+                "node_filesystem_files",
+                "node_filesystem_files_free",
+                "node_filesystem_readonly",
+                "node_filesystem_device_error",
+            )
+        ]
     for n_ in range(8 * scale):
         dl = (("device", f"eth{n_}"),)
-        out += [(n, dl, "counter") for n in NET] + [("node_network_speed_bytes", dl, "gauge"),
-                                                    ("node_network_up", dl, "gauge")]
+        out += [(n, dl, "counter") for n in NET] + [
+            ("node_network_speed_bytes", dl, "gauge"),
+            ("node_network_up", dl, "gauge"),
+        ]
     for p in range(8 * scale):
         pl = (("device", f"mlx5_{p}"), ("port", "1"))
         out += [(n, pl, "counter") for n in IB] + [("node_infiniband_physical_state_id", pl, "gauge")]
@@ -134,8 +177,10 @@ def main() -> None:
     n_rules = sum(1 for _ in engine.rule_states())
     times.sort()
     print(f"rules={n_rules} series={store.series_count()} history={args.history}s ticks={args.ticks}")
-    print(f"evaluate() per tick: median {statistics.median(times):.2f} ms, "
-          f"p95 {times[int(0.95 * (len(times) - 1))]:.2f} ms, max {times[-1]:.2f} ms")
+    print(
+        f"evaluate() per tick: median {statistics.median(times):.2f} ms, "
+        f"p95 {times[int(0.95 * (len(times) - 1))]:.2f} ms, max {times[-1]:.2f} ms"
+    )
     for name, ds in per_group.items():
         print(f"  {name:28s} {statistics.median(ds):6.2f} ms")
     states = {}

@@ -42,8 +42,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 def scrape(url: str, n: int) -> dict[str, float]:
-    out = subprocess.run([sys.executable, str(REPO / "bench" / "scrape.py"), url, str(n)], capture_output=True,
-                         text=True, check=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "scrape.py"), url, str(n)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     return json.loads(out.stdout)
 
 
@@ -63,11 +68,14 @@ class PadCollector:
 
 
 def bench_nodewarden(root: Path, ticks: int, scrapes: int, pad: int = 0) -> dict[str, float]:
-    cfg = Config.model_validate({
-        "interval": "1s", "retention": "15m",
-        "paths": {"procfs": str(root / "proc"), "sysfs": str(root / "sys"), "rootfs": str(root)},
-        "collectors": {"gpu": {"enabled": False}},
-    })
+    cfg = Config.model_validate(
+        {
+            "interval": "1s",
+            "retention": "15m",
+            "paths": {"procfs": str(root / "proc"), "sysfs": str(root / "sys"), "rootfs": str(root)},
+            "collectors": {"gpu": {"enabled": False}},
+        }
+    )
     clock = [time.time()]
 
     def factory(c: Config):
@@ -95,12 +103,17 @@ def bench_nodewarden(root: Path, ticks: int, scrapes: int, pad: int = 0) -> dict
     s["cpu_ms_per_scrape"] = (cpu_seconds(pid) - c0) / scrapes * 1000
     server.stop()
     cpu.sort()
-    s.update({
-        "tick_cpu_ms_p50": cpu[len(cpu) // 2] * 1000, "tick_cpu_ms_mean": statistics.fmean(cpu) * 1000,
-        "tick_cpu_ms_p99": cpu[int(len(cpu) * 0.99) - 1] * 1000, "rss_mb": rss_mb(),
-        "store_series": daemon.store.series_count(), "store_mb": daemon.store.nbytes() / 2**20,
-        "history_ticks": min(ticks, daemon.store.capacity),
-    })
+    s.update(
+        {
+            "tick_cpu_ms_p50": cpu[len(cpu) // 2] * 1000,
+            "tick_cpu_ms_mean": statistics.fmean(cpu) * 1000,
+            "tick_cpu_ms_p99": cpu[int(len(cpu) * 0.99) - 1] * 1000,
+            "rss_mb": rss_mb(),
+            "store_series": daemon.store.series_count(),
+            "store_mb": daemon.store.nbytes() / 2**20,
+            "history_ticks": min(ticks, daemon.store.capacity),
+        }
+    )
     s.update({f"collect_cpu_ms[{k}]": v for k, v in per_collector.items()})
     return s
 
@@ -114,9 +127,17 @@ def bench_node_exporter(root: Path, scrapes: int) -> dict[str, float] | None:
     with socket.socket() as sk:
         sk.bind(("127.0.0.1", 0))
         port = sk.getsockname()[1]
-    proc = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{port}", f"--path.procfs={root / 'proc'}",
-                             f"--path.sysfs={root / 'sys'}", f"--path.rootfs={root}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            exe,
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--path.procfs={root / 'proc'}",
+            f"--path.sysfs={root / 'sys'}",
+            f"--path.rootfs={root}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -138,9 +159,24 @@ def bench_node_exporter(root: Path, scrapes: int) -> dict[str, float] | None:
 
 def child(root: Path, args: argparse.Namespace, pad: int) -> dict[str, float]:
     """Run one nodewarden configuration in a fresh interpreter and return its figures."""
-    out = subprocess.run([sys.executable, __file__, "--child", str(root), "--pad", str(pad), "--ticks",
-                          str(args.ticks), "--scrapes", str(args.scrapes)], capture_output=True, text=True,
-                         check=True, timeout=1200)
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            str(root),
+            "--pad",
+            str(pad),
+            "--ticks",
+            str(args.ticks),
+            "--scrapes",
+            str(args.scrapes),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=1200,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -166,8 +202,16 @@ def main() -> None:
         big = child(root, args, max(0, args.series - int(nw["store_series"])))
     print(f"scaled node: 16 disks, 8 NICs, 8 IB ports; {args.ticks} ticks of 1 s history; {args.scrapes} scrapes")
     print(f"{'':30}{'nodewarden':>12}{'nw+padding':>12}{'node_exporter':>15}{'ne/nw':>8}{'ne/nw+pad':>10}")
-    for key in ("series", "p50_ms", "p99_ms", "cpu_ms_per_scrape", "rss_mb", "tick_cpu_ms_p50", "tick_cpu_ms_p99",
-                "store_mb"):
+    for key in (
+        "series",
+        "p50_ms",
+        "p99_ms",
+        "cpu_ms_per_scrape",
+        "rss_mb",
+        "tick_cpu_ms_p50",
+        "tick_cpu_ms_p99",
+        "store_mb",
+    ):
         a, p = nw.get(key), big.get(key)
         b = ne.get(key) if ne else None
         r1 = f"{b / a:.1f}x" if (a and b) else "-"

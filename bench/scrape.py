@@ -28,8 +28,13 @@ def scrape(url: str, n: int) -> dict[str, float]:
     conn.close()
     lat.sort()
     series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
-    return {"p50_ms": lat[len(lat) // 2], "p99_ms": lat[int(len(lat) * 0.99) - 1], "max_ms": lat[-1],
-            "bytes": size, "series": series}
+    return {
+        "p50_ms": lat[len(lat) // 2],
+        "p99_ms": lat[int(len(lat) * 0.99) - 1],
+        "max_ms": lat[-1],
+        "bytes": size,
+        "series": series,
+    }
 
 
 if __name__ == "__main__":

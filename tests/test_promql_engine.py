@@ -118,3 +118,27 @@ def test_results_are_fresh_objects() -> None:
     assert q.eval(store, 1.0) == [({"__name__": "m", "i": "a"}, 1.0)]
     assert isinstance(first, Vector) and isinstance(first, list)
     assert compile_expr("scalar(m) * 2").eval(store, 1.0) == Scalar(2.0)
+
+
+def test_fused_multiply_add_rounds_once() -> None:
+    import random
+    from fractions import Fraction
+
+    from agent.promql.values import _fma
+
+    rng = random.Random(7)
+    for _ in range(3000):
+        a = rng.uniform(-10, 10) * 10 ** rng.randint(-30, 30)
+        b = rng.uniform(-10, 10) * 10 ** rng.randint(-30, 30)
+        c = rng.choice([rng.uniform(-10, 10) * 10 ** rng.randint(-60, 60), -a * b, a * b * (1 + 2**-52)])
+        assert _fma(a, b, c) == float(Fraction(a) * Fraction(b) + Fraction(c)), (a, b, c)
+
+
+def test_empty_store() -> None:
+    store = Store(retention=60, interval=1)
+    assert compile_expr("x").eval(store, 100.0) == []
+    assert compile_expr("rate(x[5m])").eval(store, 100.0) == []
+    assert compile_expr("absent(x)").eval(store, 100.0) == [({}, 1.0)]
+    assert compile_expr("absent_over_time(x[1m])").eval(store, 100.0) == [({}, 1.0)]
+    assert compile_expr("count(x) or vector(0)").eval(store, 100.0) == [({}, 0.0)]
+    assert math.isnan(compile_expr("scalar(x)").eval(store, 100.0).value)

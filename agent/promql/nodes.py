@@ -60,6 +60,7 @@ class Node:
     """An expression node; ``kind`` is scalar, vector, matrix or string."""
 
     kind = "vector"
+    single_name = False  # every output sample has the same __name__ (or none): dropping it keeps them unique
 
     def eval(self, store: Any, t: float) -> Any:
         raise NotImplementedError
@@ -67,6 +68,7 @@ class Node:
 
 class Number(Node):
     kind = "scalar"
+    single_name = True
 
     def __init__(self, value: float) -> None:
         self.value = value
@@ -77,6 +79,7 @@ class Number(Node):
 
 class String(Node):
     kind = "string"
+    single_name = True
 
     def __init__(self, value: str) -> None:
         self.value = value
@@ -116,6 +119,7 @@ class VectorSelector(Node):
         self.name = name
         self.matchers = matchers
         self.offset = offset
+        self.single_name = name is not None
         self._cache_store: Any = None
         self._cache_version: Any = None
         self._cache: list[tuple[Any, LabelDict]] = []
@@ -190,6 +194,7 @@ class MatrixSelector(Node):
     def __init__(self, vs: VectorSelector, range_s: float) -> None:
         self.vs = vs
         self.range = range_s
+        self.single_name = vs.single_name
         self.memo: dict | None = None  # set by Query.eval when this selector occurs more than once
 
     def eval_series(self, store: Any, t: float) -> list[SeriesRange]:
@@ -252,6 +257,8 @@ class MatrixSelector(Node):
 
 
 class Negate(Node):
+    single_name = True
+
     def __init__(self, expr: Node) -> None:
         self.expr = expr
         self.kind = expr.kind
@@ -260,7 +267,8 @@ class Negate(Node):
         v = self.expr.eval(store, t)
         if self.kind == "scalar":
             return -v
-        return check_unique([(drop_name(labels), -x) for labels, x in v])
+        out = [(drop_name(labels), -x) for labels, x in v]
+        return out if self.expr.single_name else check_unique(out)
 
 
 # -- binary operators ---------------------------------------------------------------------------
@@ -310,6 +318,16 @@ class Binary(Node):
         self.kind = "scalar" if lhs.kind == "scalar" and rhs.kind == "scalar" else "vector"
         self.arith = ARITH.get(op)
         self.compare = COMPARE.get(op)
+        vector_side = rhs if lhs.kind == "scalar" else lhs
+        if self.arith is not None or return_bool:
+            self.single_name = True
+        elif op == "or":
+            self.single_name = False
+        elif op in SET_OPS or rhs.kind == "scalar" or lhs.kind == "scalar":
+            self.single_name = vector_side.single_name
+        else:
+            self.single_name = (rhs if card == "one-to-many" else lhs).single_name
+        self._vs_unique = vector_side.single_name  # vector-scalar results need no duplicate check
 
     def eval(self, store: Any, t: float) -> Any:
         lv = self.lhs.eval(store, t)
@@ -319,9 +337,11 @@ class Binary(Node):
                 return self.arith(lv, rv)
             return 1.0 if self.compare(lv, rv) else 0.0
         if self.lhs.kind == "scalar":
-            return check_unique(self._vector_scalar(rv, lv, True))
+            out = self._vector_scalar(rv, lv, True)
+            return out if self._vs_unique else check_unique(out)
         if self.rhs.kind == "scalar":
-            return check_unique(self._vector_scalar(lv, rv, False))
+            out = self._vector_scalar(lv, rv, False)
+            return out if self._vs_unique else check_unique(out)
         if self.op == "and":
             return check_unique(self._and(lv, rv))
         if self.op == "or":
@@ -531,8 +551,13 @@ class Aggregate(Node):
         self.without = without
         self.grouping = sorted(grouping)
         self.grouping_set = frozenset(grouping)
+        if op in ("topk", "bottomk"):
+            self.single_name = expr.single_name
+        else:
+            self.single_name = without or NAME not in self.grouping_set
 
     def _group_labels(self, labels: LabelDict, grouping: list[str] | frozenset) -> LabelDict:
+        """The group's labels; with ``by`` (grouping sorted) in label order, so its items are the group key."""
         if self.without:
             return {k: v for k, v in labels.items() if k != NAME and k not in grouping}
         return {k: labels[k] for k in grouping if k in labels}
@@ -557,14 +582,14 @@ class Aggregate(Node):
                 return []
             return self._topk(vec, k, grouping, op == "topk")
         groups: dict[tuple, list] = {}
+        keep_values = op == "quantile"
         for labels, v in vec:
-            key = labels_key(self._group_labels(labels, grouping))
+            group_labels = self._group_labels(labels, grouping)
+            key = tuple(group_labels.items()) if not self.without else labels_key(group_labels)
             group = groups.get(key)
             if group is None:
-                # [labels, value, mean, count, values]
-                groups[key] = [self._group_labels(labels, grouping), v, v, 1, [v]]
-                if op in ("stddev", "stdvar"):
-                    groups[key][1] = 0.0
+                value = 0.0 if op in ("stddev", "stdvar") else v
+                groups[key] = [group_labels, value, v, 1, [v] if keep_values else None]  # value, mean, count
                 continue
             group[3] += 1
             if op == "sum":
@@ -588,7 +613,7 @@ class Aggregate(Node):
                 delta = v - group[2]
                 group[2] += delta / group[3]
                 group[1] += delta * (v - group[2])
-            elif op == "quantile":
+            elif keep_values:
                 group[4].append(v)
         out = []
         for labels, value, mean, count, values in groups.values():
@@ -652,17 +677,29 @@ class Call(Node):
         self.kind = kind
         self.impl = impl
         self.extra: Any = None  # per-function precomputed data (regex, absent labels)
+        source = next((a for a in args if a.kind in ("vector", "matrix")), None)
+        source_single = source is None or source.single_name
+        if name in ("label_replace", "label_join"):
+            self.single_name, self._unique = False, False
+        elif name in ("last_over_time", "sort", "sort_desc"):
+            self.single_name, self._unique = source_single, True  # labels kept as they are
+        else:
+            self.single_name, self._unique = True, source_single  # __name__ dropped
 
     def eval(self, store: Any, t: float) -> Any:
         return self.impl(self, store, t)
+
+    def check(self, vec: VectorT) -> VectorT:
+        """Prometheus' duplicate-labelset check, skipped where the input makes duplicates impossible."""
+        return vec if self._unique else check_unique(vec)
 
 
 def _range_fn(f: Callable[[fn.Values, bool], float], keep_name: bool = False) -> Callable[[Call, Any, float], VectorT]:
     def impl(call: Call, store: Any, t: float) -> VectorT:
         ranges = call.args[0].eval_series(store, t)
         if keep_name:  # last_over_time keeps __name__ in 2.42
-            return check_unique([(labels, f(vals, clean)) for labels, _, vals, clean in ranges])
-        return check_unique([(drop_name(labels), f(vals, clean)) for labels, _, vals, clean in ranges])
+            return call.check([(labels, f(vals, clean)) for labels, _, vals, clean in ranges])
+        return call.check([(drop_name(labels), f(vals, clean)) for labels, _, vals, clean in ranges])
 
     return impl
 
@@ -677,7 +714,7 @@ def _rate_fn(is_counter: bool, is_rate: bool) -> Callable[[Call, Any, float], Ve
             v = fn.extrapolated_rate(times, vals, clean, start, end, rng, is_counter, is_rate)
             if v is not None:
                 out.append((drop_name(labels), v))
-        return check_unique(out)
+        return call.check(out)
 
     return impl
 
@@ -689,7 +726,7 @@ def _instant_rate_fn(is_rate: bool) -> Callable[[Call, Any, float], VectorT]:
             v = fn.instant_value(times, vals, is_rate)
             if v is not None:
                 out.append((drop_name(labels), v))
-        return check_unique(out)
+        return call.check(out)
 
     return impl
 
@@ -710,7 +747,7 @@ def _deriv(call: Call, store: Any, t: float) -> VectorT:
         v = fn.deriv(times, vals, _shared_x(cache, times, fn.ms(times[0])) if len(vals) > 1 else None)
         if v is not None:
             out.append((drop_name(labels), v))
-    return check_unique(out)
+    return call.check(out)
 
 
 def _predict_linear(call: Call, store: Any, t: float) -> VectorT:
@@ -723,12 +760,12 @@ def _predict_linear(call: Call, store: Any, t: float) -> VectorT:
         v = fn.predict_linear(times, vals, t, duration, _shared_x(cache, times, intercept))
         if v is not None:
             out.append((drop_name(labels), v))
-    return check_unique(out)
+    return call.check(out)
 
 
 def _quantile_over_time(call: Call, store: Any, t: float) -> VectorT:
     q = call.args[0].eval(store, t)
-    return check_unique(
+    return call.check(
         [(drop_name(labels), fn.quantile(q, vals)) for labels, _, vals, _ in call.args[1].eval_series(store, t)]
     )
 
@@ -747,7 +784,7 @@ def _absent_over_time(call: Call, store: Any, t: float) -> VectorT:
 
 def _simple(f: Callable[[float], float]) -> Callable[[Call, Any, float], VectorT]:
     def impl(call: Call, store: Any, t: float) -> VectorT:
-        return check_unique([(drop_name(labels), f(v)) for labels, v in call.args[0].eval(store, t)])
+        return call.check([(drop_name(labels), f(v)) for labels, v in call.args[0].eval(store, t)])
 
     return impl
 
@@ -755,7 +792,7 @@ def _simple(f: Callable[[float], float]) -> Callable[[Call, Any, float], VectorT
 def _round(call: Call, store: Any, t: float) -> VectorT:
     to_nearest = call.args[1].eval(store, t) if len(call.args) > 1 else 1.0
     inverse = go_div(1.0, to_nearest)
-    return check_unique(
+    return call.check(
         [(drop_name(labels), go_div(go_floor(v * inverse + 0.5), inverse)) for labels, v in call.args[0].eval(store, t)]
     )
 
@@ -766,19 +803,19 @@ def _clamp(call: Call, store: Any, t: float) -> VectorT:
     hi = call.args[2].eval(store, t)
     if hi < lo:
         return []
-    return check_unique([(drop_name(labels), go_max(lo, go_min(hi, v))) for labels, v in vec])
+    return call.check([(drop_name(labels), go_max(lo, go_min(hi, v))) for labels, v in vec])
 
 
 def _clamp_min(call: Call, store: Any, t: float) -> VectorT:
     vec = call.args[0].eval(store, t)
     lo = call.args[1].eval(store, t)
-    return check_unique([(drop_name(labels), go_max(v, lo)) for labels, v in vec])
+    return call.check([(drop_name(labels), go_max(v, lo)) for labels, v in vec])
 
 
 def _clamp_max(call: Call, store: Any, t: float) -> VectorT:
     vec = call.args[0].eval(store, t)
     hi = call.args[1].eval(store, t)
-    return check_unique([(drop_name(labels), go_min(v, hi)) for labels, v in vec])
+    return call.check([(drop_name(labels), go_min(v, hi)) for labels, v in vec])
 
 
 def _time(call: Call, store: Any, t: float) -> float:
@@ -792,7 +829,7 @@ def _timestamp(call: Call, store: Any, t: float) -> VectorT:
     else:
         now = fn.ms(t) / 1000
         vec = [(labels, now) for labels, _ in arg.eval(store, t)]
-    return check_unique([(drop_name(labels), v) for labels, v in vec])
+    return call.check([(drop_name(labels), v) for labels, v in vec])
 
 
 def _vector(call: Call, store: Any, t: float) -> VectorT:
@@ -807,13 +844,13 @@ def _scalar(call: Call, store: Any, t: float) -> float:
 def _sort(call: Call, store: Any, t: float) -> VectorT:
     vec = call.args[0].eval(store, t)
     nums = sorted((item for item in vec if item[1] == item[1]), key=lambda item: item[1])
-    return check_unique(nums + [item for item in vec if item[1] != item[1]])
+    return call.check(nums + [item for item in vec if item[1] != item[1]])
 
 
 def _sort_desc(call: Call, store: Any, t: float) -> VectorT:
     vec = call.args[0].eval(store, t)
     nums = sorted((item for item in vec if item[1] == item[1]), key=lambda item: item[1], reverse=True)
-    return check_unique(nums + [item for item in vec if item[1] != item[1]])
+    return call.check(nums + [item for item in vec if item[1] != item[1]])
 
 
 def go_expand(template: str, src: str, match: Any) -> str:
@@ -871,7 +908,7 @@ def _label_replace(call: Call, store: Any, t: float) -> VectorT:
         if res:
             new[dst] = res
         out.append((new, v))
-    return check_unique(out)
+    return call.check(out)
 
 
 def _label_join(call: Call, store: Any, t: float) -> VectorT:
@@ -888,7 +925,7 @@ def _label_join(call: Call, store: Any, t: float) -> VectorT:
         if joined:
             new[dst] = joined
         out.append((new, v))
-    return check_unique(out)
+    return call.check(out)
 
 
 FUNCTIONS: dict[str, Callable[[Call, Any, float], Any]] = {
