@@ -8,6 +8,7 @@ node ``nw2`` is configured but has none (a second node for the blast-radius test
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -367,3 +368,56 @@ def test_xid79_scenario_fires_the_default_rule_and_the_default_route_drains(tmp_
     assert slurm_env.reasons()["nw1"] == "nodewarden: GpuFallenOffBus gpu=2 xid=79"
     [row] = [e for e in rem.journal if e.status == "succeeded"]
     assert (row.alertname, row.route, row.target) == ("GpuFallenOffBus", "gpu-drain-node", "node/nw1")
+
+
+DAEMON_RULES = """groups:
+- name: thermal
+  rules:
+  - alert: GpuTooHot
+    expr: DCGM_FI_DEV_GPU_TEMP > 85
+    labels: {severity: critical}
+"""
+
+DAEMON_POLICY = """
+defaults:
+  mode: enforce
+  cooldown: 0s
+  blast_radius: {max_nodes: 1, max_fraction: null}
+plugins:
+  rebalance: {backend: slurm, node_name: nw1}
+routes:
+  - name: hot-gpu
+    matchers: ['alertname="GpuTooHot"']
+    steps:
+      - action: rebalance
+        params: {gpu: "{{ $labels.gpu }}", reason: "{{ $labels.alertname }} gpu={{ $labels.gpu }}"}
+"""
+
+
+@pytest.mark.parametrize("mode", ["enforce", "observe"])
+def test_daemon_simulated_overheat_drains_real_slurm_node(tmp_path, slurm_env, mode):
+    """`nodewarden run --simulate h100-overheat`: collector -> rule -> policy -> Slurm, through the daemon."""
+    from tests.agentproc import NODEWARDEN, AgentProcess, sample_value, wait_for
+
+    (tmp_path / "hot.rules.yml").write_text(DAEMON_RULES)
+    (tmp_path / "policy.yml").write_text(DAEMON_POLICY)
+    cfg = {"interval": "1s", "mode": mode, "rule_files": ["hot.rules.yml"], "remediation_policy": "policy.yml",
+           "collectors": {"gpu": {"kmsg": False}}}
+    with AgentProcess(tmp_path, cfg, args=["--simulate", "h100-overheat"]) as agent:
+        history = [*NODEWARDEN, "history", "--json", "--state-dir", str(tmp_path / "state")]
+
+        def journaled() -> list[dict]:
+            res = subprocess.run(history, capture_output=True, text=True, timeout=30)
+            return [e for e in json.loads(res.stdout or "[]") if e["action"] == "rebalance"]
+
+        rows = wait_for(lambda: [e for e in journaled() if e["status"] in ("succeeded", "planned")], timeout=60,
+                        what="rebalance journaled")
+        assert rows[0]["alertname"] == "GpuTooHot" and rows[0]["target"] == "node/nw1"
+        if mode == "enforce":
+            assert rows[0]["status"] == "succeeded"
+            assert slurm_env.reasons()["nw1"] == "nodewarden: GpuTooHot gpu=3"
+            wait_for(lambda: sample_value(agent.metrics(), "nodewarden_remediations_total", action="rebalance",
+                                          result="succeeded") == 1, what="remediation counted on /metrics")
+        else:
+            assert rows[0]["status"] == "planned"
+            assert "DRAIN" not in slurm_env.state("nw1")
