@@ -69,7 +69,7 @@ class Refused(RemediationError):
 
 def check_device(value: str) -> str:
     """An interface name safe for netlink and sysfs paths (1-15 of ``A-Za-z0-9_.-``); ValueError otherwise."""
-    if not isinstance(value, str) or not IFNAME_RE.match(value) or value in (".", ".."):
+    if not isinstance(value, str) or not IFNAME_RE.fullmatch(value) or value in (".", ".."):
         raise ValueError(f"not a valid interface name: {value!r}")
     return value
 
@@ -81,7 +81,7 @@ def parse_rate(text: str | int | float) -> tuple[float, bool]:
     if isinstance(text, (int, float)):
         value, unit = float(text), None
     else:
-        m = RATE_RE.match(text)
+        m = RATE_RE.fullmatch(text)
         if not m:
             raise ValueError(f"not a rate: {text!r} (use e.g. 20Mbit, 2Gbit, 500000000 or 25%)")
         value, unit = float(m.group(1)), (m.group(2) or "").lower() or None
@@ -168,7 +168,7 @@ class Selector(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not CLASS_RE.match(v):
+        if not CLASS_RE.fullmatch(v):
             raise ValueError(f"class name must be 1-32 of A-Za-z0-9_.- : {v!r}")
         return v
 
