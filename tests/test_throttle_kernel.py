@@ -238,6 +238,13 @@ def test_kill9_between_apply_and_journal_then_recover_reconciles(pair, tmp_path)
     again = pair.driver("recover", str(state))
     assert again["kept"] == ["va"] and again["removed"] == [] and pair.tc_state("va") == throttled
 
+    # the throttle vanished behind nodewarden's back (a reboot, a hand-made `tc qdisc del`): put back
+    pair.run(pair.a, pair.tc, "qdisc", "del", "dev", "va", "root")
+    assert pair.tc_state("va") == before_va
+    back = pair.driver("recover", str(state))
+    assert back["reapplied"] == ["va"] and back["kept"] == [], back
+    assert pair.tc_state("va") == throttled
+
     # past its duration (default 30m) the throttle is reverted through the journal, even while the alert fires
     late = pair.driver("recover", str(state), "3600")
     assert late["expired"] == [rec["rows"][0]["id"]], late

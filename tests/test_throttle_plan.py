@@ -257,3 +257,21 @@ routes:
     bad = load_policy_text(text.replace('"25%"', '"25 furlongs"'), "p.yml")
     errors, _ = validate_params(bad, {"throttle": Throttle}, filename="p.yml")
     assert len(errors) == 1 and "rate" in errors[0] and errors[0].startswith("p.yml:")
+
+
+def test_the_policy_in_the_docs_validates():
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "throttle.md").read_text()
+    text = re.search(r"```yaml\n(.*?)```", doc, re.S).group(1)
+    policy = load_policy_text(text, "docs/throttle.md")
+    assert validate_params(policy, {"throttle": Throttle}, filename="docs/throttle.md") == ([], [])
+    config = Config.model_validate(policy.plugins["throttle"])
+    step = policy.routes[0].steps[0]
+    from agent.policy import render
+
+    params = Params.model_validate(render(step.params, {"device": "ens1f0"}))
+    assert params.device == "ens1f0" and [c.name for c in params.classes] == ["checkpoint", "dataset", "bulk-dscp"]
+    tree, _ = build_tree(params.device, params.classes, 100e9, parse_rate(config.min_rate)[0], 1e12)
+    assert [c["rate_bits"] for c in tree["classes"]] == [25_000_000_000, 2_000_000_000, 10_000_000_000]
