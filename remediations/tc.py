@@ -118,6 +118,20 @@ class Netlink:
         with self._ipr("list links") as ipr:
             return {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
 
+    def related(self, index: int) -> set[int]:
+        """Interfaces stacked with ``index`` in this namespace: its bond/bridge master, the link a VLAN or
+        macvlan sits on, and the interfaces enslaved to it or sitting on it."""
+        out: set[int] = set()
+        with self._ipr("list links") as ipr:
+            for m in ipr.get_links():
+                master = m.get_attr("IFLA_MASTER")
+                lower = m.get_attr("IFLA_LINK") if m.get_attr("IFLA_LINK_NETNSID") is None else None
+                if m["index"] == index:
+                    out.update(x for x in (master, lower) if x and x != index)
+                elif index in (master, lower):
+                    out.add(m["index"])
+        return out
+
     def qdiscs(self, index: int | None = None) -> list[tuple[int, Qdisc]]:
         """(ifindex, qdisc) of one interface, or of all with ``index=None``."""
         with self._ipr("dump qdiscs") as ipr:

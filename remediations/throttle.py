@@ -381,18 +381,10 @@ def tree_specs(tree: Mapping[str, Any]) -> tuple[list[ClassSpec], list[FilterSpe
 
 def tree_signature(tree: Mapping[str, Any]) -> tuple[Any, ...]:
     """What the kernel must show for ``tree``: classes (id, rate, ceil) and filters (prio, proto, class, bytes)."""
-    classes, filters = tree_specs(tree)
+    classes, _ = tree_specs(tree)
     return (frozenset((c.classid, c.rate, c.ceil) for c in classes),
-            frozenset((f.prio, f.protocol, f.classid, key_bytes(_parse_keys(f.keys))) for f in filters))
-
-
-def _parse_keys(keys: Iterable[str]) -> list[tuple[int, int, int]]:
-    out = []
-    for k in keys:
-        vm, _, off = k.partition("+")
-        val, _, mask = vm.partition("/")
-        out.append((int(off), int(mask, 16), int(val, 16)))
-    return out
+            frozenset((int(f["prio"]), int(f["protocol"]), int(c["classid"]), key_bytes(tuple(k) for k in f["keys"]))
+                      for c in tree["classes"] for f in c["filters"]))
 
 
 def owner(qdiscs: Sequence[Qdisc]) -> Literal["ours", "default", "foreign", "none"]:
@@ -482,9 +474,12 @@ class Throttle:
         """What would change (reads kernel state; changes nothing). Raises :class:`Refused` with the reason."""
         device = params.device
         index = self._index(device)
-        if not params.allow_default_route and index in self.nl.default_route_links():
-            raise Refused("default_route", f"{device} carries a default route (management traffic); set "
-                          "allow_default_route: true in the step's params to shape it anyway")
+        if not params.allow_default_route:
+            routed = self.nl.default_route_links() & ({index} | self.nl.related(index))
+            if routed:
+                via = "" if index in routed else " through a stacked interface (bond, bridge or VLAN)"
+                raise Refused("default_route", f"{device} carries a default route{via} (management traffic); "
+                              "set allow_default_route: true in the step's params to shape it anyway")
         qdiscs = [q for _, q in self.nl.qdiscs(index)]
         whose = owner(qdiscs)
         if whose == "foreign":

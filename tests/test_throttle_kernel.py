@@ -185,6 +185,17 @@ def test_default_route_interface_is_refused_unless_allowed(pair):
     # va2 carries no default route
     assert "plan" in pair.driver("plan", json.dumps({**params, "device": "va2"}))
     assert pair.driver("plan", json.dumps({**params, "device": "nosuch0"}))["refused"] == "no_such_device"
+    # ... until it is enslaved to a bridge that does: shaping the port would shape the management path too
+    a = pair.a
+    pair.run(a, pair.ip, "link", "add", "br0", "type", "bridge")
+    pair.run(a, pair.ip, "addr", "del", f"{A2_ADDR}/30", "dev", "va2")
+    pair.run(a, pair.ip, "link", "set", "va2", "master", "br0")
+    pair.run(a, pair.ip, "addr", "add", f"{A2_ADDR}/30", "dev", "br0")
+    pair.run(a, pair.ip, "link", "set", "br0", "up")
+    pair.run(a, pair.ip, "route", "add", "default", "via", B2_ADDR, "dev", "br0", "metric", "100")
+    stacked = pair.driver("plan", json.dumps({**params, "device": "va2"}))
+    assert stacked["refused"] == "default_route" and "stacked interface" in stacked["error"], stacked
+    assert pair.driver("plan", json.dumps({**params, "device": "br0"}))["refused"] == "default_route"
 
 
 def test_percentage_of_link_speed(pair):
