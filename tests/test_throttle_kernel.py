@@ -28,6 +28,7 @@ CAP = 20_000_000                    # bit/s
 PORT_CAPPED, PORT_FREE = 15001, 15002
 A_ADDR, B_ADDR = "10.231.0.1", "10.231.0.2"
 A2_ADDR, B2_ADDR = "10.231.0.5", "10.231.0.6"
+A6_ADDR, B6_ADDR = "fd77:231::1", "fd77:231::2"       # unique local, inside the test's namespaces only
 
 
 @dataclass
@@ -76,6 +77,8 @@ def pair():
             sh("-n", b, "addr", "add", f"{ba}/30", "dev", vb)
             sh("-n", a, "link", "set", va, "up")
             sh("-n", b, "link", "set", vb, "up")
+        sh("-n", a, "addr", "add", f"{A6_ADDR}/64", "dev", "va", "nodad")
+        sh("-n", b, "addr", "add", f"{B6_ADDR}/64", "dev", "vb", "nodad")
         yield Pair(a, b, ip, tc)
     finally:
         for ns in made:
@@ -87,15 +90,17 @@ def _spawn(pair: Pair, ns: str, *args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def measure(pair: Pair, seconds: float = 2.0) -> dict[int, float]:
-    """Goodput (bit/s) of two simultaneous TCP flows a -> b, to the capped and the free port."""
+def measure(pair: Pair, flows: dict[int, tuple[str, int]] | None = None, seconds: float = 2.0) -> dict[int, float]:
+    """Goodput (bit/s) of simultaneous TCP flows a -> b: {port: (destination address, TOS byte)}."""
+    flows = flows or {PORT_CAPPED: (B_ADDR, 0), PORT_FREE: (B_ADDR, 0)}
     warmup = 0.7
-    receivers = {p: _spawn(pair, pair.b, "recv", str(p), str(warmup), str(seconds)) for p in (PORT_CAPPED, PORT_FREE)}
+    receivers = {p: _spawn(pair, pair.b, "recv", str(p), str(warmup), str(seconds)) for p in flows}
     senders = []
     try:
         for r in receivers.values():
             assert json.loads(r.stdout.readline()) == {"ready": True}, r.stderr.read() if r.poll() else ""
-        senders = [_spawn(pair, pair.a, "send", B_ADDR, str(p), str(warmup + seconds + 0.5)) for p in receivers]
+        senders = [_spawn(pair, pair.a, "send", host, str(p), str(warmup + seconds + 0.5), str(tos))
+                   for p, (host, tos) in flows.items()]
         for s in senders:
             _, err = s.communicate(timeout=30)
             assert s.returncode == 0, err
@@ -154,6 +159,22 @@ def test_cap_one_port_with_real_traffic_and_revert_byte_for_byte(pair):
     assert pair.driver("revert", json.dumps(applied["plan"]))["output"].endswith("nothing to do")   # idempotent
     after = measure(pair)
     assert after[PORT_CAPPED] > 5 * CAP, after
+
+
+def test_ipv6_ports_and_dscp_with_real_traffic(pair):
+    # IPv6 to one port, IPv4 marked AF11 (DSCP 10, plus an ECN bit) and IPv4 unmarked to the same port
+    flows = {15011: (B6_ADDR, 0), 15012: (B_ADDR, 10 << 2 | 1), 15013: (B_ADDR, 0)}
+    params = {"device": "va", "classes": [
+        {"name": "v6", "rate": "20Mbit", "protocol": "tcp", "dport": "15011"},
+        {"name": "af11", "rate": "20Mbit", "dscp": 10}]}
+    applied = pair.driver("apply", json.dumps(params))
+    assert applied["verified"], applied
+    got = measure(pair, flows)
+    print(f"throttled {got} (cap {CAP})")
+    assert 0.85 * CAP <= got[15011] <= 1.15 * CAP, got
+    assert 0.85 * CAP <= got[15012] <= 1.15 * CAP, got
+    assert got[15013] > 3 * CAP, got
+    pair.driver("revert", json.dumps(applied["plan"]))
 
 
 @pytest.mark.parametrize("foreign", [["tbf", "rate", "1gbit", "burst", "32kb", "latency", "50ms"], ["pfifo_fast"]],

@@ -3,7 +3,7 @@
 Each command prints one JSON document on stdout (several, one per line, for ``route``)::
 
     recv PORT WARMUP WINDOW            TCP receiver: prints {"ready": true}, then the goodput (bit/s) it measured
-    send HOST PORT SECONDS             TCP sender: as fast as it can for SECONDS
+    send HOST PORT SECONDS [TOS]       TCP sender: as fast as it can for SECONDS (IPv4 or IPv6 HOST, TOS byte)
     plan PARAMS                        the plugin's plan, or {"refused": reason, "error": text}
     apply PARAMS                       plan + apply + verify through the plugin; prints the plan with its undo
     apply-plan PLAN                    apply an earlier plan
@@ -34,9 +34,10 @@ def _out(doc) -> None:
 
 def recv(port: int, warmup: float, window: float) -> None:
     """Accept one connection; goodput over [first byte + warmup, + window]."""
-    srv = socket.socket()
+    srv = socket.socket(socket.AF_INET6)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", port))
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)    # IPv4 and IPv6
+    srv.bind(("::", port))
     srv.listen(1)
     srv.settimeout(20)
     _out({"ready": True})
@@ -62,10 +63,14 @@ def recv(port: int, warmup: float, window: float) -> None:
     _out({"bits_per_second": counted * 8 / window if complete else None, "complete": complete})
 
 
-def send(host: str, port: int, seconds: float) -> None:
-    """Send zeros as fast as possible for ``seconds``."""
+def send(host: str, port: int, seconds: float, tos: int = 0) -> None:
+    """Send zeros as fast as possible for ``seconds``, with the given TOS / traffic class byte."""
     buf = b"\0" * (1 << 16)
-    with socket.create_connection((host, port), timeout=10) as s:
+    v6 = ":" in host
+    with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET) as s:
+        s.setsockopt(*((socket.IPPROTO_IPV6, socket.IPV6_TCLASS) if v6 else (socket.IPPROTO_IP, socket.IP_TOS)), tos)
+        s.settimeout(10)
+        s.connect((host, port))
         end = time.monotonic() + seconds
         sent = 0
         while time.monotonic() < end:
@@ -106,7 +111,7 @@ def main(argv: list[str]) -> int:
         recv(int(args[0]), float(args[1]), float(args[2]))
         return 0
     if cmd == "send":
-        send(args[0], int(args[1]), float(args[2]))
+        send(args[0], int(args[1]), float(args[2]), int(args[3]) if len(args) > 3 else 0)
         return 0
 
     import structlog
