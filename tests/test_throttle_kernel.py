@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from agent.journal import Journal
+from remediations.throttle import Throttle
 from tests.conftest import require_binary, require_root
 
 DRIVER = str(Path(__file__).with_name("throttle_driver.py"))
@@ -130,6 +131,8 @@ def test_cap_one_port_with_real_traffic_and_revert_byte_for_byte(pair):
     plan = applied["plan"]
     assert plan["target"] == "netdev/va" and plan["reversible"] and not plan["noop"]
     assert ["nodewarden_throttle_active", [["device", "va"], ["class", "bulk"]], 1.0] in applied["samples"]
+    catalogue = {m.name: m.labels for m in Throttle.metrics}
+    assert {s[0]: tuple(k for k, _ in s[1]) for s in applied["samples"]} == catalogue      # complete catalogue
     assert ["nodewarden_throttle_rate_bits_per_second", [["device", "va"], ["class", "bulk"]], 2e7] \
         in applied["samples"]
     qdisc, classes, filters = pair.tc_state()
