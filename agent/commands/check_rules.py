@@ -19,6 +19,7 @@ from typing import Any
 from agent import rules as rulesmod
 from agent.errors import ConfigError, RuleError
 from agent.metrics import MetricSpec
+from agent.policy import looks_like_policy
 
 HELP = "validate rule files like promtool (exit 0 valid, 1 invalid) and warn about metrics no collector produces"
 ENTRY_POINT_GROUP = "nodewarden.collectors"
@@ -157,6 +158,8 @@ def main(args: argparse.Namespace) -> int:
         catalogue, notes = known_catalogue(enabled)
     for note in notes:
         print(f"  NOTE: {note}", file=sys.stderr)
+    policies: list[str] = []
+    alert_names: set[str] = set()
     for path in args.file:
         print(f"Checking {path}", flush=True)
         try:
@@ -168,6 +171,10 @@ def main(args: argparse.Namespace) -> int:
             print()
             status = 1
             continue
+        if looks_like_policy(text):  # a remediation policy (rules/remediations.yml): checked after the rules
+            policies.append(path)
+            print("  remediation policy: checked after the rule files\n", flush=True)
+            continue
         groups, problems = rulesmod.parse_rule_text(text, path)
         if problems:
             print()
@@ -177,6 +184,7 @@ def main(args: argparse.Namespace) -> int:
             status = 1
             continue
         n = sum(len(g.rules) for g in groups)
+        alert_names |= {r.name for g in groups for r in g.rules if r.kind != "recording"}
         warnings = catalogue_warnings(groups, catalogue, text, path) if catalogue else []
         sys.stdout.flush()
         for w in warnings:
@@ -184,9 +192,33 @@ def main(args: argparse.Namespace) -> int:
         warned = warned or bool(warnings)
         print(f"  SUCCESS: {n} rules found")
         print(flush=True)
+    for path in policies:
+        ok, policy_warned = _check_policy(path, alert_names or None)
+        status = status if ok else 1
+        warned = warned or policy_warned
     if status == 0 and warned and args.lint_fatal:
         return 3
     return status
+
+
+def _check_policy(path: str, alert_names: set[str] | None) -> tuple[bool, bool]:
+    """Validate a remediation policy (plugins, params, routes vs the loaded rules); (valid, warned)."""
+    from agent.plugins import classes
+    from agent.policy import check_policy_file
+
+    print(f"Checking {path} (remediation policy)", flush=True)
+    errors, warnings = check_policy_file(path, classes().plugins, alert_names)
+    if errors:
+        print("  FAILED:", file=sys.stderr)
+        for e in errors:
+            print(e, file=sys.stderr)
+        print()
+        return False, False
+    for w in warnings:
+        print(f"  WARNING: {w}", file=sys.stderr)
+    print("  SUCCESS: remediation policy", flush=True)
+    print(flush=True)
+    return True, bool(warnings)
 
 
 def check_files(files: list[str]) -> list[str]:
