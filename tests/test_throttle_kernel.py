@@ -322,3 +322,17 @@ def test_policy_route_throttles_on_alert_and_reverts_on_resolve(pair, tmp_path):
     assert [(r["op"], r["status"]) for r in resolved["rows"]] == [("apply", "reverted"), ("revert", "succeeded")]
     assert resolved["samples"] == []
     assert pair.tc_state() == before
+
+
+def test_policy_route_skips_a_foreign_qdisc_with_the_reason(pair, tmp_path):
+    policy = tmp_path / "remediations.yml"
+    policy.write_text(POLICY)
+    pair.run(pair.a, pair.tc, "qdisc", "add", "dev", "va", "root", "tbf", "rate", "1gbit", "burst", "32kb",
+             "latency", "50ms")
+    before = pair.tc_state()
+    out = pair.run(pair.a, sys.executable, DRIVER, "route", str(tmp_path / "state"), str(policy), timeout=90)
+    firing, resolved = (json.loads(line) for line in out.strip().splitlines())
+    assert [(r["op"], r["action"], r["status"], r["reason"]) for r in firing["rows"]] == \
+        [("apply", "throttle", "skipped", "plan_failed")]
+    assert resolved["rows"] == firing["rows"] and firing["samples"] == []
+    assert pair.tc_state() == before
