@@ -275,3 +275,19 @@ def test_the_policy_in_the_docs_validates():
     assert params.device == "ens1f0" and [c.name for c in params.classes] == ["checkpoint", "dataset", "bulk-dscp"]
     tree, _ = build_tree(params.device, params.classes, 100e9, parse_rate(config.min_rate)[0], 1e12)
     assert [c["rate_bits"] for c in tree["classes"]] == [25_000_000_000, 2_000_000_000, 10_000_000_000]
+
+
+def test_expired_counts_from_the_journaled_start():
+    from remediations.base import Entry, Plan
+
+    def entry(eid: int, ts: float, expires: float, action: str = "throttle") -> Entry:
+        params = {"device": "eth0", "tree": {}, "expires_after": expires}
+        plan = Plan(action=action, target="netdev/eth0", params=params, changes=[], reversible=True)
+        return Entry(id=eid, ts=ts, updated=ts, op="apply", action=action, target="netdev/eth0", status="succeeded",
+                     mode="enforce", reason="", fingerprint="", alertname="", route="", step=0, plan=plan.to_dict(),
+                     output="", parent=None)
+
+    t = Throttle(clock=lambda: 10_000.0)
+    active = [entry(1, 8_000.0, 1800.0), entry(2, 9_000.0, 1800.0), entry(3, 0.0, 60.0, action="rebalance")]
+    assert t.expired(active) == [1]
+    assert t.expired(active, now=10_800.0) == [1, 2]
