@@ -25,6 +25,11 @@ def sources() -> list[tuple[str, list[MetricSpec]]]:
         except Exception:  # a broken third-party plugin must not break the catalogue
             continue
         out.append((f"collector `{name}`", list(getattr(cls, "metrics", []))))
+    from agent.plugins import classes
+
+    for name, cls in sorted(classes().plugins.items()):
+        if getattr(cls, "metrics", None):
+            out.append((f"remediation plugin `{name}`", list(cls.metrics)))
     return out
 
 

@@ -161,7 +161,7 @@ class Daemon:
         for coll in built:
             self.exporter.register(list(coll.metrics), export=cfg.collectors.get(coll.name).export)
         self._register_rule_metrics()
-        self.exporter.register(list(self.remediator.metrics))
+        self.exporter.register([*self.remediator.metrics, *self.remediator.plugin_metrics()])
         return Components(cfg, runners, failed)
 
     def _register_rule_metrics(self) -> None:
@@ -179,7 +179,8 @@ class Daemon:
         return load_policy(path, plugin_classes().plugins) if path else Policy()
 
     def _remediator(self, cfg: Config, policy: Policy) -> Remediator:
-        loaded = load_remediations(policy.plugins)
+        paths = Paths(cfg.paths.procfs, cfg.paths.sysfs, cfg.paths.devfs, cfg.paths.rootfs)
+        loaded = load_remediations(policy.plugins, paths=paths)
         journal = Journal(cfg.state_dir, policy.journal.retention, policy.journal.max_rows)
         return Remediator(policy, journal, loaded.plugins, mode=cfg.mode, clock=self.wall,
                           pause_flag_path=os.path.join(cfg.state_dir, "paused"))

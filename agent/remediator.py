@@ -41,6 +41,8 @@ from remediations.base import Cluster, Entry, Plan, Remediation
 
 __all__ = ["Remediator", "load_policy"]
 
+EXPIRY_CHECK_INTERVAL = 5.0  # seconds between checks of plugins' maximum action durations
+
 log = structlog.get_logger("nodewarden.remediator")
 
 METRICS = [
@@ -68,6 +70,7 @@ class _Episode:
     clear_since: float | None = None
     exhausted: bool = False
     paged_at: float | None = None
+    detail: str = ""            # message of the last refused plan (journaled with the skip)
 
 
 @dataclass
@@ -123,6 +126,8 @@ class Remediator:
         self._max_window = max([g.rate_limit.window for g in self._guards] + [policy.defaults.rate_limit.window])
         self._flap_window = max([g.flap.window for g in self._guards] or [0.0])
         self._route_index = {policy.route_name(i): i for i in range(len(policy.routes))}
+        self._expiring: dict[int, int] = {}   # revert entry id -> applied entry id, for expired actions
+        self._next_expiry_check = 0.0
         self._load_history(self.clock())
 
     # ------------------------------------------------------------ public
@@ -150,9 +155,14 @@ class Remediator:
             if ep.fingerprint in firing and self._still_routed(ep):
                 continue
             self._resolved(key, ep, now, paused)
+        if now >= self._next_expiry_check:
+            self._next_expiry_check = now + EXPIRY_CHECK_INTERVAL
+            self._expire(now)
 
-    def recover(self) -> None:
-        """On start: hand entries left ``started`` to their plugin's ``recover()``; rebuild revert state."""
+    def recover(self) -> dict[str, Any]:
+        """On start: hand entries left ``started`` to their plugin's ``recover()``; rebuild revert state; let
+        plugins with ``reconcile(active)`` make the host match the journal (their results are returned by
+        plugin name); revert what they report as expired."""
         for entry in self.journal.started():
             plugin = self.plugins.get(entry.action)
             if entry.op == PAGE:
@@ -191,6 +201,58 @@ class Remediator:
             if entry.id not in ep.applied:
                 ep.applied.append(entry.id)
 
+        reconciled: dict[str, Any] = {}
+        for name, plugin in self.plugins.items():
+            reconcile = getattr(plugin, "reconcile", None)
+            if not callable(reconcile):
+                continue
+            try:
+                found = reconciled[name] = reconcile([e for e in self.journal.active() if e.action == name])
+            except Exception as err:  # a plugin failure is data
+                log.error("reconcile_failed", action=name, error=str(err))
+                continue
+            log.info("reconciled", action=name, result=str(found))
+            for eid in getattr(found, "expired", ()):
+                self._expire_entry(eid, now)
+        return reconciled
+
+    def _expire(self, now: float) -> None:
+        """Revert actions past their plugin's maximum duration (plugins with ``expired(active, now)``)."""
+        hooks = {n: p for n, p in self.plugins.items() if callable(getattr(p, "expired", None))}
+        if not hooks:
+            return
+        active = self.journal.active()
+        for name, plugin in hooks.items():
+            try:
+                ids = plugin.expired([e for e in active if e.action == name], now)
+            except Exception as err:
+                log.error("expiry_check_failed", action=name, error=str(err))
+                continue
+            for eid in ids:
+                self._expire_entry(eid, now)
+
+    def _expire_entry(self, eid: int, now: float) -> None:
+        """Start reverting one expired action; its episode then goes on to the next step (e.g. page)."""
+        if eid in self._expiring.values():
+            return
+        entry = self.journal.get(eid)
+        plugin = self.plugins.get(entry.action) if entry else None
+        if entry is None or entry.status != "succeeded" or plugin is None:
+            return
+        key, ep = next(((k, e) for k, e in self._episodes.items() if eid in e.applied), (None, None))
+        if ep is not None and ep.busy is not None:
+            return  # something is running for this alert; look again at the next check
+        rid = self.journal.add(op="revert", action=entry.action, status="started", target=entry.target,
+                               mode="enforce", fingerprint=entry.fingerprint, alertname=entry.alertname,
+                               route=entry.route, step=entry.step, plan=entry.get_plan(), parent=entry.id,
+                               reason="expired")
+        self._expiring[rid] = eid
+        if ep is not None:
+            ep.busy = rid
+        log.info("remediation_expired", id=eid, action=entry.action, revert=rid)
+        guards = self._guards[ep.route] if ep is not None else self.policy.defaults
+        self._spawn(rid, entry.action, guards, key, self._run_revert, rid, eid, plugin, entry.get_plan(), key)
+
     def close(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for actions in flight (they are recovered on the next start if cut)."""
         end = time.monotonic() + timeout
@@ -215,14 +277,26 @@ class Remediator:
         """Actions in flight in this process."""
         return sum(1 for j in self._jobs.values() if j.thread.is_alive())
 
+    def plugin_metrics(self) -> list[MetricSpec]:
+        """Catalogue entries of the loaded plugins that export metrics (``metrics`` + ``samples()``)."""
+        return [m for p in self.plugins.values() if callable(getattr(p, "samples", None))
+                for m in getattr(p, "metrics", [])]
+
     def samples(self) -> list[Sample]:
-        """Self-metrics (see :data:`METRICS`)."""
+        """Self-metrics (see :data:`METRICS`) and the loaded plugins' own samples."""
         out = [Sample("nodewarden_remediations_total", (("action", a), ("result", r)), v)
                for (a, r), v in sorted(self._results.items())]
         out.append(Sample("nodewarden_remediation_in_progress", (), float(self.in_progress())))
         out += [Sample("nodewarden_remediation_skipped_total", (("action", a), ("reason", r)), v)
                 for (a, r), v in sorted(self._skips.items())]
         out.append(Sample("nodewarden_remediation_paused", (), 1.0 if self.paused() else 0.0))
+        for name, plugin in self.plugins.items():
+            sampler = getattr(plugin, "samples", None)
+            if callable(sampler):
+                try:
+                    out += sampler()
+                except Exception as err:
+                    log.error("plugin_samples_failed", action=name, error=str(err))
         return out
 
     def act(self, action: str, params: Mapping[str, Any], apply: bool, alert: Alert | None = None) -> Entry:
@@ -319,8 +393,11 @@ class Remediator:
         try:
             plan = plugin.plan(ep.alert, params)
         except (NodewardenError, ValueError) as err:
-            log.warning("plan_failed", action=step.action, error=str(err))
-            return "plan_failed", None, None
+            # A plugin that refuses on purpose says why in ``err.reason`` (e.g. throttle's foreign_qdisc).
+            why = getattr(err, "reason", "")
+            log.warning("plan_refused" if why else "plan_failed", action=step.action, error=str(err))
+            ep.detail = str(err)
+            return (f"refused:{why}" if why else "plan_failed"), None, None
         reason = self._local_guards(guards, mode, plan, now, self.in_progress())
         return reason, plan, plugin
 
@@ -367,7 +444,9 @@ class Remediator:
         self._skips[(action, reason)] += 1
         self.journal.add(op="page" if action == PAGE else "apply", action=action, status="skipped", reason=reason,
                          mode=mode, target=plan.target if plan else "", fingerprint=ep.fingerprint,
-                         alertname=ep.alert.name, route=self.policy.route_name(ep.route), step=ep.step, plan=plan)
+                         alertname=ep.alert.name, route=self.policy.route_name(ep.route), step=ep.step, plan=plan,
+                         output=ep.detail)
+        ep.detail = ""
         log.info("remediation_skipped", action=action, reason=reason, alert=ep.alert.name, route=route.name)
 
     def _next_step(self, ep: _Episode, now: float, due: float) -> None:
@@ -519,6 +598,9 @@ class Remediator:
                 break
             job = self._jobs.pop(d.entry_id, None)
             action = d.plan.action if d.plan else (job.action if job else PAGE)
+            if d.episode is None and d.entry_id in self._expiring and not any(
+                    e.busy == d.entry_id for e in self._episodes.values()):
+                self._expiring.pop(d.entry_id)
             self._results[(action, d.status)] += 1
             if d.status == "skipped":
                 self._skips[(action, d.reason)] += 1
@@ -532,6 +614,16 @@ class Remediator:
                 if ep is None:
                     continue
             ep.busy = None
+            expired = self._expiring.pop(d.entry_id, None)
+            if d.kind == "revert" and expired is not None:
+                if d.status == "reverted" and expired in ep.applied:
+                    ep.applied.remove(expired)
+                    # Expired, not resolved: the alert may still fire, so the escalation goes on (e.g. page).
+                    route = self.policy.routes[ep.route]
+                    if ep.step < len(route.steps):
+                        ep.due = ep.since = now
+                        ep.skip = ""
+                continue
             if d.kind == "revert":
                 if d.status == "reverted" and ep.applied:
                     ep.applied.pop(0)

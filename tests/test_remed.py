@@ -354,3 +354,55 @@ def test_recover_rebuilds_revert_on_resolve(tmp_path):
     tick(rem2, [], now)
     tick(rem2, [], now + 61)
     assert applied(marks) == 0
+
+
+class ExpiringMarker(Marker):
+    """A Marker whose applied actions expire after ``max_age`` seconds and that reconciles on start."""
+
+    max_age = 60.0
+    reconciled: list[list[int]] = []
+
+    def expired(self, active, now):
+        return [e.id for e in active if now >= e.ts + self.max_age]
+
+    def reconcile(self, active):
+        ids = [e.id for e in active]
+        ExpiringMarker.reconciled.append(ids)
+        return type("Reconciled", (), {"expired": []})()
+
+
+def test_expired_action_is_reverted_and_the_escalation_continues(tmp_path):
+    steps = "      - action: page"
+    text = BASE.format(mode="enforce", cooldown="0s", per_action=100, total=100, concurrent=4, flaps=100,
+                       timeout="5m", revert_after="null", delay=0, fail="false", extra="", steps=steps,
+                       blast="{max_fraction: null}")
+    policy = load_policy_text(text, "policy.yml", plugins={"marker": ExpiringMarker})
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    now = 1000.0
+    journal = Journal(str(tmp_path / "state"), clock=lambda: now)
+    rem = Remediator(policy, journal, {"marker": ExpiringMarker(MarkerConfig(dir=str(marks)))}, mode="enforce",
+                     clock=lambda: now)
+    tick(rem, [alert()], now)
+    assert applied(marks) == 1
+    now = 1030.0
+    tick(rem, [alert()], now)
+    assert applied(marks) == 1 and statuses(journal, "revert") == []   # not yet expired, wait (5m) not over
+    now = 1070.0
+    tick(rem, [alert()], now)                                          # expired: reverted
+    assert applied(marks) == 0
+    assert statuses(journal, "revert") == [("succeeded", "expired")]
+    assert statuses(journal) == [("reverted", "")]
+    tick(rem, [alert()], now + 5)                                      # the escalation goes on: page now
+    assert [(e.status, e.reason) for e in journal if e.op == "page"] == [("succeeded", "")]
+    assert applied(marks) == 0
+
+
+def test_recover_lets_plugins_reconcile_with_the_journal(tmp_path):
+    rem, journal, marks = make(tmp_path)
+    tick(rem, [alert()], 100.0)
+    [applied_entry] = [e for e in journal if e.op == "apply" and e.status == "succeeded"]
+    ExpiringMarker.reconciled.clear()
+    rem2 = Remediator(rem.policy, journal, {"marker": ExpiringMarker(MarkerConfig(dir=str(marks)))}, mode="enforce")
+    result = rem2.recover()
+    assert ExpiringMarker.reconciled == [[applied_entry.id]] and "marker" in result

@@ -333,6 +333,7 @@ def test_policy_route_skips_a_foreign_qdisc_with_the_reason(pair, tmp_path):
     out = pair.run(pair.a, sys.executable, DRIVER, "route", str(tmp_path / "state"), str(policy), timeout=90)
     firing, resolved = (json.loads(line) for line in out.strip().splitlines())
     assert [(r["op"], r["action"], r["status"], r["reason"]) for r in firing["rows"]] == \
-        [("apply", "throttle", "skipped", "plan_failed")]
+        [("apply", "throttle", "skipped", "refused:foreign_qdisc")]
+    assert "foreign_qdisc" in firing["rows"][0]["output"]
     assert resolved["rows"] == firing["rows"] and firing["samples"] == []
     assert pair.tc_state() == before

@@ -167,10 +167,8 @@ def main(argv: list[str]) -> int:
         journal = Journal(args[0], clock=clock)
         plugin = _plugin(clock=clock)
         rem = Remediator(Policy(), journal, {"throttle": plugin}, mode="enforce", clock=clock)
-        rem.recover()
-        rec = plugin.reconcile(journal.active())
-        for eid in rec.expired:
-            rem.revert_entry(eid)
+        rec = rem.recover()["throttle"]  # recover() reconciles and reverts what expired
+        rem.close(30.0)
         _out({"kept": rec.kept, "removed": rec.removed, "reapplied": rec.reapplied, "expired": rec.expired,
               "samples": [list(s) for s in plugin.samples()], "rows": _rows(journal)})
         return 0
