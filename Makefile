@@ -16,11 +16,11 @@ run: $(STAMP)
 	$(BIN)/nodewarden run --state-dir ./var
 
 test: $(STAMP)
-	$(BIN)/ruff check agent remediations tests bench
+	$(BIN)/ruff check .
 	$(BIN)/pytest -q -ra
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent remediations tests bench
+	$(BIN)/ruff check .
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

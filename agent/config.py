@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent import yamlpos
 from agent.durations import parse_duration
@@ -99,7 +99,9 @@ class GpuConfig(CollectorConfig):
 
 
 class CollectorsConfig(Model):
-    """Per-collector settings, keyed by collector name."""
+    """Per-collector settings, keyed by collector name (third-party collectors by their entry-point name)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
 
     disk: DiskConfig = DiskConfig()
     filesystem: FilesystemConfig = FilesystemConfig()
@@ -108,9 +110,23 @@ class CollectorsConfig(Model):
     infiniband: InfinibandConfig = InfinibandConfig()
     gpu: GpuConfig = GpuConfig()
 
+    @model_validator(mode="after")
+    def _third_party(self) -> CollectorsConfig:
+        from agent.collectors import discover
+
+        known = discover()
+        for name, value in (self.model_extra or {}).items():
+            if name not in known:
+                names = ", ".join(sorted(set(known) | set(type(self).model_fields)))
+                raise ValueError(f"unknown collector {name!r} (installed: {names})")
+            self.model_extra[name] = CollectorConfig.model_validate(value)
+        return self
+
     def get(self, name: str) -> CollectorConfig:
-        """The section for collector ``name`` (a plain CollectorConfig for unknown third-party ones)."""
-        return getattr(self, name, None) or CollectorConfig()
+        """The section for collector ``name`` (defaults for a third-party one not configured)."""
+        if name in type(self).model_fields:
+            return getattr(self, name)
+        return (self.model_extra or {}).get(name) or CollectorConfig()
 
 
 class PathsConfig(Model):
@@ -210,10 +226,10 @@ def load_file(path: str | Path) -> Config:
 
 
 def with_overrides(cfg: Config, **overrides: Any) -> Config:
-    """A new Config with command-line overrides (None values ignored), validated again."""
-    data = cfg.model_dump()
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    """A new Config with top-level command-line overrides (None values ignored), each validated."""
+    given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Config.model_validate(data, strict=False)
+        Config.model_validate(given)  # validates just these keys (the rest take defaults)
     except ValidationError as err:
-        raise ConfigError("\n".join(f"command line: {e['msg']}" for e in err.errors())) from err
+        raise ConfigError("\n".join(f"command line: {e['loc'][0]}: {e['msg']}" for e in err.errors())) from err
+    return cfg.model_copy(update=given)

@@ -1,0 +1,373 @@
+"""Wiring: collectors -> store -> exporter, on an APScheduler interval job; signals, reload, systemd.
+
+One tick: kick every collector's worker, wait for each until its deadline, write what arrived into the
+store under one timestamp, add self-metrics, render /metrics once. The HTTP side only reads cached bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from agent import __version__, collectors
+from agent import config as configmod
+from agent.config import Config
+from agent.errors import ConfigError, PluginLoadError
+from agent.exporter import CONTENT_TYPE, Exporter
+from agent.metrics import Collector, MetricSpec, Sample
+from agent.paths import Paths
+from agent.runner import CollectorRunner, Outcome
+from agent.store import Store
+from agent.systemd import Notifier
+from agent.web import Server, WebConfig, load_web_config
+
+log = structlog.get_logger("daemon")
+
+SELF_METRICS = [
+    MetricSpec("nodewarden_build_info", "gauge", "nodewarden version and Python runtime.", ("version", "python")),
+    MetricSpec("nodewarden_collector_success", "gauge", "1 when the collector's last round succeeded.",
+               ("collector",)),
+    MetricSpec("nodewarden_collector_duration_seconds", "gauge", "Duration of the collector's last round.",
+               ("collector",)),
+    MetricSpec("nodewarden_tick_lag_seconds", "gauge", "How late the last tick started against its schedule."),
+    MetricSpec("nodewarden_tick_duration_seconds", "gauge", "Wall time of the last tick."),
+    MetricSpec("nodewarden_last_tick_timestamp_seconds", "gauge", "Unix time of the last completed tick."),
+    MetricSpec("nodewarden_store_series", "gauge", "Series held in the in-memory history store."),
+    MetricSpec("nodewarden_store_bytes", "gauge", "Approximate bytes held by the history store."),
+    MetricSpec("nodewarden_config_last_reload_successful", "gauge", "1 when the last config reload succeeded."),
+    MetricSpec("nodewarden_config_last_reload_success_timestamp_seconds", "gauge",
+               "Unix time of the last successful config load."),
+]
+
+
+@dataclass
+class Health:
+    """Loop liveness, read by /healthz and the systemd watchdog."""
+
+    last_tick_end: float = 0.0  # monotonic
+    interval: float = 5.0
+    ticks: int = 0
+
+    def check(self, now: float) -> tuple[bool, str]:
+        """(on time, reason)."""
+        if self.ticks == 0:
+            return False, "no tick completed yet"
+        late = now - self.last_tick_end
+        if late > 2 * self.interval + 1.0:
+            return False, f"last tick completed {late:.1f}s ago (interval {self.interval:g}s)"
+        return True, f"ok: last tick {late:.1f}s ago"
+
+
+@dataclass
+class Components:
+    """Everything built from one Config (rebuilt on reload)."""
+
+    config: Config
+    runners: list[CollectorRunner]
+    failed: dict[str, str] = field(default_factory=dict)  # collector -> load error
+
+
+def build_collectors(cfg: Config, paths: Paths | None = None, hostname: str | None = None) -> tuple[list[Collector],
+                                                                                                    dict[str, str]]:
+    """Instantiate every enabled collector; load errors are returned, not raised."""
+    paths = paths or Paths(cfg.paths.procfs, cfg.paths.sysfs, cfg.paths.devfs, cfg.paths.rootfs)
+    hostname = hostname or cfg.hostname or socket.gethostname()
+    built: list[Collector] = []
+    failed: dict[str, str] = {}
+    for name, ep in sorted(collectors.discover().items()):
+        section = cfg.collectors.get(name)
+        if not section.enabled:
+            continue
+        try:
+            cls = collectors.load(ep)
+            built.append(cls(section, paths, hostname=hostname))
+        except PluginLoadError as err:
+            failed[name] = str(err)
+        except Exception as err:
+            failed[name] = f"collector {name} failed to start: {type(err).__name__}: {err}"
+    return built, failed
+
+
+def collector_timeout(cfg: Config, name: str) -> float:
+    """The collector's deadline: its own ``timeout`` or 80% of the interval."""
+    own = cfg.collectors.get(name).timeout
+    return own if own else 0.8 * cfg.interval
+
+
+class Daemon:
+    """The running agent. Construct, :meth:`start`, then :meth:`run_forever` or :meth:`stop`."""
+
+    def __init__(self, cfg: Config, *, config_path: str | None = None, overrides: dict[str, Any] | None = None,
+                 collector_factory: Callable[[Config], tuple[list[Collector], dict[str, str]]] = build_collectors,
+                 notifier: Notifier | None = None, wall: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic) -> None:
+        self.config_path = config_path
+        self.overrides = overrides or {}
+        self.collector_factory = collector_factory
+        self.notifier = notifier or Notifier()
+        self.wall = wall
+        self.mono = mono
+        self.exporter = Exporter()
+        self.health = Health(interval=cfg.interval)
+        self.store = Store(cfg.retention, cfg.interval)
+        self.reload_ok = 1.0
+        self.reload_ok_at = wall()
+        self._tick_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._hup = threading.Event()
+        self._last_tick_start = 0.0
+        self._lag = 0.0
+        self._tick_duration = 0.0
+        self._warned: set[str] = set()
+        self.server: Server | None = None
+        self.scheduler: BackgroundScheduler | None = None
+        self.components = self._build(cfg)
+        self.web = self._web_config(cfg)
+
+    # -- construction ------------------------------------------------------------------------
+    def _build(self, cfg: Config) -> Components:
+        built, failed = self.collector_factory(cfg)
+        runners = []
+        for coll in built:
+            starter = getattr(coll, "start", None)
+            if callable(starter):
+                starter()
+            runners.append(CollectorRunner(coll, collector_timeout(cfg, coll.name), clock=self.mono))
+        for name, why in failed.items():
+            log.error("collector_load_failed", collector=name, error=why)
+        self.exporter.reset()
+        self.exporter.register(SELF_METRICS)
+        for coll in built:
+            self.exporter.register(list(coll.metrics), export=cfg.collectors.get(coll.name).export)
+        return Components(cfg, runners, failed)
+
+    @staticmethod
+    def _web_config(cfg: Config) -> WebConfig:
+        return load_web_config(cfg.web_config_file) if cfg.web_config_file else WebConfig()
+
+    @property
+    def config(self) -> Config:
+        """The config in force."""
+        return self.components.config
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    def routes(self) -> dict[str, Callable[[], tuple[int, str, bytes]]]:
+        """GET routes served by the HTTP endpoint."""
+        return {
+            "/metrics": lambda: (200, CONTENT_TYPE, self.exporter.body),
+            "/healthz": self._healthz,
+            "/": self._index,
+            "/api/v1/status": self._status_json,
+        }
+
+    def _healthz(self) -> tuple[int, str, bytes]:
+        ok, reason = self.health.check(self.mono())
+        return (200 if ok else 503), "text/plain; charset=utf-8", (reason + "\n").encode()
+
+    def _index(self) -> tuple[int, str, bytes]:
+        html = (
+            "<!doctype html><html><head><title>nodewarden</title></head><body>"
+            f"<h1>nodewarden {__version__}</h1><ul>"
+            '<li><a href="/metrics">/metrics</a> &mdash; Prometheus exposition</li>'
+            '<li><a href="/healthz">/healthz</a> &mdash; sampling loop health</li>'
+            '<li><a href="/api/v1/status">/api/v1/status</a> &mdash; collectors (JSON)</li>'
+            "</ul></body></html>\n"
+        )
+        return 200, "text/html; charset=utf-8", html.encode()
+
+    def _status_json(self) -> tuple[int, str, bytes]:
+        body = {"status": "success", "data": self.status()}
+        return 200, "application/json", json.dumps(body).encode()
+
+    def status(self) -> dict[str, Any]:
+        """A summary for `nodewarden status` and /api/v1/status."""
+        ok, reason = self.health.check(self.mono())
+        return {
+            "version": __version__,
+            "mode": self.config.mode,
+            "healthy": ok,
+            "health": reason,
+            "ticks": self.health.ticks,
+            "series": self.store.series_count(),
+            "collectors": {r.name: {"busy": r.busy} for r in self.components.runners},
+            "failed_collectors": self.components.failed,
+        }
+
+    # -- the tick ------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """One sampling round (runs on the scheduler's thread; never overlaps itself)."""
+        with self._tick_lock:
+            self._tick()
+
+    def _tick(self) -> None:
+        cfg = self.config
+        start = self.mono()
+        if self._last_tick_start:
+            self._lag = max(0.0, start - self._last_tick_start - cfg.interval)
+        self._last_tick_start = start
+        runners = self.components.runners
+        kicked = {r.name: r.kick() for r in runners}
+        outcomes: dict[str, Outcome] = {}
+        for r in runners:
+            outcomes[r.name] = r.wait(start + r.timeout) if kicked[r.name] else r.hung_outcome()
+        now = round(self.wall(), 3)
+        if now <= self.store.now:
+            now = self.store.now + 0.001
+        self.store.begin_tick(now)
+        self_samples: list[Sample] = [
+            Sample("nodewarden_build_info", (("version", __version__), ("python", platform.python_version())), 1.0)
+        ]
+        for name, out in outcomes.items():
+            if out.samples:
+                self.store.add(out.samples)
+            self._report(name, out)
+            lbl = (("collector", name),)
+            self_samples.append(Sample("nodewarden_collector_success", lbl, 1.0 if out.success else 0.0))
+            self_samples.append(Sample("nodewarden_collector_duration_seconds", lbl, round(out.duration, 6)))
+        for name in self.components.failed:
+            lbl = (("collector", name),)
+            self_samples.append(Sample("nodewarden_collector_success", lbl, 0.0))
+            self_samples.append(Sample("nodewarden_collector_duration_seconds", lbl, 0.0))
+        if self.store.tick % 60 == 59:
+            self.store.gc()
+        self._tick_duration = self.mono() - start
+        self_samples += [
+            Sample("nodewarden_tick_lag_seconds", (), round(self._lag, 6)),
+            Sample("nodewarden_tick_duration_seconds", (), round(self._tick_duration, 6)),
+            Sample("nodewarden_last_tick_timestamp_seconds", (), now),
+            Sample("nodewarden_store_series", (), float(self.store.series_count())),
+            Sample("nodewarden_store_bytes", (), float(self.store.nbytes())),
+            Sample("nodewarden_config_last_reload_successful", (), self.reload_ok),
+            Sample("nodewarden_config_last_reload_success_timestamp_seconds", (), round(self.reload_ok_at, 3)),
+        ]
+        self.store.add(self_samples)
+        self.exporter.render(self.store)
+        first = self.health.ticks == 0
+        self.health.last_tick_end = self.mono()
+        self.health.ticks += 1
+        if first:
+            self.notifier.ready(f"first tick done; {self.store.series_count()} series")
+            log.info("ready", series=self.store.series_count(), tick_seconds=round(self._tick_duration, 4))
+
+    def _report(self, name: str, out: Outcome) -> None:
+        """Log a collector's failure once per change of state (not every tick)."""
+        key = f"{name}:{out.status}"
+        if out.success:
+            if any(w.startswith(f"{name}:") for w in self._warned):
+                log.info("collector_recovered", collector=name)
+                self._warned = {w for w in self._warned if not w.startswith(f"{name}:")}
+            return
+        if key not in self._warned:
+            self._warned = {w for w in self._warned if not w.startswith(f"{name}:")} | {key}
+            log.error("collector_failed", collector=name, status=out.status, error=out.error,
+                      duration=round(out.duration, 3))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Bind the HTTP endpoint and start sampling (first tick immediately)."""
+        cfg = self.config
+        os.makedirs(cfg.state_dir, exist_ok=True)
+        host, port = configmod.parse_listen(cfg.listen)
+        self.server = Server(host, port, self.routes(), self.web, gzip_body=self.exporter.gzipped)
+        self.server.start()
+        log.info("listening", address=f"{host}:{self.server.port}", tls=self.web.tls_server_config is not None,
+                 mode=cfg.mode, interval=cfg.interval, state_dir=cfg.state_dir)
+        self.scheduler = BackgroundScheduler(
+            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}, timezone="UTC")
+        self.scheduler.add_job(self.tick, "interval", seconds=cfg.interval, id="tick",
+                               next_run_time=_utcnow())
+        self.scheduler.start()
+        if self.notifier.watchdog_interval:
+            threading.Thread(target=self._watchdog_loop, name="watchdog", daemon=True).start()
+
+    def _watchdog_loop(self) -> None:
+        period = min(self.notifier.watchdog_interval / 2, 1.0)  # type: ignore[operator]
+        while not self._stop.wait(period):
+            ok, _ = self.health.check(self.mono())
+            if ok:
+                self.notifier.watchdog()
+
+    def reload(self) -> bool:
+        """Re-read the config file; a bad file keeps everything as it was. Returns success."""
+        self.notifier.reloading()
+        try:
+            if self.config_path:
+                cfg = configmod.with_overrides(configmod.load_file(self.config_path), **self.overrides)
+            else:
+                cfg = self.config
+            web = self._web_config(cfg)
+        except ConfigError as err:
+            self.reload_ok = 0.0
+            log.error("reload_failed", error=str(err), kept="previous configuration")
+            self.notifier.ready("reload failed; previous configuration kept")
+            return False
+        with self._tick_lock:
+            old = self.components
+            for r in old.runners:
+                r.close()
+            if (cfg.interval, cfg.retention) != (old.config.interval, old.config.retention):
+                self.store = Store(cfg.retention, cfg.interval)
+                log.warning("store_reset", reason="interval or retention changed")
+            self.components = self._build(cfg)
+            self.health.interval = cfg.interval
+            if self.scheduler and cfg.interval != old.config.interval:
+                self.scheduler.reschedule_job("tick", trigger="interval", seconds=cfg.interval)
+            if self.server and (web != self.web or cfg.listen != old.config.listen):
+                self.server.stop()
+                host, port = configmod.parse_listen(cfg.listen)
+                self.server = Server(host, port, self.routes(), web, gzip_body=self.exporter.gzipped)
+                self.server.start()
+            self.web = web
+        self.reload_ok = 1.0
+        self.reload_ok_at = self.wall()
+        log.info("reloaded", collectors=[r.name for r in self.components.runners])
+        self.notifier.ready("reloaded")
+        return True
+
+    def stop(self, timeout: float = 4.0) -> None:
+        """Stop sampling and serving; bounded by ``timeout`` seconds."""
+        self.notifier.stopping()
+        self._stop.set()
+        if self.scheduler:
+            self.scheduler.shutdown(wait=False)
+        if self.server:
+            self.server.stop()
+        acquired = self._tick_lock.acquire(timeout=timeout)
+        try:
+            for r in self.components.runners:
+                r.close()
+        finally:
+            if acquired:
+                self._tick_lock.release()
+        log.info("stopped")
+
+    def run_forever(self) -> int:
+        """Install signal handlers and block until SIGTERM/SIGINT; SIGHUP reloads."""
+        signal.signal(signal.SIGHUP, lambda *_: self._hup.set())
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        self.start()
+        while not self._stop.is_set():
+            if self._hup.wait(0.2):
+                self._hup.clear()
+                self.reload()
+        self.stop()
+        return 0
+
+
+def _utcnow() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
