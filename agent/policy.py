@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from agent import yamlpos
 from agent.alerts import Alert
@@ -184,10 +184,11 @@ class Step(Model):
     params: dict[str, Any] = {}
     wait: Duration = 300.0
 
-    @model_validator(mode="after")
-    def _templates(self) -> Step:
-        _walk_templates(self.params)
-        return self
+    @field_validator("params")
+    @classmethod
+    def _templates(cls, v: dict[str, Any]) -> dict[str, Any]:
+        _walk_templates(v)
+        return v
 
 
 class Route(Model):
@@ -328,6 +329,20 @@ def load_policy_text(text: str, filename: str = "<policy>", plugins: Mapping[str
         if errors:
             raise ConfigError("\n".join(errors), errors)
     return policy
+
+
+def check_policy_file(path: str | Path, plugins: Mapping[str, Any],
+                      known_alerts: set[str] | None = None) -> tuple[list[str], list[str]]:
+    """For ``nodewarden check rules``: (errors, warnings) of a policy file, with positions."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        root = yamlpos.load(text, str(path))
+        policy = load_policy_text(text, str(path))
+    except OSError as err:
+        return [f"{path}:1:1: cannot read policy: {err.strerror}"], []
+    except ConfigError as err:
+        return err.problems, []
+    return validate_params(policy, plugins, root, str(path), known_alerts)
 
 
 def load_policy(path: str | Path, plugins: Mapping[str, Any] | None = None) -> Policy:
