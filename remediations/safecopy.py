@@ -1,0 +1,587 @@
+"""The safe-copy core shared by ``migrate`` and ``restore``: move or copy a file without ever losing it.
+
+One file operation walks these steps; each is recorded in a durable step log (an fsynced, append-only JSON
+lines file in the state dir) *before* the next one starts::
+
+    begin     src, dst, tmp, source identity (dev, ino, size, mtime)     nothing changed yet
+    (copy src -> tmp in dst's directory, hashing; fsync; copy mode, owner, xattrs, times; re-read and verify;
+     re-check that src is unchanged and not open for writing; link the damaged dst into quarantine)
+    copied    blake3 of the data                                           tmp complete and verified
+    (link tmp -> dst (no replace) or rename tmp -> dst (replace); fsync dst's directory)
+    renamed                                                                dst durable
+    (source action: unlink src, or replace it atomically with a symlink to dst, or keep it; fsync its dir)
+    done
+
+or ends in ``failed`` / ``skipped`` (with the reason) or ``rolledback`` (by :meth:`SafeMover.recover`).
+After a crash at any point :meth:`SafeMover.recover` rolls every open operation back (``begin``; ``copied``
+while tmp was not yet in place) or forward (``copied`` once dst holds the verified data; ``renamed``): every
+file then exists exactly once (a symlink left at the old path is not a copy) with its original content, and
+no temporary file remains. The source is touched only after the verified copy is durable, and only when it
+is still the same inode; a source open for writing (any process) is never moved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import stat
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import blake3
+
+from agent.errors import RemediationError
+from agent.paths import Paths
+
+TMP_PREFIX = ".nwtmp."
+CHUNK = 1 << 20
+After = Literal["unlink", "symlink", "keep"]
+Progress = Callable[[int], None]
+OPEN_STEPS = ("begin", "copied", "renamed")
+FINAL_STEPS = ("done", "failed", "skipped", "rolledback")
+
+
+class SafeCopyError(RemediationError):
+    """The step log cannot be used, or recovery met a state it must not guess about."""
+
+
+# ------------------------------------------------------------------ hashing
+
+def hash_file(path: str, threads: int = 1) -> str:
+    """blake3 hex digest of a file (memory-mapped; ``threads`` > 1 hashes large files in parallel)."""
+    h = blake3.blake3(max_threads=threads) if threads != 1 else blake3.blake3()
+    try:
+        if os.path.getsize(path) == 0:
+            return h.hexdigest()
+        h.update_mmap(path)
+    except OSError as err:
+        raise RemediationError(f"cannot read {path}: {err.strerror}") from err
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------ open-for-write detection
+
+O_ACCMODE = 0o3
+
+
+def parse_fdinfo_flags(text: str) -> int | None:
+    """The ``flags:`` field (octal) of a ``/proc/PID/fdinfo/FD`` file; None when absent."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key == "flags":
+            try:
+                return int(value.strip(), 8)
+            except ValueError:
+                return None
+    return None
+
+
+def flags_write(flags: int | None) -> bool:
+    """True when open flags say O_WRONLY or O_RDWR."""
+    return flags is not None and (flags & O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+
+
+def writers_in(fds: Iterable[tuple[int, tuple[int, int], int | None]], key: tuple[int, int]) -> list[int]:
+    """Pure: pids whose descriptors ``(pid, (dev, ino), flags)`` hold file ``key`` open for writing."""
+    return sorted({pid for pid, k, flags in fds if k == key and flags_write(flags)})
+
+
+class ProcWriters:
+    """Which processes hold a file open for writing, from a scan of ``/proc/*/fd`` and ``fdinfo``.
+
+    The symlink mode of ``/proc/PID/fd/N`` has the owner write bit exactly when the file was opened for
+    writing, so only those descriptors are followed and confirmed from their ``fdinfo`` flags. Writable
+    shared memory maps of closed descriptors are not seen.
+    """
+
+    def __init__(self, paths: Paths | None = None) -> None:
+        self.paths = paths or Paths()
+
+    def scan(self) -> list[tuple[int, tuple[int, int], int | None]]:
+        """``(pid, (dev, ino), flags)`` of every descriptor open for writing on a regular file."""
+        out = []
+        try:
+            pids = [int(p) for p in os.listdir(self.paths.procfs) if p.isdigit()]
+        except OSError as err:
+            raise RemediationError(f"cannot scan {self.paths.procfs}: {err.strerror}") from err
+        for pid in pids:
+            fd_dir = self.paths.proc(str(pid), "fd")
+            try:
+                fds = os.listdir(fd_dir)
+            except OSError:
+                continue  # gone, or not ours to read
+            for fd in fds:
+                link = os.path.join(fd_dir, fd)
+                try:
+                    if not os.lstat(link).st_mode & stat.S_IWUSR:
+                        continue
+                    st = os.stat(link)
+                    if not stat.S_ISREG(st.st_mode):
+                        continue
+                    with open(self.paths.proc(str(pid), "fdinfo", fd)) as f:
+                        flags = parse_fdinfo_flags(f.read())
+                except OSError:
+                    continue
+                out.append((pid, (st.st_dev, st.st_ino), flags))
+        return out
+
+    def __call__(self, path: str) -> list[int]:
+        """Pids holding ``path`` open for writing (empty when none)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return []
+        return writers_in(self.scan(), (st.st_dev, st.st_ino))
+
+
+# ------------------------------------------------------------------ step log
+
+class StepLog:
+    """An append-only JSON-lines log; every record is one write followed by fsync (``durable``).
+
+    A torn last line (power loss mid-write) is ignored on reading. An exclusive ``flock`` is held while a
+    :class:`SafeMover` works, so two runs never interleave on one log.
+    """
+
+    def __init__(self, path: str, durable: bool = True) -> None:
+        self.path = path
+        self.durable = durable
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            size = os.fstat(self._fd).st_size
+            if size:
+                with open(path, "rb") as f:
+                    f.seek(size - 1)
+                    if f.read(1) != b"\n":
+                        os.write(self._fd, b"\n")   # seal a torn last line
+        except OSError as err:
+            raise SafeCopyError(f"cannot open step log {path}: {err.strerror}") from err
+
+    def lock(self, blocking: bool = True) -> None:
+        """Take the exclusive lock (released by :meth:`close` or when the process dies)."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except OSError as err:
+            raise SafeCopyError(f"step log {self.path} is in use by another run") from err
+
+    def record(self, op: str, step: str, **fields: Any) -> None:
+        """Append one record durably."""
+        line = json.dumps({"op": op, "step": step, "t": time.time(), **fields}, separators=(",", ":")) + "\n"
+        try:
+            os.write(self._fd, line.encode())
+            if self.durable:
+                os.fdatasync(self._fd)
+        except OSError as err:
+            raise SafeCopyError(f"cannot write step log {self.path}: {err.strerror}") from err
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every complete record, in order."""
+        out = []
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return out
+        for raw in data.split(b"\n"):
+            if not raw:
+                continue
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and "op" in rec and "step" in rec:
+                out.append(rec)
+        return out
+
+    def ops(self) -> dict[str, dict[str, Any]]:
+        """Per operation: the begin record's fields merged with later ones; ``step`` is the last step."""
+        ops: dict[str, dict[str, Any]] = {}
+        for rec in self.records():
+            ops.setdefault(rec["op"], {}).update(rec)
+        return ops
+
+    def rotate(self, max_bytes: int) -> bool:
+        """When every op is final and the log is larger than ``max_bytes``, keep it as ``.1`` and start anew."""
+        if os.fstat(self._fd).st_size <= max_bytes or any(o["step"] in OPEN_STEPS for o in self.ops().values()):
+            return False
+        os.replace(self.path, self.path + ".1")
+        new = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(new, fcntl.LOCK_EX)
+        os.close(self._fd)
+        self._fd = new
+        _fsync_dir(os.path.dirname(self.path) or ".")
+        return True
+
+    def close(self) -> None:
+        """Close (and unlock)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+# ------------------------------------------------------------------ throttle
+
+class Throttle:
+    """Bandwidth limit: :meth:`consume` sleeps so that bytes / elapsed stays under ``rate`` bytes/s."""
+
+    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rate = rate if rate and rate > 0 else None
+        self.clock, self.sleep = clock, sleep
+        self._start: float | None = None
+        self._bytes = 0
+
+    def consume(self, n: int) -> None:
+        """Account for ``n`` bytes; sleep when ahead of the allowed rate."""
+        if self.rate is None:
+            return
+        now = self.clock()
+        if self._start is None or now - (self._start + self._bytes / self.rate) > 1.0:
+            self._start, self._bytes = now, 0   # (re)start after idle time: credit at most 1 s of burst
+        self._bytes += n
+        ahead = self._start + self._bytes / self.rate - now
+        if ahead > 0:
+            self.sleep(ahead)
+
+
+# ------------------------------------------------------------------ the mover
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one operation did: ``status`` is done, failed, skipped or rolledback."""
+
+    op: str
+    src: str
+    dst: str
+    status: str
+    reason: str = ""
+    bytes: int = 0
+    hash: str = ""
+    errno: int = 0
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class Recovery:
+    """What :meth:`SafeMover.recover` did with the operations a crash left open."""
+
+    finished: list[str] = field(default_factory=list)
+    rolled_back: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+class _Abort(Exception):
+    def __init__(self, status: str, reason: str, err: int = 0) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.errno = status, reason, err
+
+
+def tmp_path_for(dst: str, op: str) -> str:
+    """The temporary file of operation ``op`` beside ``dst``."""
+    return os.path.join(os.path.dirname(dst), f"{TMP_PREFIX}{op}.{os.path.basename(dst)}"[:255])
+
+
+def link_tmp_for(src: str, op: str) -> str:
+    """The temporary symlink of operation ``op`` beside ``src``."""
+    return os.path.join(os.path.dirname(src), f"{TMP_PREFIX}{op}.lnk")
+
+
+class SafeMover:
+    """Moves/copies files through the step protocol above. Not thread-safe; one mover per step log."""
+
+    def __init__(self, log: StepLog, rate_mb_s: float | None = None, writers: Callable[[str], list[int]] | None = None,
+                 progress: Progress | None = None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, chunk: int = CHUNK, verify_threads: int = 1,
+                 hooks: Mapping[str, Callable[[], None]] | None = None) -> None:
+        self.log = log
+        self.throttle = Throttle(rate_mb_s * 1e6 if rate_mb_s else None, clock, sleep)
+        self.writers = writers if writers is not None else ProcWriters()
+        self.progress = progress
+        self.chunk = chunk
+        self.verify_threads = verify_threads
+        self.hooks = dict(hooks or {})   # test seams: called after the named step's record
+        self._buf = bytearray(chunk)
+        log.lock()
+
+    # ---------------------------------------------------------- one operation
+
+    def move(self, src: str, dst: str, after: After = "unlink", expect: str | None = None,
+             quarantine: str | None = None, replace_link: bool = False, meta: Mapping[str, Any] | None = None,
+             op: str | None = None) -> Result:
+        """Copy ``src`` to ``dst`` verified, then apply ``after`` to the source.
+
+        ``expect``: the content must have this blake3 digest (a manifest entry), else nothing is changed.
+        ``quarantine``: when ``dst`` exists it is replaced, and the old file is first linked (or copied) there.
+        ``replace_link``: ``dst`` may be a symlink that points to ``src`` (moving a file back), replaced.
+        ``meta``: extra fields for the begin record (e.g. the plan entry id).
+        """
+        op = op or uuid.uuid4().hex[:16]
+        src, dst = os.path.abspath(src), os.path.abspath(dst)
+        tmp = tmp_path_for(dst, op)
+        try:
+            st = os.stat(src, follow_symlinks=False)
+        except OSError as err:
+            return self._end(op, src, dst, "skipped", f"source unreadable: {err.strerror}", err.errno)
+        if not stat.S_ISREG(st.st_mode):
+            return self._end(op, src, dst, "skipped", "source is not a regular file")
+        if after != "keep" and st.st_nlink > 1:
+            return self._end(op, src, dst, "skipped", f"source has {st.st_nlink} hard links")
+        busy = self.writers(src)
+        if busy:
+            return self._end(op, src, dst, "skipped", f"open for writing by pid {','.join(map(str, busy))}")
+        replace = False
+        if os.path.lexists(dst):
+            damaged = quarantine is not None and os.path.isfile(dst) and not os.path.islink(dst)
+            ours = replace_link and os.path.islink(dst) and os.path.realpath(dst) == os.path.realpath(src)
+            if not (damaged or ours):
+                return self._end(op, src, dst, "skipped", "destination exists")
+            replace = True
+        self.log.record(op, "begin", src=src, dst=dst, tmp=tmp, after=after, expect=expect,
+                        quarantine=quarantine if replace else None, replace=replace, dev=st.st_dev, ino=st.st_ino,
+                        size=st.st_size, mtime_ns=st.st_mtime_ns, **dict(meta or {}))
+        self._hook("begin")
+        warnings: list[str] = []
+        copied = False
+        try:
+            digest = self._copy(src, tmp, st, warnings)
+            if expect is not None and digest != expect:
+                raise _Abort("failed", f"content hash {digest[:16]} does not match the expected {expect[:16]}")
+            self._check_source(src, st)
+            if replace and quarantine is not None:
+                _quarantine(dst, quarantine)
+            self.log.record(op, "copied", hash=digest, bytes=st.st_size, warnings=warnings)
+            copied = True
+            self._hook("copied")
+            self._place(tmp, dst, replace)
+        except _Abort as err:
+            _unlink_quiet(tmp)
+            return self._end(op, src, dst, err.status, err.reason, err.errno, logged=True)
+        except OSError as err:
+            if copied:   # tmp may already be in place: settle it exactly as after a crash
+                status = self._recover_one(op, {**self.log.ops()[op]})
+                return Result(op, src, dst, status, f"placing failed: {err.strerror}", errno=err.errno or 0)
+            _unlink_quiet(tmp)
+            reason = f"{errno.errorcode.get(err.errno, 'E?')}: {err.strerror}" + (
+                f" ({err.filename})" if err.filename else "")
+            return self._end(op, src, dst, "failed", reason, err.errno or 0, logged=True)
+        self.log.record(op, "renamed")
+        self._hook("renamed")
+        self._source_action(op, src, dst, after, st.st_dev, st.st_ino)
+        self.log.record(op, "done")
+        return Result(op, src, dst, "done", bytes=st.st_size, hash=digest, warnings=tuple(warnings))
+
+    def _hook(self, step: str) -> None:
+        fn = self.hooks.get(step)
+        if fn is not None:
+            fn()
+
+    def _end(self, op: str, src: str, dst: str, status: str, reason: str, err: int = 0,
+             logged: bool = False) -> Result:
+        if logged or status == "skipped":
+            self.log.record(op, status, reason=reason, errno=err, **({} if logged else {"src": src, "dst": dst}))
+        return Result(op, src, dst, status, reason, errno=err)
+
+    def _copy(self, src: str, tmp: str, st: os.stat_result, warnings: list[str]) -> str:
+        """src -> tmp with hashing, throttle and progress; metadata; fsync; re-read verification."""
+        h = blake3.blake3()
+        try:
+            sfd = os.open(src, os.O_RDONLY | os.O_NOATIME | os.O_CLOEXEC)
+        except PermissionError:
+            sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                if st.st_size:
+                    try:
+                        os.posix_fallocate(tfd, 0, st.st_size)   # ENOSPC before any copying
+                    except OSError as err:
+                        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                            raise
+                mv = memoryview(self._buf)
+                total = 0
+                while True:
+                    n = os.readv(sfd, [mv])
+                    if n == 0:
+                        break
+                    h.update(mv[:n])
+                    written = 0
+                    while written < n:
+                        written += os.write(tfd, mv[written:n])
+                    total += n
+                    self.throttle.consume(n)
+                    if self.progress is not None:
+                        self.progress(n)
+                if total != st.st_size:
+                    raise _Abort("failed", f"source changed size during copy ({st.st_size} -> {total})")
+                _copy_meta(sfd, tfd, st, warnings)
+                os.fsync(tfd)
+            finally:
+                os.close(tfd)
+        finally:
+            os.close(sfd)
+        digest = h.hexdigest()
+        again = hash_file(tmp, self.verify_threads)
+        if again != digest:
+            raise _Abort("failed", f"verification failed: written {again[:16]} != read {digest[:16]}")
+        return digest
+
+    def _check_source(self, src: str, st: os.stat_result) -> None:
+        now = os.stat(src, follow_symlinks=False)
+        if (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns) != (
+                st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            raise _Abort("failed", "source changed during copy")
+        busy = self.writers(src)
+        if busy:
+            raise _Abort("skipped", f"opened for writing during copy by pid {','.join(map(str, busy))}")
+
+    @staticmethod
+    def _place(tmp: str, dst: str, replace: bool) -> None:
+        if replace:
+            os.rename(tmp, dst)
+        else:
+            try:
+                os.link(tmp, dst)          # never replaces: EEXIST if dst appeared meanwhile
+            except OSError as err:
+                if err.errno == errno.EEXIST:
+                    raise _Abort("skipped", "destination appeared during copy") from err
+                if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                if os.path.lexists(dst):
+                    raise _Abort("skipped", "destination appeared during copy") from err
+                os.rename(tmp, dst)
+            else:
+                os.unlink(tmp)
+        _fsync_dir(os.path.dirname(dst))
+
+    def _source_action(self, op: str, src: str, dst: str, after: str, dev: int, ino: int) -> None:
+        """Idempotent: unlink src or replace it with a symlink, only while it is still the original inode."""
+        lnk = link_tmp_for(src, op)
+        _unlink_quiet(lnk)
+        if after == "keep":
+            return
+        try:
+            cur = os.stat(src, follow_symlinks=False)
+        except FileNotFoundError:
+            cur = None
+        if cur is None or (cur.st_dev, cur.st_ino) != (dev, ino):
+            return  # already done (or the path is someone else's file now: never touch it)
+        if after == "symlink":
+            os.symlink(dst, lnk)
+            os.rename(lnk, src)
+        else:
+            os.unlink(src)
+        _fsync_dir(os.path.dirname(src))
+
+    # ---------------------------------------------------------- recovery
+
+    def recover(self, rotate_bytes: int = 4 << 20) -> Recovery:
+        """Finish or roll back every operation the log shows open (idempotent); see the module docstring."""
+        out = Recovery()
+        for op, o in self.log.ops().items():
+            if o["step"] not in OPEN_STEPS:
+                continue
+            try:
+                status = self._recover_one(op, o)
+            except OSError as err:
+                self.log.record(op, "failed", reason=f"recover: {err.strerror}", errno=err.errno or 0)
+                out.failed.append(op)
+                continue
+            {"done": out.finished, "rolledback": out.rolled_back}.get(status, out.failed).append(op)
+        self.log.rotate(rotate_bytes)
+        return out
+
+    def _recover_one(self, op: str, o: Mapping[str, Any]) -> str:
+        src, dst, tmp = o["src"], o["dst"], o["tmp"]
+        step = o["step"]
+        if step == "copied" and os.path.lexists(tmp):
+            if not o.get("replace") and os.path.lexists(dst) and os.path.samefile(tmp, dst):
+                os.unlink(tmp)                  # crashed between link and unlink: placed
+                _fsync_dir(os.path.dirname(dst))
+                step = "renamed"
+            # else: not placed yet -> roll back below
+        elif step == "copied":
+            # tmp gone: it was placed (link+unlink or rename); dst must hold the verified data
+            got = hash_file(dst) if os.path.isfile(dst) and not os.path.islink(dst) else None
+            if got != o["hash"]:
+                self.log.record(op, "failed", reason="recover: destination does not hold the copied data; "
+                                "source left untouched")
+                return "failed"
+            _fsync_dir(os.path.dirname(dst))
+            step = "renamed"
+        if step == "renamed":
+            self._source_action(op, src, dst, o["after"], o["dev"], o["ino"])
+            self.log.record(op, "done", recovered=True)
+            return "done"
+        _unlink_quiet(tmp)
+        _unlink_quiet(link_tmp_for(src, op))
+        _fsync_dir(os.path.dirname(dst))
+        self.log.record(op, "rolledback", reason=f"crashed at step {o['step']}")
+        return "rolledback"
+
+    def close(self) -> None:
+        """Release the step log."""
+        self.log.close()
+
+
+# ------------------------------------------------------------------ helpers
+
+def _copy_meta(sfd: int, tfd: int, st: os.stat_result, warnings: list[str]) -> None:
+    """Owner, mode, xattrs, then atime/mtime (last: the others would not change them, writes would)."""
+    try:
+        os.fchown(tfd, st.st_uid, st.st_gid)
+    except PermissionError:
+        warnings.append("ownership not preserved (not permitted)")
+    os.fchmod(tfd, stat.S_IMODE(st.st_mode))
+    try:
+        names = os.listxattr(sfd)
+    except OSError:
+        names = []
+    for name in names:
+        try:
+            os.setxattr(tfd, name, os.getxattr(sfd, name))
+        except OSError as err:
+            warnings.append(f"xattr {name} not preserved: {err.strerror}")
+    os.utime(tfd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _quarantine(path: str, qdir: str) -> str:
+    """Keep a copy of ``path`` in ``qdir`` (hard link when on the same filesystem), durably; its new path."""
+    os.makedirs(qdir, exist_ok=True)
+    name = f"{time.strftime('%Y%m%dT%H%M%S')}.{uuid.uuid4().hex[:8]}.{os.path.basename(path)}"[:255]
+    target = os.path.join(qdir, name)
+    try:
+        os.link(path, target)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        import shutil
+        part = os.path.join(qdir, TMP_PREFIX + name)[:4096]
+        shutil.copy2(path, part)
+        fd = os.open(part, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(part, target)
+    _fsync_dir(qdir)
+    return target
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quiet(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
