@@ -22,6 +22,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("history",): "agent.commands.history",
     ("pause",): "agent.commands.pause",
     ("resume",): "agent.commands.resume",
+    ("migrate",): "agent.commands.migrate",
 }
 
 GROUP_HELP = {

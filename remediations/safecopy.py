@@ -216,7 +216,7 @@ class StepLog:
         fcntl.flock(new, fcntl.LOCK_EX)
         os.close(self._fd)
         self._fd = new
-        _fsync_dir(os.path.dirname(self.path) or ".")
+        fsync_dir(os.path.dirname(self.path) or ".")
         return True
 
     def close(self) -> None:
@@ -458,7 +458,7 @@ class SafeMover:
                 os.rename(tmp, dst)
             else:
                 os.unlink(tmp)
-        _fsync_dir(os.path.dirname(dst))
+        fsync_dir(os.path.dirname(dst))
 
     def _source_action(self, op: str, src: str, dst: str, after: str, dev: int, ino: int) -> None:
         """Idempotent: unlink src or replace it with a symlink, only while it is still the original inode."""
@@ -477,7 +477,7 @@ class SafeMover:
             os.rename(lnk, src)
         else:
             os.unlink(src)
-        _fsync_dir(os.path.dirname(src))
+        fsync_dir(os.path.dirname(src))
 
     # ---------------------------------------------------------- recovery
 
@@ -503,7 +503,7 @@ class SafeMover:
         if step == "copied" and os.path.lexists(tmp):
             if not o.get("replace") and os.path.lexists(dst) and os.path.samefile(tmp, dst):
                 os.unlink(tmp)                  # crashed between link and unlink: placed
-                _fsync_dir(os.path.dirname(dst))
+                fsync_dir(os.path.dirname(dst))
                 step = "renamed"
             # else: not placed yet -> roll back below
         elif step == "copied":
@@ -513,7 +513,7 @@ class SafeMover:
                 self.log.record(op, "failed", reason="recover: destination does not hold the copied data; "
                                 "source left untouched")
                 return "failed"
-            _fsync_dir(os.path.dirname(dst))
+            fsync_dir(os.path.dirname(dst))
             step = "renamed"
         if step == "renamed":
             self._source_action(op, src, dst, o["after"], o["dev"], o["ino"])
@@ -521,7 +521,7 @@ class SafeMover:
             return "done"
         _unlink_quiet(tmp)
         _unlink_quiet(link_tmp_for(src, op))
-        _fsync_dir(os.path.dirname(dst))
+        fsync_dir(os.path.dirname(dst))
         self.log.record(op, "rolledback", reason=f"crashed at step {o['step']}")
         return "rolledback"
 
@@ -570,11 +570,12 @@ def _quarantine(path: str, qdir: str) -> str:
         finally:
             os.close(fd)
         os.rename(part, target)
-    _fsync_dir(qdir)
+    fsync_dir(qdir)
     return target
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """fsync a directory (makes a rename or unlink in it durable)."""
     fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
