@@ -342,6 +342,9 @@ class SafeMover:
             ours = replace_link and os.path.islink(dst) and os.path.realpath(dst) == os.path.realpath(src)
             if not (damaged or ours):
                 return self._end(op, src, dst, "skipped", "destination exists")
+            busy = self.writers(dst) if damaged else []
+            if busy:
+                return self._end(op, src, dst, "skipped", f"destination open for writing by pid {busy[0]}")
             replace = True
         self.log.record(op, "begin", src=src, dst=dst, tmp=tmp, after=after, expect=expect,
                         quarantine=quarantine if replace else None, replace=replace, dev=st.st_dev, ino=st.st_ino,
