@@ -299,13 +299,14 @@ class SafeMover:
     def __init__(self, log: StepLog, rate_mb_s: float | None = None, writers: Callable[[str], list[int]] | None = None,
                  progress: Progress | None = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, chunk: int = CHUNK, verify_threads: int = 1,
-                 hooks: Mapping[str, Callable[[], None]] | None = None) -> None:
+                 hooks: Mapping[str, Callable[[], None]] | None = None, preallocate: bool = True) -> None:
         self.log = log
         self.throttle = Throttle(rate_mb_s * 1e6 if rate_mb_s else None, clock, sleep)
         self.writers = writers if writers is not None else ProcWriters()
         self.progress = progress
         self.chunk = chunk
         self.verify_threads = verify_threads
+        self.preallocate = preallocate   # fallocate the temp file first: a full disk fails before any copying
         self.hooks = dict(hooks or {})   # test seams: called after the named step's record
         self._buf = bytearray(chunk)
         log.lock()
@@ -363,6 +364,7 @@ class SafeMover:
             copied = True
             self._hook("copied")
             self._place(tmp, dst, replace)
+            self._hook("placed")
         except _Abort as err:
             _unlink_quiet(tmp)
             return self._end(op, src, dst, err.status, err.reason, err.errno, logged=True)
@@ -401,7 +403,7 @@ class SafeMover:
         try:
             tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                if st.st_size:
+                if st.st_size and self.preallocate:
                     try:
                         os.posix_fallocate(tfd, 0, st.st_size)   # ENOSPC before any copying
                     except OSError as err:
@@ -430,10 +432,22 @@ class SafeMover:
         finally:
             os.close(sfd)
         digest = h.hexdigest()
-        again = hash_file(tmp, self.verify_threads)
+        again = self._hash_noatime(tmp)
         if again != digest:
             raise _Abort("failed", f"verification failed: written {again[:16]} != read {digest[:16]}")
         return digest
+
+    def _hash_noatime(self, path: str) -> str:
+        """blake3 of a file we own, read without touching its atime (which was just set to the source's)."""
+        h = blake3.blake3(max_threads=self.verify_threads) if self.verify_threads != 1 else blake3.blake3()
+        fd = os.open(path, os.O_RDONLY | os.O_NOATIME | os.O_CLOEXEC)
+        try:
+            mv = memoryview(self._buf)
+            while n := os.readv(fd, [mv]):
+                h.update(mv[:n])
+        finally:
+            os.close(fd)
+        return h.hexdigest()
 
     def _check_source(self, src: str, st: os.stat_result) -> None:
         now = os.stat(src, follow_symlinks=False)
