@@ -242,7 +242,7 @@ def test_open_for_writing_is_skipped_others_move(tmp_path):
 
 # ------------------------------------------------------------------ THE crash test
 
-N_FILES = 240
+N_FILES = 200
 TRIALS = 50
 
 
@@ -330,5 +330,6 @@ def test_kill9_at_random_points_loses_nothing(tmp_path):
         _, killed = _run_child(trial, leave, rng.uniform(0.0, clean * 1.05))
         outcomes["killed"] += killed
         outcomes[_check(trial, hashes, leave)] += 1
+    print(f"clean run {clean:.3f}s; {outcomes}")
     assert outcomes["killed"] >= TRIALS // 2, outcomes          # most trials really interrupted the run
     assert outcomes["finished"] >= TRIALS // 2, outcomes
