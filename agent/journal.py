@@ -6,7 +6,8 @@ action that a later ``revert`` row undid). Commits use ``synchronous=FULL`` so a
 loss, not only a ``kill -9``.
 
 Retention: rows older than ``retention`` seconds and rows beyond the newest ``max_rows`` are deleted, except
-rows still ``started`` and applied actions not yet reverted (they are needed for recovery and revert).
+rows still ``started`` and applied reversible actions not yet reverted (needed for recovery and revert), so
+the file holds at most ``max_rows`` rows plus the actions currently in effect.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ CREATE INDEX IF NOT EXISTS entries_ts ON entries(ts);
 """
 _COLS = ("id", "ts", "updated", "op", "action", "target", "status", "mode", "reason", "fingerprint",
          "alertname", "route", "step", "plan", "output", "parent")
-_KEEP = "status = 'started' OR (op = 'apply' AND status = 'succeeded')"
+_KEEP = "status = 'started' OR (op = 'apply' AND status = 'succeeded' AND json_extract(plan, '$.reversible'))"
 MAX_OUTPUT = 8192
 
 
@@ -91,10 +92,12 @@ class Journal:
         with self._lock:
             self._db.close()
 
-    def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+    def _exec(self, sql: str, args: tuple = ()) -> tuple[list[tuple], int, int]:
+        """(rows, lastrowid, rowcount), all read under the lock (one connection shared by threads)."""
         try:
             with self._lock:
-                return self._db.execute(sql, args)
+                cur = self._db.execute(sql, args)
+                return cur.fetchall(), cur.lastrowid or 0, cur.rowcount
         except sqlite3.Error as err:
             raise JournalError(f"journal {self.path}: {err}") from err
 
@@ -103,7 +106,7 @@ class Journal:
             output: str = "", parent: int | None = None, ts: float | None = None) -> int:
         """Insert a row (committed on return) and return its id."""
         now = self._clock() if ts is None else ts
-        cur = self._exec(
+        _, rowid, _ = self._exec(
             "INSERT INTO entries (ts, updated, op, action, target, status, mode, reason, fingerprint, alertname,"
             " route, step, plan, output, parent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (now, now, op, action, target, status, mode, reason, fingerprint, alertname, route, step,
@@ -111,7 +114,7 @@ class Journal:
         self._writes += 1
         if self._writes % _PRUNE_EVERY == 0:
             self.prune()
-        return int(cur.lastrowid)
+        return int(rowid)
 
     def finish(self, entry_id: int, status: str, output: str = "", plan: Plan | None = None,
                reason: str | None = None) -> None:
@@ -140,13 +143,13 @@ class Journal:
 
     def get(self, entry_id: int) -> Entry | None:
         """One row by id."""
-        r = self._exec(f"SELECT {','.join(_COLS)} FROM entries WHERE id = ?", (entry_id,)).fetchone()
-        return _row(r) if r else None
+        rows, _, _ = self._exec(f"SELECT {','.join(_COLS)} FROM entries WHERE id = ?", (entry_id,))
+        return _row(rows[0]) if rows else None
 
     def query(self, where: str = "1", args: tuple = (), order: str = "id") -> list[Entry]:
         """Rows matching a fixed SQL condition written by this package (values go in ``args``)."""
         sql = f"SELECT {','.join(_COLS)} FROM entries WHERE {where} ORDER BY {order}"
-        return [_row(r) for r in self._exec(sql, args).fetchall()]
+        return [_row(r) for r in self._exec(sql, args)[0]]
 
     def since(self, t: float) -> list[Entry]:
         """Rows written or updated at or after ``t``, oldest first."""
@@ -162,15 +165,14 @@ class Journal:
 
     def counts(self) -> Mapping[str, int]:
         """Rows per status."""
-        return dict(self._exec("SELECT status, COUNT(*) FROM entries GROUP BY status").fetchall())
+        return dict(self._exec("SELECT status, COUNT(*) FROM entries GROUP BY status")[0])
 
     def prune(self) -> int:
         """Apply the retention bounds; returns rows deleted."""
         cutoff = self._clock() - self.retention
-        n = self._exec(f"DELETE FROM entries WHERE ts < ? AND NOT ({_KEEP})", (cutoff,)).rowcount
-        n += self._exec(
-            f"DELETE FROM entries WHERE NOT ({_KEEP}) AND id NOT IN "
-            "(SELECT id FROM entries ORDER BY id DESC LIMIT ?)", (self.max_rows,)).rowcount
+        n = self._exec(f"DELETE FROM entries WHERE ts < ? AND NOT ({_KEEP})", (cutoff,))[2]
+        n += self._exec(f"DELETE FROM entries WHERE NOT ({_KEEP}) AND id NOT IN "
+                        "(SELECT id FROM entries ORDER BY id DESC LIMIT ?)", (self.max_rows,))[2]
         return n
 
     def __iter__(self) -> Iterator[Entry]:

@@ -62,12 +62,16 @@ def load_remediations(settings: Mapping[str, Mapping[str, Any]] | None = None, g
                       **deps: Any) -> LoadResult:
     """Discover and construct every plugin; failures disable only that plugin."""
     plugins, errors = {}, {}
-    for name, ep in sorted(discover(group).items()):
+    found = discover(group)
+    for name, ep in sorted(found.items()):
         try:
             plugins[name] = build(load_class(ep), name, (settings or {}).get(name), **deps)
         except PluginLoadError as err:
             errors[name] = str(err)
             log.error("plugin_load_failed", plugin=name, error=str(err))
+    for name in sorted(set(settings or {}) - set(found)):
+        errors[name] = f"plugin {name!r} has settings but is not installed (no entry point in {group})"
+        log.error("plugin_load_failed", plugin=name, error=errors[name])
     return LoadResult(plugins, errors)
 
 

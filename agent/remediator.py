@@ -15,6 +15,7 @@ is ``enforce``; otherwise it is planned and journaled as ``planned`` (would do),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -76,6 +77,8 @@ class _Job:
     deadline: float
     thread: threading.Thread
     episode: tuple[int, str] | None
+    mode: str = "enforce"
+    at: float = 0.0             # dispatch time (the cooldown / rate-limit reservation)
     timed_out: bool = False
 
 
@@ -114,9 +117,11 @@ class Remediator:
         self._starts: dict[str, deque[tuple[float, str]]] = defaultdict(deque)  # mode -> (t, action)
         self._jobs: dict[int, _Job] = {}
         self._done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
-        self._lock = threading.Lock()
         self._results: dict[tuple[str, str], float] = defaultdict(float)
         self._skips: dict[tuple[str, str], float] = defaultdict(float)
+        self._guards = [policy.guards(r) for r in policy.routes]
+        self._max_window = max([g.rate_limit.window for g in self._guards] + [policy.defaults.rate_limit.window])
+        self._flap_window = max([g.flap.window for g in self._guards] or [0.0])
         self._route_index = {policy.route_name(i): i for i in range(len(policy.routes))}
         self._load_history(self.clock())
 
@@ -220,8 +225,7 @@ class Remediator:
         out.append(Sample("nodewarden_remediation_paused", (), 1.0 if self.paused() else 0.0))
         return out
 
-    def act(self, action: str, params: Mapping[str, Any], apply: bool, alert: Alert | None = None,
-            timeout: float | None = None) -> Entry:
+    def act(self, action: str, params: Mapping[str, Any], apply: bool, alert: Alert | None = None) -> Entry:
         """Plan one action by hand and, with ``apply``, run it now through the guard rails and the journal."""
         guards = self.policy.defaults
         now = self.clock()
@@ -230,7 +234,7 @@ class Remediator:
             raise RemediationError(f"unknown plugin {action!r} (loaded: {', '.join(sorted(self.plugins)) or 'none'})")
         try:
             plan = plugin.plan(alert, plugin.Params.model_validate(dict(params)))
-        except ValidationError as err:
+        except (ValidationError, ValueError) as err:
             raise RemediationError(f"bad params for {action}: {err}") from err
         mode = "enforce" if apply else "observe"
         labels = alert.labels if alert else {}
@@ -282,14 +286,15 @@ class Remediator:
             return
         if now < ep.due:
             return
-        guards = self.policy.guards(route)
+        guards = self._guards[ep.route]
         step = route.steps[ep.step]
         mode = "enforce" if (self.mode == "enforce" and guards.mode == "enforce") else "observe"
         reason, plan, plugin = self._check(ep, step, guards, mode, now, paused)
         if reason:
             self._skip(ep, route, step.action, reason, mode, plan, now)
             if reason != "paused" and now - ep.since >= step.wait and ep.step + 1 < len(route.steps):
-                self._next_step(ep, now, now)  # refused for longer than its wait: escalate
+                self._next_step(ep, now, now)  # refused for longer than its wait: escalate now
+                self._advance(ep, route, now, paused)
             return
         self._dispatch(ep, route, step.action, plan, plugin, guards, mode, now)
 
@@ -298,11 +303,11 @@ class Remediator:
             return "paused", None, None
         if self.policy.no_data.blocks(ep.alert):
             return "no_data", None, None
+        if step.action == PAGE:  # a flapping alert whose actions were refused still reaches a human
+            return "", None, None
         changes = self._changes.get(ep.fingerprint, ())
         if sum(1 for t in changes if t >= now - guards.flap.window) > guards.flap.max_changes:
             return "flapping", None, None
-        if step.action == PAGE:
-            return "", None, None
         plugin = self.plugins.get(step.action)
         if plugin is None:
             return "plugin_unavailable", None, None
@@ -327,7 +332,7 @@ class Remediator:
             return "cooldown"
         starts = self._starts[mode]
         rl = guards.rate_limit
-        while starts and starts[0][0] <= now - max(rl.window, self.policy.defaults.rate_limit.window):
+        while starts and starts[0][0] <= now - self._max_window:
             starts.popleft()
         recent = [a for t, a in starts if t > now - rl.window]
         if rl.total is not None and len(recent) >= rl.total:
@@ -376,6 +381,13 @@ class Remediator:
         self._last_start[(mode, plan.action, plan.target)] = now
         self._starts[mode].append((now, plan.action))
 
+    def _release(self, mode: str, plan: Plan, at: float) -> None:
+        """Give back a cooldown / rate-limit reservation for a start that was refused in the worker."""
+        if self._last_start.get((mode, plan.action, plan.target)) == at:
+            del self._last_start[(mode, plan.action, plan.target)]
+        with contextlib.suppress(ValueError):
+            self._starts[mode].remove((at, plan.action))
+
     def _dispatch(self, ep: _Episode, route: Route, action: str, plan: Plan | None, plugin: Remediation | None,
                   guards: Guards, mode: str, now: float) -> None:
         common = dict(fingerprint=ep.fingerprint, alertname=ep.alert.name, route=self.policy.route_name(ep.route),
@@ -413,8 +425,7 @@ class Remediator:
             ep.clear_since = now
             if ep.exhausted and ep.paged_at is not None and self.policy.alertmanager.url:
                 self._spawn(None, PAGE, self.policy.defaults, None, self._run_page, None, ep.alert, True)
-        route = self.policy.routes[ep.route] if ep.route < len(self.policy.routes) else None
-        guards = self.policy.guards(route)
+        guards = self._guards[ep.route] if ep.route < len(self._guards) else self.policy.defaults
         if not ep.applied or guards.revert_after is None:
             del self._episodes[key]
             return
@@ -442,7 +453,7 @@ class Remediator:
         t = threading.Thread(target=fn, args=args, name=f"remediation-{action}-{eid}", daemon=True)
         if eid is not None:
             now = self._now if self._now is not None else self.clock()
-            self._jobs[eid] = _Job(eid, action, now + guards.timeout, t, key)
+            self._jobs[eid] = _Job(eid, action, now + guards.timeout, t, key, at=now)
         t.start()
 
     def _run_apply(self, eid: int, plugin: Remediation, plan: Plan, key, guards: Guards, check_blast: bool) -> None:
@@ -492,7 +503,6 @@ class Remediator:
         if eid is not None:
             self.journal.finish(eid, status, output, reason="" if status == "succeeded" else "push_failed")
             self._done.put(_Done(eid, None, "page", status))
-            self._results[(PAGE, status)] += 1
 
     def _resend_page(self, ep: _Episode, now: float) -> None:
         am = self.policy.alertmanager
@@ -509,10 +519,11 @@ class Remediator:
                 break
             job = self._jobs.pop(d.entry_id, None)
             action = d.plan.action if d.plan else (job.action if job else PAGE)
-            if d.kind != "page":
-                self._results[(action, d.status)] += 1
+            self._results[(action, d.status)] += 1
             if d.status == "skipped":
                 self._skips[(action, d.reason)] += 1
+                if job is not None and d.plan is not None:
+                    self._release(job.mode, d.plan, job.at)
             ep = self._episodes.get(d.episode) if d.episode else None
             if ep is None:
                 for e in self._episodes.values():
@@ -524,6 +535,8 @@ class Remediator:
             if d.kind == "revert":
                 if d.status == "reverted" and ep.applied:
                     ep.applied.pop(0)
+                    if not ep.applied:  # all undone: a new firing starts the escalation afresh
+                        ep.step, ep.due, ep.since, ep.skip, ep.exhausted = 0, now, now, "", False
                 else:
                     ep.clear_since = now  # try again after another revert_after
                 continue
@@ -533,7 +546,7 @@ class Remediator:
                 ep.applied.append(d.entry_id)
             if d.status == "skipped":  # refused in the worker (blast radius): retry later, escalate after wait
                 ep.skip = d.reason
-                ep.due = now + self.policy.guards(route).retry_interval
+                ep.due = now + self._guards[ep.route].retry_interval
                 if now - ep.since >= wait and ep.step + 1 < len(route.steps):
                     self._next_step(ep, now, now)
             elif d.status == "failed":
@@ -548,7 +561,7 @@ class Remediator:
                 log.error("remediation_timeout", id=job.entry_id, action=job.action)
 
     def _track_flaps(self, alerts: list[Alert], firing: Mapping[str, Alert], now: float) -> None:
-        window = max([self.policy.guards(r).flap.window for r in self.policy.routes] or [0.0])
+        window = self._flap_window
         seen = {a.fingerprint for a in alerts} | set(self._last_firing)
         for fp in seen:
             state = fp in firing
@@ -566,9 +579,7 @@ class Remediator:
 
     def _load_history(self, now: float) -> None:
         """Rebuild cooldown and rate-limit memory from the journal (so a restart does not reset them)."""
-        horizon = max([self.policy.guards(r).cooldown for r in self.policy.routes] + [self.policy.defaults.cooldown]
-                      + [self.policy.guards(r).rate_limit.window for r in self.policy.routes]
-                      + [self.policy.defaults.rate_limit.window])
+        horizon = max([g.cooldown for g in self._guards] + [self.policy.defaults.cooldown, self._max_window])
         self._last_start.clear()
         self._starts.clear()
         rows = self.journal.query("op = 'apply' AND ts >= ? AND status IN ('planned','started','succeeded','failed')",

@@ -51,11 +51,14 @@ def test_retention_by_age_keeps_unfinished_and_active_rows(tmp_path):
 
 def test_retention_by_count(tmp_path):
     j = Journal(str(tmp_path), max_rows=100)
+    active = j.add(op="apply", action="x", status="succeeded", mode="enforce", plan=PLAN)
+    done = j.add(op="apply", action="x", status="succeeded", mode="enforce",
+                 plan=Plan(action="x", target="t", params={}, changes=[], reversible=False))
     for _ in range(250):
         j.add(op="apply", action="x", status="skipped", mode="enforce", reason="cooldown")
     j.prune()
     ids = [e.id for e in j]
-    assert len(ids) == 100 and ids[-1] == 250
+    assert len(ids) == 101 and ids[0] == active and done not in ids and ids[-1] == 252
 
 
 def test_output_is_bounded(tmp_path):

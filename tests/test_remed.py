@@ -25,6 +25,7 @@ defaults:
   max_concurrent: {concurrent}
   flap: {{window: 30m, max_changes: {flaps}}}
   timeout: {timeout}
+  blast_radius: {blast}
 routes:
   - name: xid
     matchers: ['alertname="GpuXid"', 'severity=~"critical|page"']
@@ -40,10 +41,10 @@ routes:
 
 def make(tmp_path, mode="enforce", cooldown="0s", per_action=100, total=100, concurrent=4, flaps=100,
          timeout="5m", revert_after="10m", delay=0, fail="false", extra="", daemon_mode="enforce", pause=None,
-         steps=""):
+         steps="", blast="{max_fraction: 0.1}"):
     text = BASE.format(mode=mode, cooldown=cooldown, per_action=per_action, total=total, concurrent=concurrent,
                        flaps=flaps, timeout=timeout, revert_after=revert_after, delay=delay, fail=fail, extra=extra,
-                       steps=steps)
+                       steps=steps, blast=blast)
     policy = load_policy_text(text, "policy.yml", plugins={"marker": Marker})
     marks = tmp_path / "marks"
     marks.mkdir(exist_ok=True)
@@ -269,3 +270,87 @@ def test_pause_file_path_is_checked_each_tick(tmp_path):
     assert rem.paused()
     os.unlink(flag)
     assert not rem.paused()
+
+
+class Held:
+    """The cluster engine's answer for the blast-radius tests (the real one is Slurm/Kubernetes)."""
+
+    def __init__(self, held, total):
+        self.value = (held, total)
+
+    def held(self):
+        return self.value
+
+
+def test_blast_radius_refusal_retries_without_burning_the_cooldown(tmp_path):
+    rem, journal, marks = make(tmp_path, cooldown="1h", blast="{max_nodes: 1, max_fraction: null}")
+    rem.cluster = Held(1, 10)
+    tick(rem, [alert()], 100.0)
+    assert applied(marks) == 0 and statuses(journal) == [("skipped", "blast_radius")]
+    tick(rem, [alert()], 110.0)            # within retry_interval (30s): not asked again
+    assert len(statuses(journal)) == 1
+    rem.cluster.value = (0, 10)            # the other node came back
+    tick(rem, [alert()], 131.0)
+    assert applied(marks) == 1 and statuses(journal)[-1] == ("succeeded", "")
+
+
+def test_blast_radius_fraction(tmp_path):
+    rem, journal, marks = make(tmp_path)
+    rem.cluster = Held(0, 5)               # default max_fraction 10 %: 1 of 5 nodes would be 20 %
+    tick(rem, [alert()], 100.0)
+    assert applied(marks) == 0 and statuses(journal) == [("skipped", "blast_radius")]
+
+
+def test_refire_after_revert_starts_a_new_escalation(tmp_path):
+    rem, journal, marks = make(tmp_path, revert_after="1m")
+    tick(rem, [alert()], 100.0)
+    tick(rem, [], 110.0)
+    tick(rem, [], 170.0)
+    assert applied(marks) == 0
+    tick(rem, [alert()], 200.0)
+    assert applied(marks) == 1 and [s for s, _ in statuses(journal)] == ["reverted", "succeeded"]
+
+
+def test_flapping_alert_escalates_to_a_page_instead_of_acting(tmp_path):
+    rem, journal, marks = make(tmp_path, flaps=1, revert_after="null", steps="      - action: page")
+    for i, firing in enumerate([True, False, True, False, True]):
+        tick(rem, [alert()] if firing else [], 100.0 + i)
+    assert applied(marks) == 1                               # the first firing acted; then the gate held
+    tick(rem, [alert()], 100.0 + 4 + 301)                   # refused for longer than the step's wait (5m)
+    assert [(e.op, e.status) for e in journal][-1] == ("page", "succeeded")
+
+
+def test_pause_holds_reverts_too(tmp_path):
+    flag = tmp_path / "paused"
+    rem, _journal, marks = make(tmp_path, revert_after="1m", pause=str(flag))
+    tick(rem, [alert()], 100.0)
+    flag.touch()
+    tick(rem, [], 110.0)
+    tick(rem, [], 200.0)
+    assert applied(marks) == 1
+    flag.unlink()
+    tick(rem, [], 210.0)
+    assert applied(marks) == 0
+
+
+def test_recover_finishes_an_interrupted_revert(tmp_path):
+    rem, journal, marks = make(tmp_path)
+    done = rem.act("marker", {"name": "m_0"}, apply=True)
+    plan = journal.get(done.id).get_plan()
+    journal.add(op="revert", action="marker", status="started", mode="enforce", target=plan.target, plan=plan,
+                parent=done.id)                 # the process died here, before calling revert
+    rem2, journal2, _ = make(tmp_path)
+    rem2.recover()
+    assert applied(marks) == 0
+    assert [(e.op, e.status) for e in journal2] == [("apply", "reverted"), ("revert", "succeeded")]
+
+
+def test_recover_rebuilds_revert_on_resolve(tmp_path):
+    rem, _journal, marks = make(tmp_path, revert_after="1m")
+    tick(rem, [alert()], time.time())
+    rem2, _, _ = make(tmp_path, revert_after="1m")   # restart while the action is in effect
+    rem2.recover()
+    now = time.time()
+    tick(rem2, [], now)
+    tick(rem2, [], now + 61)
+    assert applied(marks) == 0

@@ -78,7 +78,10 @@ def test_default_policy_file_is_valid_and_observes():
     assert "rebalance" in found.plugins, found.errors   # registered through the entry point
     policy = load_policy("rules/remediations.yml", found.plugins)
     assert policy.defaults.mode == "observe"
-    assert policy.guards(policy.routes[0]).revert_after == 1800.0
+    assert [(r.name, policy.guards(r).revert_after) for r in policy.routes] == [("gpu-drain-node", None),
+                                                                                 ("gpu-reset-needed", 1800.0)]
+    xid79 = {"alertname": "GpuFallenOffBus", "severity": "critical", "action": "drain_node", "gpu": "0"}
+    assert [r.name for r in policy.routes if r.matches(xid79)] == ["gpu-drain-node"]
 
 
 def test_route_overrides_defaults():

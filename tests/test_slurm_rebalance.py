@@ -7,6 +7,7 @@ node ``nw2`` is configured but has none (a second node for the blast-radius test
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,6 +27,8 @@ pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 
 SLURM_CONF = """\
 ClusterName=nwtest
+GresTypes=gpu
+SlurmdParameters=config_overrides
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmdPort={d_port}
@@ -43,7 +46,7 @@ SlurmctldPidFile={dir}/slurmctld.pid
 SlurmdPidFile={dir}/slurmd.%n.pid
 SlurmUser=root
 SlurmdUser=root
-SlurmdTimeout=30
+SlurmdTimeout=6
 ReturnToService=2
 MpiDefault=none
 JobCompType=jobcomp/none
@@ -51,7 +54,7 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 SlurmctldLogFile={dir}/slurmctld.log
 SlurmdLogFile={dir}/slurmd.log
-NodeName=nw1 NodeHostname=localhost NodeAddr=127.0.0.1 CPUs=1 RealMemory=100 State=UNKNOWN
+NodeName=nw1 NodeHostname=localhost NodeAddr=127.0.0.1 CPUs=2 RealMemory=100 Gres=gpu:2 State=UNKNOWN
 NodeName=nw2 NodeHostname=localhost NodeAddr=127.0.0.1 Port={dead_port} CPUs=1 RealMemory=100 State=UNKNOWN
 PartitionName=gpu Nodes=nw1,nw2 Default=YES MaxTime=INFINITE State=UP
 """
@@ -77,6 +80,7 @@ class SlurmCluster:
         return out.split(" State=")[1].split()[0]
 
     def reset(self) -> None:
+        self.run("scancel", "--full", "--quiet", "--user=root")
         for node in ("nw1", "nw2"):
             if "DRAIN" in self.state(node):
                 self.run("scontrol", "update", f"NodeName={node}", "State=UNDRAIN")
@@ -114,6 +118,9 @@ def slurm(tmp_path_factory):
     key = root / "munge.key"
     key.write_bytes(os.urandom(1024))
     key.chmod(0o400)
+    for i in (0, 1):   # GRES "device" files: enough for Slurm to hand out GPU indices 0 and 1
+        (root / f"gpu{i}").touch()
+    (root / "gres.conf").write_text(f"NodeName=nw1 Name=gpu File={root}/gpu[0-1]\n")
     (root / "slurm.conf").write_text(SLURM_CONF.format(dir=root, ctld_port=free_port(), d_port=free_port(),
                                                        dead_port=free_port()))
     cluster = SlurmCluster(root)
@@ -137,6 +144,8 @@ def slurm(tmp_path_factory):
             time.sleep(0.5)
         yield cluster
     finally:
+        with contextlib.suppress(Exception):
+            cluster.run("scancel", "--quiet", "--user=root")
         for p in pidfiles:
             _stop(p)
 
@@ -270,3 +279,29 @@ def test_act_cli_apply_and_revert(tmp_path, slurm_env, capsys):
     assert run(history, ["--state-dir", str(tmp_path / "s"), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["op"], r["status"]) for r in rows] == [("apply", "reverted"), ("revert", "succeeded")]
+
+
+def test_requeue_only_the_jobs_on_the_bad_gpu(tmp_path, slurm_env):
+    end = time.monotonic() + 60   # an undrained node answers again at slurmctld's next ping
+    while "NOT_RESPONDING" in slurm_env.state("nw1"):
+        assert time.monotonic() < end, slurm_env.state("nw1")
+        time.sleep(0.5)
+    jobs = [slurm_env.run("sbatch", "--parsable", "--gres=gpu:1", "--mem=1", "--nodelist=nw1", f"--chdir={tmp_path}",
+                          "--output=/dev/null", "--wrap", "sleep 120").strip() for _ in range(2)]
+    end = time.monotonic() + 30
+    while True:
+        detail = slurm_env.run("scontrol", "--details", "--oneliner", "show", "job")
+        if detail.count("JobState=RUNNING") == 2:
+            break
+        assert time.monotonic() < end, detail
+        time.sleep(0.3)
+    on_gpu1 = [j for j in jobs if f"JobId={j} " in detail.split("GRES=gpu:1(IDX:1)")[0].rsplit("\n", 1)[-1]]
+    assert len(on_gpu1) == 1
+    rem = remediator(tmp_path, slurm_env)
+    entry = rem.act("rebalance", {"gpu": "1", "reason": "xid 79", "requeue": "true"}, apply=True)
+    assert entry.status == "succeeded" and f"requeued job {on_gpu1[0]}" in entry.output
+    restarts = {j: slurm_env.run("scontrol", "--oneliner", "show", "job", j).split(" Restarts=")[1].split()[0]
+                for j in jobs}
+    assert restarts == {j: ("1" if j == on_gpu1[0] else "0") for j in jobs}
+    other = next(j for j in jobs if j != on_gpu1[0])
+    assert slurm_env.run("squeue", "--noheader", f"--jobs={other}", "--format=%T").strip() == "RUNNING"

@@ -1,0 +1,155 @@
+"""Kubernetes backend of ``rebalance``: cordon + taint the node, evict the pods holding GPUs; undo on revert.
+
+Uses the official ``kubernetes`` client (CoreV1Api). Evictions go through the Eviction API, so
+PodDisruptionBudgets are respected: a 429 answer (the budget forbids it now) is reported, not forced.
+What we changed is recorded on the node itself (annotation ``<taint_key>-cordoned: "true"`` when the node
+was schedulable before), so revert only uncordons a node we cordoned, even after a crash lost the journal's
+undo data. Limitation: without the kubelet pod-resources API the backend cannot tell which pod holds which
+GPU index, so it evicts every pod on the node that requests ``gpu_resource``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.errors import RemediationError
+from remediations.base import Entry, Outcome, Plan, check_node, default_recover
+
+
+class KubernetesBackend:
+    """Cordon/taint/evict through the API server."""
+
+    def __init__(self, settings, api=None) -> None:
+        self.s = settings
+        self._api = api
+
+    @property
+    def api(self):
+        """CoreV1Api, built on first use (in-cluster, kubeconfig, or a plain host URL)."""
+        if self._api is None:
+            from kubernetes import client, config
+
+            if self.s.host:
+                cfg = client.Configuration()
+                cfg.host = self.s.host
+                api_client = client.ApiClient(cfg)
+            elif self.s.kubeconfig or not self.s.in_cluster:
+                api_client = config.new_client_from_config(config_file=self.s.kubeconfig)
+            else:
+                config.load_incluster_config()
+                api_client = client.ApiClient()
+            self._api = client.CoreV1Api(api_client)
+        return self._api
+
+    @property
+    def _mark(self) -> str:
+        return f"{self.s.taint_key}-cordoned"
+
+    def _call(self, what: str, fn, *args, **kwargs) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return fn(*args, _request_timeout=self.s.timeout, **kwargs)
+        except ApiException as err:
+            raise RemediationError(f"kubernetes {what}: HTTP {err.status} {err.reason}") from err
+        except OSError as err:
+            raise RemediationError(f"kubernetes {what}: {err}") from err
+
+    # ---- plugin protocol
+
+    def plan(self, node: str, params) -> Plan:
+        """Pure."""
+        taint = f"{self.s.taint_key}={_taint_value(params.reason)}:{self.s.taint_effect}"
+        changes = [f"cordon node {node}", f"taint node {node} with {taint}"]
+        if params.evict:
+            changes.append(f"evict pods on {node} requesting {self.s.gpu_resource} (PodDisruptionBudgets respected)")
+        return Plan(action="rebalance", target=f"node/{node}", scope="node", reversible=True, changes=changes,
+                    params={"backend": "kubernetes", "node": check_node(node), "reason": params.reason,
+                            "gpu": params.gpu, "evict": params.evict})
+
+    def apply(self, plan: Plan) -> Outcome:
+        """Cordon + taint in one patch, then evict."""
+        name = check_node(plan.params["node"])
+        node = self._call("read node", self.api.read_node, name)
+        taints = [t for t in (node.spec.taints or []) if t.key != self.s.taint_key]
+        ours = {"key": self.s.taint_key, "value": _taint_value(plan.params["reason"]), "effect": self.s.taint_effect}
+        cordoned_by_us = not node.spec.unschedulable or (node.metadata.annotations or {}).get(self._mark) == "true"
+        patch: dict[str, Any] = {"spec": {"unschedulable": True,
+                                          "taints": [_taint_dict(t) for t in taints] + [ours]}}
+        if cordoned_by_us:
+            patch["metadata"] = {"annotations": {self._mark: "true"}}
+        self._call("patch node", self.api.patch_node, name, patch)
+        out = [f"cordoned and tainted {name}" + ("" if cordoned_by_us else " (it was already cordoned)")]
+        if plan.params.get("evict"):
+            out += self._evict(name)
+        return Outcome("; ".join(out), {"cordoned": cordoned_by_us})
+
+    def _evict(self, name: str) -> list[str]:
+        from kubernetes.client.exceptions import ApiException
+
+        pods = self._call("list pods", self.api.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={name}")
+        out = []
+        for pod in pods.items:
+            if not _uses(pod, self.s.gpu_resource) or (pod.status and pod.status.phase in ("Succeeded", "Failed")):
+                continue
+            ns, pname = pod.metadata.namespace, pod.metadata.name
+            body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pname, "namespace": ns}}
+            try:
+                self.api.create_namespaced_pod_eviction(pname, ns, body, _request_timeout=self.s.timeout)
+                out.append(f"evicted {ns}/{pname}")
+            except ApiException as err:
+                if err.status == 429:
+                    out.append(f"eviction of {ns}/{pname} refused by a PodDisruptionBudget")
+                elif err.status == 404:
+                    out.append(f"{ns}/{pname} already gone")
+                else:
+                    raise RemediationError(f"kubernetes evict {ns}/{pname}: HTTP {err.status} {err.reason}") from err
+        return out
+
+    def verify(self, plan: Plan) -> bool:
+        """Cordoned and carrying our taint."""
+        node = self._call("read node", self.api.read_node, check_node(plan.params["node"]))
+        return bool(node.spec.unschedulable) and any(t.key == self.s.taint_key for t in node.spec.taints or [])
+
+    def revert(self, plan: Plan) -> Outcome:
+        """Remove our taint; uncordon only when we cordoned."""
+        name = check_node(plan.params["node"])
+        node = self._call("read node", self.api.read_node, name)
+        taints = node.spec.taints or []
+        ours = (node.metadata.annotations or {}).get(self._mark) == "true"
+        patch: dict[str, Any] = {"spec": {"taints": [_taint_dict(t) for t in taints if t.key != self.s.taint_key]}}
+        if ours:
+            patch["spec"]["unschedulable"] = False
+            patch["metadata"] = {"annotations": {self._mark: None}}
+        self._call("patch node", self.api.patch_node, name, patch)
+        return Outcome(f"removed taint from {name}" + ("; uncordoned" if ours else "; left cordoned (not ours)"))
+
+    def recover(self, entry: Entry) -> str:
+        """Apply and revert are idempotent (the node records what was ours)."""
+        return default_recover(self, entry)
+
+    def held(self) -> tuple[int, int]:
+        """(nodes carrying our taint, all nodes)."""
+        nodes = self._call("list nodes", self.api.list_node).items
+        return sum(1 for n in nodes if any(t.key == self.s.taint_key for t in n.spec.taints or [])), len(nodes)
+
+
+def _taint_value(reason: str) -> str:
+    """A label-value-safe rendering of the reason (63 chars of [A-Za-z0-9_.-])."""
+    out = "".join(c if c.isalnum() or c in "_.-" else "_" for c in reason)[:63].strip("_.-")
+    return out or "unhealthy"
+
+
+def _taint_dict(t) -> dict[str, Any]:
+    d = {"key": t.key, "effect": t.effect}
+    if t.value is not None:
+        d["value"] = t.value
+    return d
+
+
+def _uses(pod, resource: str) -> bool:
+    for c in (pod.spec.containers or []) if pod.spec else []:
+        res = c.resources
+        if res and ((res.limits or {}).get(resource) or (res.requests or {}).get(resource)):
+            return True
+    return False

@@ -1,0 +1,194 @@
+"""``rebalance`` kubernetes backend against a small HTTP fake of the API server (127.0.0.1).
+
+No real API server can run here, so this fake implements just the endpoints the backend uses (read/patch/
+list nodes, list pods by node, the Eviction subresource with a PodDisruptionBudget refusal) and records
+every request; the official ``kubernetes`` client talks to it over real HTTP.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import kubernetes  # noqa: F401  (a declared dependency: fail, do not skip, when missing)
+import pytest
+
+from agent.alerts import Alert
+from agent.journal import Journal
+from agent.plugins import load_remediations
+from agent.policy import load_policy_text
+from agent.remediator import Remediator
+
+
+def _node(name, unschedulable=False, taints=None):
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "annotations": {}},
+            "spec": {"unschedulable": unschedulable, "taints": taints or []}}
+
+
+def _pod(ns, name, node, gpus=0, blocked=False):
+    res = {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {}
+    return {"metadata": {"name": name, "namespace": ns, "labels": {"pdb": "blocked"} if blocked else {}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x", "resources": res}]},
+            "status": {"phase": "Running"}}
+
+
+def _merge(dst, patch):
+    for k, v in patch.items():
+        if v is None:
+            dst.pop(k, None)
+        elif isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _merge(dst[k], v)
+        else:
+            dst[k] = copy.deepcopy(v)
+
+
+class FakeApiServer:
+    """Nodes and pods in memory; ``requests`` is a list of (method, path, query, body)."""
+
+    def __init__(self):
+        self.nodes = {"nw1": _node("nw1"), "nw2": _node("nw2")}
+        self.pods = [_pod("ml", "train-0", "nw1", gpus=8), _pod("ml", "eval-0", "nw1", gpus=1, blocked=True),
+                     _pod("kube-system", "dns", "nw1"), _pod("ml", "train-1", "nw2", gpus=8)]
+        self.requests = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self, method):
+                url = urllib.parse.urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                query = dict(urllib.parse.parse_qsl(url.query))
+                fake.requests.append((method, url.path, query, body, self.headers.get("Content-Type")))
+                parts = url.path.strip("/").split("/")
+                if parts[:3] == ["api", "v1", "nodes"]:
+                    if len(parts) == 3:
+                        return self._send(200, {"kind": "NodeList", "apiVersion": "v1", "metadata": {},
+                                                "items": list(fake.nodes.values())})
+                    node = fake.nodes.get(parts[3])
+                    if node is None:
+                        return self._send(404, {"kind": "Status", "code": 404})
+                    if method == "PATCH":
+                        _merge(node, body)
+                    return self._send(200, node)
+                if parts == ["api", "v1", "pods"]:
+                    want = query.get("fieldSelector", "").removeprefix("spec.nodeName=")
+                    items = [p for p in fake.pods if p["spec"]["nodeName"] == want]
+                    return self._send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
+                if len(parts) == 7 and parts[-1] == "eviction" and method == "POST":
+                    pod = next((p for p in fake.pods if p["metadata"]["name"] == parts[5]), None)
+                    if pod is None:
+                        return self._send(404, {"kind": "Status", "code": 404})
+                    if pod["metadata"]["labels"].get("pdb") == "blocked":
+                        return self._send(429, {"kind": "Status", "code": 429, "reason": "TooManyRequests"})
+                    fake.pods.remove(pod)
+                    return self._send(201, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
+                return self._send(404, {"kind": "Status", "code": 404})
+
+            def do_GET(self):
+                self._handle("GET")
+
+            def do_PATCH(self):
+                self._handle("PATCH")
+
+            def do_POST(self):
+                self._handle("POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def api():
+    fake = FakeApiServer()
+    yield fake
+    fake.close()
+
+
+def remediator(tmp_path, api, node="nw1", blast="{max_nodes: 1, max_fraction: null}"):
+    policy = load_policy_text(f"""
+defaults: {{mode: enforce, cooldown: 0s, blast_radius: {blast}}}
+plugins:
+  rebalance: {{backend: kubernetes, node_name: {node}, kubernetes: {{host: "{api.url}", timeout: 5}}}}
+routes:
+  - name: xid
+    matchers: ['alertname="GpuXid"']
+    revert_after: 1m
+    steps:
+      - action: rebalance
+        params: {{gpu: "{{{{ $labels.gpu }}}}", reason: "XID 79 on GPU {{{{ $labels.gpu }}}}"}}
+""")
+    loaded = load_remediations(policy.plugins)
+    assert "rebalance" in loaded.plugins, loaded.errors
+    return Remediator(policy, Journal(str(tmp_path / node)), loaded.plugins, "enforce")
+
+
+XID = Alert(labels={"alertname": "GpuXid", "gpu": "0"}, annotations={}, state="firing", active_at=0.0, value=79.0)
+
+
+def tick(rem, alerts, now):
+    rem.on_tick(alerts, now)
+    rem.close(30)
+
+
+def test_cordon_taint_evict_then_uncordon_on_resolve(tmp_path, api):
+    rem = remediator(tmp_path, api)
+    tick(rem, [XID], 1000.0)
+    node = api.nodes["nw1"]
+    assert node["spec"]["unschedulable"] is True
+    assert node["spec"]["taints"] == [{"key": "nodewarden.io/unhealthy", "value": "XID_79_on_GPU_0",
+                                       "effect": "NoSchedule"}]
+    names = [p["metadata"]["name"] for p in api.pods]
+    assert names == ["eval-0", "dns", "train-1"]              # GPU pod on nw1 evicted; others untouched
+    patches = [r[4] for r in api.requests if r[0] == "PATCH"]
+    assert patches and all(ct.endswith("merge-patch+json") for ct in patches)
+    evictions = [(r[0], r[1], r[3]["kind"]) for r in api.requests if r[1].endswith("/eviction")]
+    assert evictions == [("POST", "/api/v1/namespaces/ml/pods/train-0/eviction", "Eviction"),
+                         ("POST", "/api/v1/namespaces/ml/pods/eval-0/eviction", "Eviction")]
+    [row] = [e for e in rem.journal if e.op == "apply"]
+    assert row.status == "succeeded"
+    assert "eviction of ml/eval-0 refused by a PodDisruptionBudget" in row.output
+
+    tick(rem, [], 1010.0)
+    tick(rem, [], 1070.0)
+    assert node["spec"] == {"unschedulable": False, "taints": []}
+    assert node["metadata"]["annotations"] == {}
+    assert [e.status for e in rem.journal if e.op == "apply"] == ["reverted"]
+
+
+def test_node_cordoned_by_someone_else_stays_cordoned(tmp_path, api):
+    api.nodes["nw1"]["spec"]["unschedulable"] = True
+    rem = remediator(tmp_path, api)
+    entry = rem.act("rebalance", {"reason": "x", "evict": "false"}, apply=True)
+    assert entry.status == "succeeded" and "already cordoned" in entry.output
+    rem.revert_entry(entry.id)
+    assert api.nodes["nw1"]["spec"] == {"unschedulable": True, "taints": []}
+
+
+def test_blast_radius_counts_tainted_nodes(tmp_path, api):
+    tick(remediator(tmp_path, api, "nw1"), [XID], 1000.0)
+    second = remediator(tmp_path, api, "nw2")
+    tick(second, [XID], 1000.0)
+    assert api.nodes["nw2"]["spec"]["unschedulable"] is False
+    assert [(e.status, e.reason) for e in second.journal] == [("skipped", "blast_radius")]
+    assert [p["metadata"]["name"] for p in api.pods if p["spec"]["nodeName"] == "nw2"] == ["train-1"]
