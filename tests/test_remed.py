@@ -10,12 +10,12 @@ import os
 import time
 
 import pytest
-from remed_support import Marker, MarkerConfig
 
 from agent.alerts import Alert
 from agent.journal import Journal
 from agent.policy import load_policy_text
 from agent.remediator import Remediator
+from tests.remed_support import Marker, MarkerConfig
 
 BASE = """
 defaults:

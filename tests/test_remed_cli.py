@@ -7,13 +7,13 @@ import json
 import time
 
 import pytest
-from remed_support import Marker, MarkerConfig
 
 from agent.alerts import Alert
 from agent.commands import act, history, pause, resume
 from agent.journal import Journal
 from agent.policy import load_policy_text
 from agent.remediator import Remediator
+from tests.remed_support import Marker, MarkerConfig
 
 POLICY = """
 plugins:

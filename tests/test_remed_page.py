@@ -8,13 +8,13 @@ import time
 import urllib.request
 
 import pytest
-from conftest import free_port, require_binary
-from remed_support import Marker, MarkerConfig
 
 from agent.alerts import Alert
 from agent.journal import Journal
 from agent.policy import load_policy_text
 from agent.remediator import Remediator
+from tests.conftest import free_port, require_binary
+from tests.remed_support import Marker, MarkerConfig
 
 pytestmark = pytest.mark.slow
 

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, require_binary, require_root
 
 from agent.alerts import Alert
 from agent.journal import Journal
 from agent.plugins import load_remediations
 from agent.policy import load_policy_text
 from agent.remediator import Remediator
+from tests.conftest import free_port, require_binary, require_root
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 
