@@ -26,6 +26,7 @@ Files open for writing are skipped (and reported); the copy is bandwidth-limited
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import stat
@@ -40,7 +41,7 @@ from agent.alerts import Alert
 from agent.errors import RemediationError
 from agent.metrics import MetricSpec, Sample
 from remediations.base import Entry, Outcome, ParamsModel, Plan
-from remediations.safecopy import TMP_PREFIX, SafeMover, StepLog, fsync_dir
+from remediations.safecopy import TMP_PREFIX, Move, SafeMover, StepLog, Writers, fsync_dir
 
 NAME = "migrate"
 LOG_NAME = "migrate.steps"
@@ -171,7 +172,7 @@ class Migrate:
     Config = Config
     metrics = METRICS
 
-    def __init__(self, config: Config, writers: Callable[[str], list[int]] | None = None,
+    def __init__(self, config: Config, writers: Writers | None = None,
                  progress: Callable[[int, int], None] | None = None, state_dir: str | None = None,
                  statvfs: Callable[[str], os.statvfs_result] = os.statvfs, **_: Any) -> None:
         self.name = NAME
@@ -272,23 +273,30 @@ class Migrate:
         mover = self._mover(rate, tick)
         try:
             mover.recover()   # never start over an interrupted operation
+            todo = []
             for src, dst, after, replace_link in moves:
                 if _settled(src, dst):
                     counts["already"] += 1
                     moved.append([src, dst])
-                    continue
-                _make_parents(src, dst)
-                res = mover.move(src, dst, after=after, replace_link=replace_link)  # type: ignore[arg-type]
-                key = "done" if res.status == "done" else res.status if res.status in counts else "failed"
+                else:
+                    todo.append(Move(src, dst, after=after, replace_link=replace_link))  # type: ignore[arg-type]
+
+            def parents_made() -> Iterator[Move]:
+                for mv in todo:
+                    _make_parents(mv.src, mv.dst)
+                    yield mv
+
+            for res in mover.move_many(parents_made()):
+                key = res.status if res.status in counts else "failed"
                 counts[key] += 1
                 with self._lock:
                     fk = (*labels, key)
                     self._files[fk] = self._files.get(fk, 0.0) + 1
                 if res.status == "done":
-                    moved.append([src, dst])
+                    moved.append([res.src, res.dst])
                 else:
-                    problems.append(f"{src}: {res.status}: {res.reason}")
-                    if res.errno == 28:   # ENOSPC: every further copy would fail too
+                    problems.append(f"{res.src}: {res.status}: {res.reason}")
+                    if res.errno == errno.ENOSPC:   # every further copy would fail too
                         break
         finally:
             mover.close()

@@ -38,7 +38,7 @@ from agent.errors import NodewardenError, RemediationError
 from agent.manifest import DEFAULT_NAME, check_rel, load
 from agent.metrics import MetricSpec, Sample
 from remediations.base import Entry, Outcome, ParamsModel, Plan
-from remediations.safecopy import SafeMover, StepLog, fsync_dir, hash_file
+from remediations.safecopy import SafeMover, StepLog, Writers, fsync_dir, hash_file
 from remediations.scrub import Scrubber
 
 NAME = "restore"
@@ -162,7 +162,7 @@ class Restore:
     Config = Config
     metrics = METRICS
 
-    def __init__(self, config: Config, writers: Callable[[str], list[int]] | None = None,
+    def __init__(self, config: Config, writers: Writers | None = None,
                  state_dir: str | None = None, **_: Any) -> None:
         self.name = NAME
         self.config = config

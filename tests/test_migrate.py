@@ -32,7 +32,7 @@ from remediations.migrate import (
 from remediations.safecopy import TMP_PREFIX, StepLog
 from tests.conftest import REPO, require_root
 
-NOBODY = lambda path: []  # noqa: E731
+NOBODY = lambda paths: {}  # noqa: E731
 DAY = 86400
 
 
@@ -242,8 +242,8 @@ def test_open_for_writing_is_skipped_others_move(tmp_path):
 
 # ------------------------------------------------------------------ THE crash test
 
-N_FILES = 200
-TRIALS = 50
+N_FILES = 300
+TRIALS = 60
 
 
 def _child(tmp: Path, leave: str) -> None:

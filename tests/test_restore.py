@@ -87,7 +87,7 @@ def plugin(tmp: Path, **kw) -> Restore:
         "datasets": {"ds": {"root": str(tmp / "data"),
                             "replicas": [{"type": "local", "path": str(tmp / "rep1"), "name": "rep1"},
                                          {"path": str(tmp / "rep2"), "name": "rep2"}]}}})
-    kw.setdefault("writers", lambda p: [])
+    kw.setdefault("writers", lambda paths: {})
     return Restore(cfg, **kw)
 
 

@@ -26,7 +26,7 @@ from remediations.safecopy import (
 )
 from tests.conftest import require_root
 
-NOBODY = lambda path: []  # noqa: E731  (no process holds anything open)
+NOBODY = lambda paths: {}  # noqa: E731  (no process holds anything open)
 
 
 def sha(path: Path | str) -> str:
@@ -200,7 +200,7 @@ def test_file_open_for_writing_is_not_moved(tree, tmp_path, mode):
     _src, dst, f = tree
     want = sha(f)
     with holder(f, mode) as pid:
-        assert pid in ProcWriters()(str(f))
+        assert ProcWriters()([str(f)]) == {str(f): [pid]}
         res = SafeMover(StepLog(str(tmp_path / "log"))).move(str(f), str(dst / "m"))
     assert res.status == "skipped" and str(pid) in res.reason
     assert f.is_file() and not f.is_symlink() and sha(f) == want and not (dst / "m").exists()
@@ -208,8 +208,8 @@ def test_file_open_for_writing_is_not_moved(tree, tmp_path, mode):
 
 def test_file_open_for_reading_is_moved(tree, tmp_path):
     _src, dst, f = tree
-    with holder(f, "rb") as pid:
-        assert pid not in ProcWriters()(str(f))
+    with holder(f, "rb"):
+        assert ProcWriters()([str(f)]) == {}
         res = SafeMover(StepLog(str(tmp_path / "log"))).move(str(f), str(dst / "m"))
     assert res.status == "done"
 
@@ -219,12 +219,12 @@ def test_opened_for_writing_during_copy_is_not_renamed(tree, tmp_path):
     want = sha(f)
     checks = []
 
-    def writers(path):          # the real scanner, with a writer appearing between the two checks
-        checks.append(path)
-        return [4242] if len(checks) > 1 else []
+    def writers(paths):         # a writer appears between the check before the copy and the one before the rename
+        checks.append(list(paths))
+        return {p: [4242] for p in paths} if len(checks) > 1 else {}
 
     res = mover(tmp_path, writers=writers).move(str(f), str(dst / "m"))
-    assert len(checks) == 2 and res.status == "skipped" and "during copy" in res.reason
+    assert checks == [[str(f)], [str(f)]] and res.status == "skipped" and "during copy" in res.reason
     assert sha(f) == want and not (dst / "m").exists() and temps(src, dst) == []
 
 
