@@ -243,7 +243,7 @@ def test_open_for_writing_is_skipped_others_move(tmp_path):
 # ------------------------------------------------------------------ THE crash test
 
 N_FILES = 300
-TRIALS = 60
+TRIALS = 50
 
 
 def _child(tmp: Path, leave: str) -> None:
