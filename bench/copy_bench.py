@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.manifest import create, write
-from remediations.safecopy import SafeMover, StepLog
+from remediations.safecopy import Move, SafeMover, StepLog
 from remediations.scrub import Scrubber
 
 
@@ -69,12 +69,14 @@ def run_cp(src: Path, dst: Path, sync: bool) -> None:
 
 
 def run_safecopy(src: Path, dst: Path, state: Path) -> None:
-    mover = SafeMover(StepLog(str(state / "bench.steps")))
+    mover = SafeMover(StepLog(str(state / "bench.steps")))     # the real /proc scan for writers, per batch
+    moves = []
+    for p in files(src):
+        out = dst / p.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        moves.append(Move(str(p), str(out), after="keep"))
     try:
-        for p in files(src):
-            out = dst / p.relative_to(src)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            res = mover.move(str(p), str(out), after="keep")
+        for res in mover.move_many(moves):
             if res.status != "done":
                 raise SystemExit(f"safecopy failed: {res}")
     finally:

@@ -29,6 +29,7 @@ import fcntl
 import json
 import os
 import stat
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -42,6 +43,8 @@ from agent.paths import Paths
 
 TMP_PREFIX = ".nwtmp."
 CHUNK = 1 << 20
+BIG = 8 << 20             # files this large: kernel copy + hashing in a helper thread, multithreaded blake3
+RANGE_CHUNK = 8 << 20
 After = Literal["unlink", "symlink", "keep"]
 Progress = Callable[[int], None]
 Writers = Callable[[Sequence[str]], Mapping[str, list[int]]]   # paths -> {path: pids holding it open for writing}
@@ -357,7 +360,7 @@ class SafeMover:
     def __init__(self, log: StepLog, rate_mb_s: float | None = None,
                  writers: Writers | None = None,
                  progress: Progress | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep, chunk: int = CHUNK, verify_threads: int = 1,
+                 sleep: Callable[[float], None] = time.sleep, chunk: int = CHUNK, hash_threads: int = 4,
                  hooks: Mapping[str, Callable[[], None]] | None = None, preallocate: bool = True,
                  batch_files: int = 64, batch_bytes: int = 256 << 20) -> None:
         self.log = log
@@ -365,7 +368,7 @@ class SafeMover:
         self.writers = writers if writers is not None else ProcWriters()
         self.progress = progress
         self.chunk = chunk
-        self.verify_threads = verify_threads
+        self.hash_threads = hash_threads  # blake3 threads for files of BIG bytes and more
         self.preallocate = preallocate   # fallocate the temp file first: a full disk fails before any copying
         self.batch_files, self.batch_bytes = max(1, batch_files), batch_bytes
         self.hooks = dict(hooks or {})   # test seams: called after the named step's records
@@ -517,9 +520,6 @@ class SafeMover:
         out = []
         for o in live:
             try:
-                again = self._hash_noatime(o.tmp)
-                if again != o.digest:
-                    raise _Abort("failed", f"verification failed: written {again[:16]} != read {o.digest[:16]}")
                 if o.mv.expect is not None and o.digest != o.mv.expect:
                     raise _Abort("failed", f"content hash {o.digest[:16]} does not match the expected "
                                            f"{o.mv.expect[:16]}")
@@ -558,14 +558,18 @@ class SafeMover:
         return placed
 
     def _copy(self, src: str, tmp: str, st: os.stat_result, warnings: list[str], fsync: bool) -> str:
-        """src -> tmp with hashing, throttle and progress; metadata; fsync when ``fsync``."""
-        h = blake3.blake3()
+        """src -> tmp with hashing, throttle and progress; metadata; re-read verification; fsync when ``fsync``.
+
+        Small files: read, hash, write through one buffer. Files of ``BIG`` bytes and more: the kernel copies
+        (copy_file_range) while a helper thread hashes the source; falls back to the loop where the kernel
+        cannot. Either way the temp file is then read back and hashed, and must give the same digest.
+        """
         try:
             sfd = os.open(src, os.O_RDONLY | os.O_NOATIME | os.O_CLOEXEC)
         except PermissionError:
             sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            tfd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOATIME | os.O_CLOEXEC, 0o600)
             try:
                 if st.st_size and self.preallocate:
                     try:
@@ -573,19 +577,12 @@ class SafeMover:
                     except OSError as err:
                         if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                             raise
-                mv = memoryview(self._buf)
-                total = 0
-                while n := os.readv(sfd, [mv]):
-                    h.update(mv[:n])
-                    written = 0
-                    while written < n:
-                        written += os.write(tfd, mv[written:n])
-                    total += n
-                    self.throttle.consume(n)
-                    if self.progress is not None:
-                        self.progress(n)
-                if total != st.st_size:
-                    raise _Abort("failed", f"source changed size during copy ({st.st_size} -> {total})")
+                digest = self._copy_range(sfd, tfd, st.st_size) if st.st_size >= BIG else None
+                if digest is None:
+                    digest = self._copy_loop(sfd, tfd, st.st_size)
+                again = self._hash_fd(tfd, st.st_size)    # before utime: this read may move the atime
+                if again != digest:
+                    raise _Abort("failed", f"verification failed: written {again[:16]} != read {digest[:16]}")
                 _copy_meta(sfd, tfd, st, warnings)
                 if fsync:
                     os.fsync(tfd)
@@ -593,19 +590,59 @@ class SafeMover:
                 os.close(tfd)
         finally:
             os.close(sfd)
+        return digest
+
+    def _account(self, n: int) -> None:
+        self.throttle.consume(n)
+        if self.progress is not None:
+            self.progress(n)
+
+    def _copy_loop(self, sfd: int, tfd: int, size: int) -> str:
+        h = blake3.blake3()
+        mv = memoryview(self._buf)
+        total = 0
+        while n := os.readv(sfd, [mv]):
+            h.update(mv[:n])
+            written = 0
+            while written < n:
+                written += os.write(tfd, mv[written:n])
+            total += n
+            self._account(n)
+        if total != size:
+            raise _Abort("failed", f"source changed size during copy ({size} -> {total})")
         return h.hexdigest()
 
-    def _hash_noatime(self, path: str) -> str:
-        """blake3 of a file we own, read without touching its atime (which was just set to the source's)."""
-        h = blake3.blake3(max_threads=self.verify_threads) if self.verify_threads != 1 else blake3.blake3()
-        fd = os.open(path, os.O_RDONLY | os.O_NOATIME | os.O_CLOEXEC)
-        try:
-            mv = memoryview(self._buf)
-            while n := os.readv(fd, [mv]):
-                h.update(mv[:n])
-        finally:
-            os.close(fd)
-        return h.hexdigest()
+    def _copy_range(self, sfd: int, tfd: int, size: int) -> str | None:
+        """Kernel copy + source hash in a helper thread; None when copy_file_range is not possible here."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        stop = threading.Event()
+        with ThreadPoolExecutor(1, thread_name_prefix="safecopy-hash") as pool:
+            fut = pool.submit(_hash_fd_range, sfd, size, self.hash_threads, stop)
+            off = 0
+            try:
+                while off < size:
+                    try:
+                        n = os.copy_file_range(sfd, tfd, min(RANGE_CHUNK, size - off), off, off)
+                    except OSError as err:
+                        if off == 0 and err.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                            return None
+                        raise
+                    if n == 0:
+                        break
+                    off += n
+                    self._account(n)
+            finally:
+                if off < size:
+                    stop.set()
+            digest = fut.result()
+        if off != size or digest is None:
+            raise _Abort("failed", f"source changed size during copy ({size} -> {off})")
+        return digest
+
+    def _hash_fd(self, fd: int, size: int) -> str:
+        """blake3 of the first ``size`` bytes of an open file (pread: the file offset is not used)."""
+        return _hash_fd_range(fd, size, self.hash_threads if size >= BIG else 1, None) or ""
 
     @staticmethod
     def _check_source(src: str, st: os.stat_result) -> None:
@@ -763,6 +800,23 @@ def syncfs(path: str) -> None:
             raise OSError(e, os.strerror(e), path)
     finally:
         os.close(fd)
+
+
+def _hash_fd_range(fd: int, size: int, threads: int, stop: threading.Event | None) -> str | None:
+    """blake3 of bytes [0, size) of ``fd`` read with pread; None when ``stop`` was set first."""
+    h = blake3.blake3(max_threads=threads) if threads != 1 else blake3.blake3()
+    buf = bytearray(min(RANGE_CHUNK, max(size, 1)))
+    mv = memoryview(buf)
+    off = 0
+    while off < size:
+        if stop is not None and stop.is_set():
+            return None
+        n = os.preadv(fd, [mv[:min(len(buf), size - off)]], off)
+        if n == 0:
+            break
+        h.update(mv[:n])
+        off += n
+    return h.hexdigest() if off == size else None
 
 
 def fsync_dir(path: str) -> None:

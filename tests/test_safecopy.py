@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from remediations.safecopy import (
+    BIG,
     TMP_PREFIX,
     ProcWriters,
     SafeMover,
@@ -42,13 +43,13 @@ def temps(*roots: Path) -> list[Path]:
     return [p for r in roots for p in r.rglob(f"{TMP_PREFIX}*")]
 
 
-@pytest.fixture
-def tree(tmp_path):
+@pytest.fixture(params=[3 * 1024 * 1024 + 17, BIG + 4099], ids=["loop", "kernel-copy"])
+def tree(tmp_path, request):
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     dst.mkdir()
     f = src / "model.bin"
-    f.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    f.write_bytes(os.urandom(request.param))
     os.chmod(f, 0o640)
     os.utime(f, ns=(1_600_000_000_123_456_789, 1_500_000_000_987_654_321))
     return src, dst, f
