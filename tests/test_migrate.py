@@ -333,3 +333,15 @@ def test_kill9_at_random_points_loses_nothing(tmp_path):
     print(f"clean run {clean:.3f}s; {outcomes}")
     assert outcomes["killed"] >= TRIALS // 2, outcomes          # most trials really interrupted the run
     assert outcomes["finished"] >= TRIALS // 2, outcomes
+
+
+def test_progress_bar_and_entry_points():
+    from agent.commands.migrate import render_bar
+    from agent.plugins import discover
+
+    assert render_bar(0, 0, 0.0, 10).startswith("[##########] 100%")
+    line = render_bar(250_000_000, 1_000_000_000, 2.0, 20)
+    assert line.startswith("[#####...............]  25%") and "0.25/1.00 GB" in line and "125 MB/s" in line
+    eps = discover()
+    assert eps["migrate"].value == "remediations.migrate:Migrate"
+    assert eps["restore"].value == "remediations.restore:Restore"
