@@ -29,7 +29,6 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
-import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from agent.alerts import Alert
 from agent.errors import RemediationError
 from agent.metrics import MetricSpec, Sample
 from remediations.base import Entry, Outcome, ParamsModel, Plan
-from remediations.safecopy import TMP_PREFIX, Move, SafeMover, StepLog, Writers, fsync_dir
+from remediations.safecopy import TMP_PREFIX, Move, SafeMover, StepLog, Writers, make_parents
 
 NAME = "migrate"
 LOG_NAME = "migrate.steps"
@@ -108,7 +107,7 @@ class Params(ParamsModel):
     low: float | None = Field(None, gt=0, le=1, description="demote until this used fraction (default: tier's)")
     leave: Literal["symlink", "none"] | None = None
     rate_mb_s: float | None = Field(None, gt=0)
-    max_files: int = Field(100_000, gt=0)
+    max_files: int = Field(20_000, gt=0, description="at most this many files per action (the plan lists them)")
 
     @field_validator("paths", "include", "exclude", mode="before")
     @classmethod
@@ -283,7 +282,7 @@ class Migrate:
 
             def parents_made() -> Iterator[Move]:
                 for mv in todo:
-                    _make_parents(mv.src, mv.dst)
+                    make_parents(mv.src, mv.dst)
                     yield mv
 
             for res in mover.move_many(parents_made()):
@@ -399,26 +398,6 @@ def _settled(src: str, dst: str) -> bool:
     if not os.path.lexists(src):
         return True
     return os.path.islink(src) and os.path.realpath(src) == os.path.realpath(dst)
-
-
-def _make_parents(src: str, dst: str) -> None:
-    """Create dst's missing parent directories with the mode and owner of src's (durably)."""
-    missing = []
-    d, s = os.path.dirname(dst), os.path.dirname(src)
-    while not os.path.isdir(d):
-        missing.append((d, s))
-        d, s = os.path.dirname(d), os.path.dirname(s)
-    for d, s in reversed(missing):
-        try:
-            st = os.stat(s)
-            os.mkdir(d, stat.S_IMODE(st.st_mode))
-            os.chown(d, st.st_uid, st.st_gid)
-        except FileExistsError:
-            continue
-        except OSError as err:
-            if not os.path.isdir(d):
-                raise RemediationError(f"cannot create {d}: {err.strerror}") from err
-        fsync_dir(os.path.dirname(d))
 
 
 def _size(path: str) -> int:

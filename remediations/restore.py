@@ -38,7 +38,7 @@ from agent.errors import NodewardenError, RemediationError
 from agent.manifest import DEFAULT_NAME, check_rel, load
 from agent.metrics import MetricSpec, Sample
 from remediations.base import Entry, Outcome, ParamsModel, Plan
-from remediations.safecopy import SafeMover, StepLog, Writers, fsync_dir, hash_file
+from remediations.safecopy import SafeMover, StepLog, Writers, hash_file, make_parents
 from remediations.scrub import Scrubber
 
 NAME = "restore"
@@ -246,10 +246,7 @@ class Restore:
                 notes.append(f"{rel}: replica {src.name} disagrees with the manifest (size); not used")
                 self._mismatch_count(ds.name, src.name)
                 continue
-            parent = os.path.dirname(dst)
-            if not os.path.isdir(parent):
-                os.makedirs(parent, exist_ok=True)
-                fsync_dir(os.path.dirname(parent))
+            make_parents(path, dst)
             res = mover.move(path, dst, after="keep", expect=digest, quarantine=ds.quarantine)
             if res.status == "done":
                 return True, notes

@@ -841,6 +841,26 @@ def _hash_fd_range(fd: int, size: int, threads: int, stop: threading.Event | Non
     return h.hexdigest() if off == size else None
 
 
+def make_parents(src: str, dst: str) -> None:
+    """Create dst's missing parent directories with the mode and owner of src's (durably)."""
+    missing = []
+    d, s = os.path.dirname(dst), os.path.dirname(src)
+    while not os.path.isdir(d):
+        missing.append((d, s))
+        d, s = os.path.dirname(d), os.path.dirname(s)
+    for d, s in reversed(missing):
+        try:
+            st = os.stat(s)
+            os.mkdir(d, stat.S_IMODE(st.st_mode))
+            os.chown(d, st.st_uid, st.st_gid)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            if not os.path.isdir(d):
+                raise RemediationError(f"cannot create {d}: {err.strerror}") from err
+        fsync_dir(os.path.dirname(d))
+
+
 def fsync_dir(path: str) -> None:
     """fsync a directory (makes a rename or unlink in it durable)."""
     fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

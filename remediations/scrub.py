@@ -29,7 +29,6 @@ METRICS = [
                ("dataset", "state")),
     MetricSpec("nodewarden_integrity_last_scrub_timestamp_seconds", "gauge",
                "When the last complete scrub of a dataset ended.", ("dataset",)),
-    MetricSpec("nodewarden_integrity_scrub_bytes_total", "counter", "Bytes read by the scrubber.", ("dataset",)),
 ]
 
 
@@ -132,7 +131,7 @@ class Scrubber:
 
 
 def integrity_samples(result: ScrubResult) -> list[Sample]:
-    """The gauges of :data:`METRICS` for one scrub result (the bytes counter is the caller's to keep)."""
+    """The gauges of :data:`METRICS` for one scrub result."""
     ds = ("dataset", result.dataset)
     out = [Sample("nodewarden_integrity_files", (ds, ("state", s)), float(n)) for s, n in result.counts().items()]
     out.append(Sample("nodewarden_integrity_last_scrub_timestamp_seconds", (ds,), result.ended))
