@@ -345,3 +345,25 @@ def test_progress_bar_and_entry_points():
     eps = discover()
     assert eps["migrate"].value == "remediations.migrate:Migrate"
     assert eps["restore"].value == "remediations.restore:Restore"
+
+
+@pytest.mark.privileged
+def test_capacity_tier_fills_up_during_demote(tmp_path):
+    """The plan fits, then another writer fills the capacity tier: sources intact, the logs say ENOSPC."""
+    with tmpfs(tmp_path / "cap", "2m") as cap:
+        hashes = make_files(tmp_path / "fast", 24, random.Random(9), (60_000, 70_000))   # ~1.5 MB
+        m = plugin(tmp_path)
+        plan = m.plan(None, Params(action="demote"))
+        assert len(plan.params["moves"]) == 24
+        (cap / "filler").write_bytes(b"\0" * (1024 * 1024))                             # someone else
+        with pytest.raises(Exception, match="ENOSPC") as err:
+            m.apply(plan)
+        assert "failed" in str(err.value)
+        for rel, digest in hashes.items():                                               # nothing lost
+            copies = [p for p in (tmp_path / "fast" / rel, cap / rel) if regular(p)]
+            assert len(copies) == 1 and sha(copies[0]) == digest
+        assert temps(tmp_path / "fast", cap) == []
+        ops = StepLog(str(tmp_path / "state" / "migrate.steps")).ops()
+        failed = [o for o in ops.values() if o["step"] == "failed"]
+        assert failed and all("ENOSPC" in o["reason"] for o in failed)
+        assert all(regular(Path(o["src"])) for o in failed)
