@@ -74,7 +74,7 @@ class FilesystemConfig(CollectorConfig):
     mount_points_exclude: Regex | None = None
     fs_types_include: Regex | None = None
     fs_types_exclude: Regex | None = None
-    stat_timeout: Duration = 1.0
+    stat_timeout: Duration = Field(1.0, gt=0, description="deadline for one statfs() call")
 
 
 class NetworkConfig(DeviceFilterConfig):
@@ -96,6 +96,8 @@ class GpuConfig(CollectorConfig):
     call_timeout: Duration = 2.0
     max_abandoned_calls: int = Field(4, ge=1, le=64)
     kmsg: bool = Field(True, description="also read NVRM Xid lines from /dev/kmsg (root only)")
+    xid_dedup_window: Duration = Field(10.0, description="an XID seen by NVML and kmsg within this counts once")
+    export_process_memory: bool = Field(False, description="export per-process GPU memory with a pid label")
 
 
 class CollectorsConfig(Model):

@@ -26,8 +26,15 @@ def format_duration(seconds: float) -> str:
     if ms == 0:
         return "0s"
     out = []
-    for unit, size in (("y", 31536000000), ("w", 604800000), ("d", 86400000), ("h", 3600000),
-                       ("m", 60000), ("s", 1000), ("ms", 1)):
+    for unit, size in (
+        ("y", 31536000000),
+        ("w", 604800000),
+        ("d", 86400000),
+        ("h", 3600000),
+        ("m", 60000),
+        ("s", 1000),
+        ("ms", 1),
+    ):
         n, ms = divmod(ms, size)
         if n:
             out.append(f"{n}{unit}")

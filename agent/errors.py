@@ -14,7 +14,11 @@ class ConfigError(NodewardenError):
 
 
 class RuleError(NodewardenError):
-    """A rule file or expression is invalid."""
+    """A rule file or expression is invalid. ``problems`` lists ``file:line:column: message`` strings."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 class CollectorError(NodewardenError):

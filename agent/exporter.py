@@ -11,7 +11,7 @@ import math
 import threading
 
 from agent.metrics import MetricSpec
-from agent.store import Series, Store
+from agent.store import Series, Store, is_absent
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _FALLBACK_HELP = "Series without a catalogue entry (e.g. a recording rule)."
@@ -103,9 +103,9 @@ class Exporter:
             if name in hidden:
                 continue
             lines = [
-                series_prefix(s) + fmt(s.values[slot])
+                series_prefix(s) + fmt(v)
                 for s in store.by_name[name].values()
-                if s.last_tick == tick
+                if s.last_tick == tick and ((v := s.values[slot]) == v or not is_absent(v))
             ]
             if lines:
                 parts.append(self._header(name))

@@ -331,6 +331,12 @@ def load_policy_text(text: str, filename: str = "<policy>", plugins: Mapping[str
     return policy
 
 
+def looks_like_policy(text: str) -> bool:
+    """True for a remediation policy file (top-level ``routes:`` or ``defaults:`` and no ``groups:``)."""
+    keys = {line.split(":", 1)[0] for line in text.splitlines() if line[:1].isalpha() and ":" in line}
+    return "groups" not in keys and bool(keys & {"routes", "defaults"})
+
+
 def check_policy_file(path: str | Path, plugins: Mapping[str, Any],
                       known_alerts: set[str] | None = None) -> tuple[list[str], list[str]]:
     """For ``nodewarden check rules``: (errors, warnings) of a policy file, with positions."""

@@ -113,7 +113,8 @@ class CollectorRunner:
             except NoData as err:
                 outcome = Outcome("nodata", error=str(err))
             except Exception as err:  # a plugin failure is data: report it, keep the loop running
-                outcome = Outcome("error", error=f"{type(err).__name__}: {err}")
+                # An error may carry partial samples (e.g. the GPU collector's hung-driver report).
+                outcome = Outcome("error", list(getattr(err, "samples", ())), error=f"{type(err).__name__}: {err}")
             outcome.duration = self._clock() - t0
             with self._cond:
                 self._outcome = outcome

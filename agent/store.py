@@ -64,6 +64,7 @@ class Store:
         self._ts = array("d", [math.nan] * self.capacity)
         self.tick = -1  # index of the newest tick (monotonic; slot = tick % capacity)
         self.by_name: dict[str, dict[Labels, Series]] = {}
+        self.version = 0  # bumped whenever a series is added or dropped (lets readers cache selections)
         self.lock = threading.RLock()
 
     # -- writing ---------------------------------------------------------------------------
@@ -90,6 +91,7 @@ class Store:
             series = family.get(labels)
             if series is None:
                 series = family[labels] = Series(name, labels, cap)
+                self.version += 1
             last = series.last_tick
             if last != tick - 1 and last != tick:
                 vals = series.values
@@ -108,6 +110,7 @@ class Store:
             for labels in [k for k, s in family.items() if s.last_tick < horizon]:
                 del family[labels]
                 dropped += 1
+                self.version += 1
             if not family:
                 del self.by_name[name]
         return dropped
@@ -167,6 +170,40 @@ class Store:
             k -= 1
         out.reverse()
         return out
+
+    def tick_window(self, start: float, end: float) -> tuple[int, int]:
+        """Indices ``(first, last)`` of the retained ticks with ``start < t <= end`` (first > last: none).
+
+        A series' value at tick ``k`` is ``series.values[k % capacity]`` when ``k <= series.last_tick``.
+        """
+        cap = self.capacity
+        ts = self._ts
+        lo, hi = max(0, self.tick - cap + 1), self.tick + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ts[mid % cap] <= start:
+                lo = mid + 1
+            else:
+                hi = mid
+        first = lo
+        hi = self.tick + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ts[mid % cap] <= end:
+                lo = mid + 1
+            else:
+                hi = mid
+        return first, lo - 1
+
+    def tick_times(self, first: int, last: int) -> list[float]:
+        """Timestamps of ticks ``first..last`` (retained ticks only)."""
+        if last < first:
+            return []
+        cap = self.capacity
+        a, b = first % cap, last % cap
+        if a <= b:
+            return self._ts[a : b + 1].tolist()
+        return self._ts[a:].tolist() + self._ts[: b + 1].tolist()
 
     def instant(self, series: Series, t: float, lookback: float = 300.0) -> tuple[float, float] | None:
         """Prometheus instant-vector lookup: the newest sample in ``(t - lookback, t]`` unless stale."""

@@ -112,6 +112,8 @@ def main() -> None:
         db.execute("INSERT INTO t VALUES (?, ?)", (i, "x" * 300))
         peer.append((time.perf_counter() - t0) * 1e3)
 
+    pipe = pipeline(state)
+
     print(f"state dir: {state}")
     print(f"alert fires -> on_tick returns (decide + journal intent + spawn), ms: p50 {statistics.median(decide):.3f}"
           f"  p99 {pct(decide, 0.99):.3f}  max {max(decide):.3f}")
@@ -121,7 +123,42 @@ def main() -> None:
           f"  p99 {pct(steady, 0.99):.3f}")
     print(f"peer: one bare SQLite WAL+FULL insert, ms:                       p50 {statistics.median(peer):.3f}"
           f"  p99 {pct(peer, 0.99):.3f}")
+    print(f"sample added -> rule (for: 0s) fires -> plugin.apply starts, ms: p50 {statistics.median(pipe):.3f}"
+          f"  p99 {pct(pipe, 0.99):.3f}  (same tick: store.add + RuleEngine.evaluate + on_tick)")
     print("target: action start <= one tick + 10 ms of our own overhead")
+
+
+def pipeline(state: str, n: int = 100) -> list[float]:
+    """Store + RuleEngine (a ``for: 0s`` rule) + Remediator: from the sample to apply starting, same tick."""
+    from agent.metrics import Sample
+    from agent.rules import RuleEngine
+    from agent.store import Store
+
+    rules = os.path.join(state, "bench-rules.yml")
+    with open(rules, "w") as f:
+        f.write("groups:\n  - name: b\n    rules:\n      - alert: GpuXid\n        expr: bench_xid > 0\n"
+                "        annotations: {summary: x}\n")
+    engine = RuleEngine(None)
+    engine.load([rules])
+    store = Store(retention=900.0, interval=5.0)
+    probe = Probe()
+    rem = Remediator(load_policy_text(POLICY), Journal(os.path.join(state, "pipe")), {"probe": probe}, "enforce")
+    out = []
+    t = 1_700_000_000.0
+    for i in range(n):
+        gpu = str(i)
+        for value in (0.0, 1.0):  # a quiet tick, then the tick whose sample makes the rule fire
+            t += 5.0
+            probe.event.clear()
+            t0 = time.perf_counter()
+            store.begin_tick(t)
+            store.add([Sample("bench_xid", (("gpu", gpu),), value)])
+            engine.evaluate(store, t)
+            rem.on_tick(engine.alerts(), t)
+        probe.event.wait(5)
+        out.append((probe.started[gpu] - t0) * 1e3)
+        rem.close(5)
+    return out
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
 
 from agent.collectors.filesystem import FilesystemCollector, Mount, parse_mountinfo
 from agent.config import FilesystemConfig
@@ -255,34 +256,42 @@ def test_hung_statvfs_times_out_is_not_retried_and_recovers(tmp_path):
     paths = tree(tmp_path, [line(1, "/", "ext4"), line(2, "/nfs", "nfs4", source="srv:/x"), line(3, "/data", "xfs")])
     c = FilesystemCollector(cfg(stat_timeout="1s"), paths, statvfs=fake)
     nfs = paths.root("/nfs")
-    try:
-        got = by_series(collect_bounded(c))
-        assert got[("device_error", "/nfs")] == 1.0
-        assert ("size_bytes", "/nfs") not in got and ("avail_bytes", "/nfs") not in got
-        assert got[("readonly", "/nfs")] == 0.0
-        # mounts listed after the hung one are still stat'ed in the same round
-        assert got[("device_error", "/data")] == 0.0 and got[("size_bytes", "/data")] > 0
-        assert c.stuck_mounts == {nfs}
-        started = c.threads_started
-        assert started == 2  # the first worker is left blocked in the call; a second one finished the round
+    with structlog.testing.capture_logs() as logs:
+        try:
+            check_hang_and_recovery(c, fake, paths)
+        finally:
+            fake.release.set()
+            c.close()
+    events = [(e["event"], e["path"]) for e in logs]
+    assert events == [("statvfs_timeout", nfs), ("statvfs_returned", nfs)]
 
-        got = by_series(collect_bounded(c))
-        assert got[("device_error", "/nfs")] == 1.0 and ("size_bytes", "/nfs") not in got
-        assert fake.calls[nfs] == 1  # a stuck mount is not stat'ed again
-        assert fake.calls[paths.root("/data")] == 2
-        assert c.threads_started == started  # and no new thread for it (nor for anything else)
 
-        fake.release.set()
-        deadline = time.monotonic() + 20
-        while c.stuck_mounts and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert c.stuck_mounts == frozenset()
-        got = by_series(collect_bounded(c))
-        assert got[("device_error", "/nfs")] == 0.0 and got[("size_bytes", "/nfs")] > 0
-        assert fake.calls[nfs] == 2
-    finally:
-        fake.release.set()
-        c.close()
+def check_hang_and_recovery(c: FilesystemCollector, fake: FakeStatvfs, paths: Paths) -> None:
+    nfs = paths.root("/nfs")
+    got = by_series(collect_bounded(c))
+    assert got[("device_error", "/nfs")] == 1.0
+    assert ("size_bytes", "/nfs") not in got and ("avail_bytes", "/nfs") not in got
+    assert got[("readonly", "/nfs")] == 0.0
+    # mounts listed after the hung one are still stat'ed in the same round
+    assert got[("device_error", "/data")] == 0.0 and got[("size_bytes", "/data")] > 0
+    assert c.stuck_mounts == {nfs}
+    started = c.threads_started
+    assert started == 2  # the first worker is left blocked in the call; a second one finished the round
+
+    got = by_series(collect_bounded(c))
+    assert got[("device_error", "/nfs")] == 1.0 and ("size_bytes", "/nfs") not in got
+    assert fake.calls[nfs] == 1  # a stuck mount is not stat'ed again
+    assert fake.calls[paths.root("/data")] == 2
+    assert c.threads_started == started  # and no new thread for it (nor for anything else)
+
+    fake.release.set()
+    deadline = time.monotonic() + 20
+    while c.stuck_mounts and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert c.stuck_mounts == frozenset()
+    got = by_series(collect_bounded(c))
+    assert got[("device_error", "/nfs")] == 0.0 and got[("size_bytes", "/nfs")] > 0
+    assert fake.calls[nfs] == 2
 
 
 def test_worker_thread_is_reused_between_rounds(tmp_path):

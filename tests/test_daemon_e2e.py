@@ -248,3 +248,19 @@ def test_sample_prints_table_and_json(tmp_path, tree):
     assert list(doc) == ["netstat"] and doc["netstat"]["status"] == "ok"
     names = {s["name"] for s in doc["netstat"]["samples"]}
     assert names == {"node_netstat_Tcp_RetransSegs", "node_netstat_Tcp_OutSegs"}
+
+
+def test_status_command_reports_running_agent(tmp_path, tree):
+    with AgentProcess(tmp_path, fixture_config(tree)) as agent:
+        res = subprocess.run([*NODEWARDEN, "status", "--url", agent.url], capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        assert "healthy" in res.stdout and "mode observe" in res.stdout
+        assert re.search(r"alerts: \d+ firing, \d+ pending", res.stdout)
+    res = subprocess.run([*NODEWARDEN, "status", "--url", agent.url], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "cannot reach" in res.stderr
+
+
+def test_unknown_simulation_scenario_exits_2(tmp_path):
+    res = subprocess.run([*NODEWARDEN, "run", "--simulate", "no-such-scenario", "--state-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "unknown scenario 'no-such-scenario'" in res.stderr

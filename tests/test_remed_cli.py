@@ -98,3 +98,23 @@ def test_history_table_json_and_since(tmp_path, capsys):
 def test_history_without_a_journal_is_empty(tmp_path, capsys):
     assert run(history, ["--state-dir", str(tmp_path / "none"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_check_rules_validates_the_policy_against_plugins_and_loaded_rules(tmp_path, capsys):
+    from agent.cli import main
+
+    rules = tmp_path / "r.yml"
+    rules.write_text("groups:\n  - name: g\n    rules:\n      - alert: GpuXid\n        expr: up == 0\n"
+                     "        annotations: {summary: x}\n")
+    good = tmp_path / "p.yml"
+    good.write_text("routes:\n  - matchers: ['alertname=\"GpuXid\"']\n    steps: [{action: rebalance}]\n"
+                    "  - matchers: ['alertname=\"Nope\"']\n    steps: [{action: page}]\n")
+    assert main(["check", "rules", "--no-catalogue", str(rules), str(good)]) == 0
+    assert f"WARNING: {good}:4:15: routes.1: matches no alert of the loaded rules" in capsys.readouterr().err
+    assert main(["check", "rules", "--no-catalogue", "--lint-fatal", str(rules), str(good)]) == 3
+    bad = tmp_path / "bad.yml"
+    bad.write_text("routes:\n  - matchers: ['alertname=\"GpuXid\"']\n    steps:\n      - action: rebalance\n"
+                   "        params: {node: 'a b'}\n")
+    capsys.readouterr()
+    assert main(["check", "rules", "--no-catalogue", str(rules), str(bad)]) == 1
+    assert f"{bad}:5:24: routes.0.steps.0.params.node: not a valid node name: 'a b'" in capsys.readouterr().err

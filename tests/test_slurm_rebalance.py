@@ -305,3 +305,65 @@ def test_requeue_only_the_jobs_on_the_bad_gpu(tmp_path, slurm_env):
     assert restarts == {j: ("1" if j == on_gpu1[0] else "0") for j in jobs}
     other = next(j for j in jobs if j != on_gpu1[0])
     assert slurm_env.run("squeue", "--noheader", f"--jobs={other}", "--format=%T").strip() == "RUNNING"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_xid79_scenario_fires_the_default_rule_and_the_default_route_drains(tmp_path, slurm_env):
+    """Fake NVML scenario -> GPU collector -> store -> default GPU rules -> default policy (enforce) -> Slurm."""
+    from agent import simulate
+    from agent.collectors.gpu import GpuCollector, PartialFailure
+    from agent.config import GpuConfig
+    from agent.fakenvml import FakeNvml
+    from agent.paths import Paths
+    from agent.rules import RuleEngine
+    from agent.store import Store
+    from tests.conftest import REPO
+
+    clock = _Clock()
+    (tmp_path / "dev").mkdir()
+    collector = GpuCollector(GpuConfig(kmsg=False), Paths(devfs=str(tmp_path / "dev")), "nw1",
+                             nvml_module=FakeNvml(simulate.load("h100-xid79-lost"), clock), clock=clock)
+    text = (REPO / "rules" / "remediations.yml").read_text()
+    text = text.replace("mode: observe ", "mode: enforce ").replace("# node_name: gpu-a1", "node_name: nw1")
+    text = text.replace("max_fraction: 0.1", "max_fraction: null").replace("max_nodes: null", "max_nodes: 1")
+    policy = load_policy_text(text, "remediations.yml")
+    rem = Remediator(policy, Journal(str(tmp_path / "s")), load_remediations(policy.plugins).plugins, "enforce")
+    store, engine = Store(retention=900.0, interval=5.0), RuleEngine(None)
+    engine.load([str(REPO / "rules" / "gpu.yml")])
+    t = 1_700_000_000.0
+
+    def tick() -> None:
+        nonlocal t
+        t += 5.0
+        try:
+            samples = list(collector.collect())
+        except PartialFailure as err:
+            samples = err.samples
+        store.begin_tick(t)
+        store.add(samples)
+        engine.evaluate(store, t)
+        rem.on_tick(engine.alerts(), t)
+        rem.close(30)
+
+    try:
+        for _ in range(125):          # > 10 minutes of healthy history (the XID rule needs the GPU seen before)
+            tick()
+        assert "DRAIN" not in slurm_env.state("nw1")
+        clock.t += 10.5               # the scenario raises XID 79 on GPU 2 (NVML event thread)
+        end = time.monotonic() + 30
+        while "DRAIN" not in slurm_env.state("nw1"):
+            assert time.monotonic() < end, [e.status for e in rem.journal]
+            time.sleep(0.1)
+            tick()
+    finally:
+        collector.close()
+    assert slurm_env.reasons()["nw1"] == "nodewarden: GpuFallenOffBus gpu=2 xid=79"
+    [row] = [e for e in rem.journal if e.status == "succeeded"]
+    assert (row.alertname, row.route, row.target) == ("GpuFallenOffBus", "gpu-drain-node", "node/nw1")

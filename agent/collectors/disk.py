@@ -8,10 +8,10 @@ skipped, as node_exporter does; the discard/flush columns of newer kernels are n
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from agent.collectors.common import DeviceFilter
 from agent.config import DiskConfig
 from agent.errors import CollectorError, NoData
 from agent.metrics import Labels, MetricSpec, Sample
@@ -84,7 +84,6 @@ _FIELDS: tuple[tuple[MetricSpec, int, float], ...] = (
     (MetricSpec("node_disk_io_time_weighted_seconds_total", "counter",
                 "The weighted # of seconds spent doing I/Os.", ("device",)), 13, _MS),
 )
-_UNSEEN: Any = object()
 _EMIT = tuple((spec.name, index, scale) for spec, index, scale in _FIELDS)
 
 
@@ -101,22 +100,8 @@ class DiskCollector:
     def __init__(self, config: DiskConfig, paths: Paths, **_deps: Any) -> None:
         self.name = NAME
         self._path = paths.proc("diskstats")
-        include, exclude = config.device_include, config.device_exclude
-        if include is None and exclude is None:
-            exclude = DEFAULT_DEVICE_EXCLUDE
-        self._include = re.compile(include) if include is not None else None
-        self._exclude = re.compile(exclude) if exclude is not None else None
-        self._labels: dict[str, Labels | None] = {}  # device -> label tuple, None when filtered out
-
-    def _wanted(self, device: str) -> bool:
-        """Whether ``device`` passes the filters; caches its label tuple (None when filtered out)."""
-        labels = self._labels.get(device, _UNSEEN)
-        if labels is _UNSEEN:
-            ok = (self._include is None or self._include.fullmatch(device) is not None) and (
-                self._exclude is None or self._exclude.fullmatch(device) is None
-            )
-            labels = self._labels[device] = (("device", device),) if ok else None
-        return labels is not None
+        self._wanted = DeviceFilter(config.device_include, config.device_exclude, DEFAULT_DEVICE_EXCLUDE)
+        self._labels: dict[str, Labels] = {}  # device -> label tuple
 
     def collect(self) -> list[Sample]:
         """One round of samples; NoData when every device is filtered out."""
@@ -131,7 +116,9 @@ class DiskCollector:
         out: list[Sample] = []
         append = out.append
         for st in parse_diskstats(text, self._wanted):
-            labels = cache[st.device]
+            labels = cache.get(st.device)
+            if labels is None:
+                labels = cache[st.device] = (("device", st.device),)
             for name, index, scale in _EMIT:
                 append(Sample(name, labels, st[index] * scale))
         if not out:

@@ -15,18 +15,23 @@ FUSE filesystems that report the two differently.
 from __future__ import annotations
 
 import os
+import queue
 import re
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import structlog
+
+from agent.collectors.common import DeviceFilter
 from agent.config import FilesystemConfig
 from agent.errors import CollectorError, NoData
 from agent.metrics import Labels, MetricSpec, Sample
 from agent.paths import Paths
 
 NAME = "filesystem"
+log = structlog.get_logger(NAME)
 
 # node_exporter's defaults (``^/(...)($|/)`` searched) rewritten for full-match semantics.
 DEFAULT_MOUNT_POINTS_EXCLUDE = (
@@ -134,8 +139,8 @@ class FilesystemCollector:
         self.name = NAME
         self._paths = paths
         self._sources = (paths.proc("1", "mountinfo"), paths.proc("self", "mountinfo"))
-        self._mp = _Filter(config.mount_points_include, config.mount_points_exclude, DEFAULT_MOUNT_POINTS_EXCLUDE)
-        self._fs = _Filter(config.fs_types_include, config.fs_types_exclude, DEFAULT_FS_TYPES_EXCLUDE)
+        self._mp = DeviceFilter(config.mount_points_include, config.mount_points_exclude, DEFAULT_MOUNT_POINTS_EXCLUDE)
+        self._fs = DeviceFilter(config.fs_types_include, config.fs_types_exclude, DEFAULT_FS_TYPES_EXCLUDE)
         self._stat = StatRunner(statvfs, config.stat_timeout)
         self._last_text: str | None = None
         self._targets: list[_Target] = []
@@ -215,36 +220,22 @@ class FilesystemCollector:
         return out
 
 
-class _Filter:
-    """Fully anchored include/exclude; the default exclude applies only when neither is given."""
-
-    def __init__(self, include: str | None, exclude: str | None, default_exclude: str) -> None:
-        if include is None and exclude is None:
-            exclude = default_exclude
-        self._include = re.compile(include) if include is not None else None
-        self._exclude = re.compile(exclude) if exclude is not None else None
-
-    def __call__(self, value: str) -> bool:
-        return (self._include is None or self._include.fullmatch(value) is not None) and (
-            self._exclude is None or self._exclude.fullmatch(value) is None
-        )
-
-
 class _Job:
-    __slots__ = ("done", "paths", "pos", "results", "started")
+    __slots__ = ("finished", "paths", "pos", "results", "started")
 
     def __init__(self, paths: list[str], pos: int, results: dict[str, StatResult]) -> None:
         self.paths, self.pos, self.results = paths, pos, results
         self.started: float | None = None  # when the call on paths[pos] began
-        self.done = False
+        self.finished = threading.Lock()  # released by the worker when the last path is done
+        self.finished.acquire()
 
 
 class _Worker:
-    __slots__ = ("abandoned", "closed", "exited", "job")
+    __slots__ = ("abandoned", "busy", "exited", "jobs")
 
     def __init__(self) -> None:
-        self.job: _Job | None = None
-        self.abandoned = self.closed = self.exited = False
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.abandoned = self.busy = self.exited = False
 
 
 class StatRunner:
@@ -259,7 +250,7 @@ class StatRunner:
     def __init__(self, statvfs: Callable[[str], Any], timeout: float) -> None:
         self._statvfs = statvfs
         self._timeout = max(timeout, 0.01)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._stuck: set[str] = set()
         self._worker: _Worker | None = None
         self.threads_started = 0
@@ -267,21 +258,20 @@ class StatRunner:
     @property
     def stuck(self) -> frozenset[str]:
         """Paths with a call still hung."""
-        with self._cond:
+        with self._lock:
             return frozenset(self._stuck)
 
     def close(self) -> None:
         """Tell the idle worker to exit."""
-        with self._cond:
+        with self._lock:
             if self._worker is not None:
-                self._worker.closed = True
+                self._worker.jobs.put(None)
                 self._worker = None
-                self._cond.notify_all()
 
     def run(self, paths: list[str]) -> dict[str, StatResult]:
         """``{path: statvfs result | exception | None}``; None for a stuck or timed-out path."""
         results: dict[str, StatResult] = {}
-        with self._cond:
+        with self._lock:
             todo = []
             for path in dict.fromkeys(paths):
                 if path in self._stuck:
@@ -295,39 +285,48 @@ class StatRunner:
 
     def _run_job(self, paths: list[str], pos: int, results: dict[str, StatResult]) -> int:
         """Hand ``paths[pos:]`` to a worker; return where the next job must start."""
-        cond = self._cond
-        with cond:
+        job = _Job(paths, pos, results)
+        with self._lock:
             w = self._worker
-            if w is None or w.exited or w.job is not None:  # none, gone idle, or busy with another round
+            if w is None or w.exited or w.busy:  # none, gone idle, or busy with another caller's round
                 w = self._worker = _Worker()
                 threading.Thread(target=self._work, args=(w,), name="nodewarden-statvfs", daemon=True).start()
                 self.threads_started += 1
-            job = w.job = _Job(paths, pos, results)
-            cond.notify_all()
-            while not job.done:
+            w.busy = True
+            w.jobs.put(job)
+        while True:
+            with self._lock:
+                if job.pos == len(paths):
+                    return job.pos
                 left = self._timeout if job.started is None else job.started + self._timeout - time.monotonic()
                 if left <= 0:
-                    hung = paths[job.pos]
+                    hung, resume = paths[job.pos], job.pos + 1
                     self._stuck.add(hung)
                     results[hung] = None
                     w.abandoned = True
                     if self._worker is w:
                         self._worker = None
-                    return job.pos + 1
-                cond.wait(left)
-            return len(paths)
+                    break
+            if job.finished.acquire(timeout=left):
+                return len(paths)
+        log.warning("statvfs_timeout", path=hung, timeout=self._timeout, action="not stat'ed again until it returns")
+        return resume
 
     def _work(self, w: _Worker) -> None:
-        cond, statvfs = self._cond, self._statvfs
+        lock, statvfs = self._lock, self._statvfs
         while True:
-            with cond:
-                if not cond.wait_for(lambda: w.job is not None or w.closed, _IDLE_EXIT) or w.closed:
+            try:
+                job = w.jobs.get(timeout=_IDLE_EXIT)
+            except queue.Empty:
+                job = None
+            with lock:
+                if job is None:
+                    if not w.jobs.empty():  # a round arrived while we were timing out
+                        continue
                     w.exited = True
                     if self._worker is w:
                         self._worker = None
                     return
-                job = w.job
-                assert job is not None
                 job.started = time.monotonic()
             while True:
                 path = job.paths[job.pos]
@@ -335,15 +334,21 @@ class StatRunner:
                     result: StatResult = statvfs(path)
                 except Exception as err:  # any failure is this mount's device_error
                     result = err
-                with cond:
-                    if w.abandoned:  # the round gave up on this call: unmark and go away
+                with lock:
+                    if not w.abandoned:
+                        job.results[path] = result
+                        job.pos += 1
+                        if job.pos < len(job.paths):
+                            job.started = time.monotonic()
+                            continue
+                        w.busy = False
+                        w.exited = self._worker is not w  # replaced while busy: don't linger idle
+                if w.abandoned:  # the round gave up on this call: unmark the path and go away
+                    log.info("statvfs_returned", path=path, note="stuck mount will be stat'ed again")
+                    with lock:
                         self._stuck.discard(path)
-                        return
-                    job.results[path] = result
-                    job.pos += 1
-                    if job.pos == len(job.paths):
-                        job.done = True
-                        w.job = None
-                        cond.notify_all()
-                        break
-                    job.started = time.monotonic()
+                    return
+                job.finished.release()
+                if w.exited:
+                    return
+                break

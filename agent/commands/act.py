@@ -46,8 +46,8 @@ def main(args: argparse.Namespace) -> int:
 
     from agent.remediator import Remediator
 
-    if not structlog.is_configured():  # keep stdout for the plan / JSON
-        structlog.configure(logger_factory=lambda *_: structlog.PrintLogger(sys.stderr))
+    # Logs go to stderr (looked up at each write), stdout stays for the plan / JSON.
+    structlog.configure(logger_factory=lambda *_: structlog.PrintLogger(sys.stderr))
     if (args.plugin is None) == (args.revert is None):
         print("give a PLUGIN with KEY=VALUE params, or --revert ID", file=sys.stderr)
         return 2

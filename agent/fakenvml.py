@@ -1,0 +1,475 @@
+"""A fake ``pynvml`` driven by a simulation scenario (:mod:`agent.simulate`).
+
+:class:`FakeNvml` instances look like the ``pynvml`` module for the calls nodewarden makes: same function
+names, same constants and the very same ``NVMLError`` classes (taken from ``pynvml``, which imports without
+the NVIDIA library). Scenario time starts at ``nvmlInit``; timeline steps apply as calls observe the clock.
+Faults: per-field ``NotSupported``, ``GpuIsLost`` on every call to a lost GPU, XID events for
+``nvmlEventSetWait``, MIG instances, and calls that hang until the scenario (or :meth:`release`) lets go.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import pynvml
+
+from agent import simulate
+from agent.simulate import CLOCK_EVENT_REASONS, Scenario, Step
+
+NVMLError = pynvml.NVMLError
+MIB = 1024 * 1024
+
+# nvmlDeviceGetFieldValues ids -> (scenario field, scale to NVML units)
+FIELD_IDS: dict[int, tuple[str, float]] = {
+    pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL: ("ecc_sbe_volatile", 1),
+    pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL: ("ecc_dbe_volatile", 1),
+    pynvml.NVML_FI_DEV_ECC_SBE_AGG_TOTAL: ("ecc_sbe_aggregate", 1),
+    pynvml.NVML_FI_DEV_ECC_DBE_AGG_TOTAL: ("ecc_dbe_aggregate", 1),
+    pynvml.NVML_FI_DEV_RETIRED_SBE: ("retired_sbe", 1),
+    pynvml.NVML_FI_DEV_RETIRED_DBE: ("retired_dbe", 1),
+    pynvml.NVML_FI_DEV_RETIRED_PENDING: ("retired_pending", 1),
+    pynvml.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL: ("nvlink_crc_flit", 1),
+    pynvml.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL: ("nvlink_crc_data", 1),
+    pynvml.NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL: ("nvlink_replay", 1),
+    pynvml.NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL: ("nvlink_recovery", 1),
+    pynvml.NVML_FI_DEV_PERF_POLICY_POWER: ("power_violation_us", 1000),
+    pynvml.NVML_FI_DEV_PERF_POLICY_THERMAL: ("thermal_violation_us", 1000),
+    pynvml.NVML_FI_DEV_MEMORY_TEMP: ("memory_temperature", 1),
+    pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION: ("energy_mj", 1),
+    pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER: ("pcie_replay", 1),
+    pynvml.NVML_FI_DEV_REMAPPED_COR: ("remapped_correctable", 1),
+    pynvml.NVML_FI_DEV_REMAPPED_UNC: ("remapped_uncorrectable", 1),
+    pynvml.NVML_FI_DEV_REMAPPED_PENDING: ("remap_pending", 1),
+    pynvml.NVML_FI_DEV_REMAPPED_FAILURE: ("remap_failure", 1),
+}
+_INIT_ERRORS = {
+    "library_not_found": pynvml.NVML_ERROR_LIBRARY_NOT_FOUND,
+    "driver_not_loaded": pynvml.NVML_ERROR_DRIVER_NOT_LOADED,
+    "no_permission": pynvml.NVML_ERROR_NO_PERMISSION,
+}
+
+
+class _Obj:
+    """A plain attribute bag standing in for NVML's ctypes structures."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+
+
+class _Value:
+    __slots__ = ("dVal", "siVal", "sllVal", "uiVal", "ulVal", "ullVal", "usVal")
+
+    def __init__(self, v: int | float) -> None:
+        self.dVal = float(v)
+        self.uiVal = self.ulVal = self.ullVal = self.sllVal = self.siVal = self.usVal = int(v)
+
+
+class _FieldValue:
+    __slots__ = ("fieldId", "latencyUsec", "nvmlReturn", "scopeId", "timestamp", "value", "valueType")
+
+    def __init__(self, field_id: int, ret: int, v: int | float) -> None:
+        self.fieldId = field_id
+        self.scopeId = 0
+        self.timestamp = 0
+        self.latencyUsec = 0
+        self.nvmlReturn = ret
+        self.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+        self.value = _Value(v)
+
+
+class Device:
+    """A fake GPU handle and its live state."""
+
+    def __init__(self, index: int, spec: simulate.GpuSpec) -> None:
+        self.index = index
+        self.spec = spec
+        self.values: dict[str, float] = {k: float(getattr(spec, k)) for k in simulate.NUMERIC_FIELDS}
+        self.reasons = sum(CLOCK_EVENT_REASONS[r] for r in spec.clocks_event_reasons)
+        self.processes = [(p.pid, p.used_mib) for p in spec.processes]
+        self.not_supported = set(spec.not_supported)
+        self.lost = False
+        self.energy_t = 0.0  # scenario time of the last energy integration
+        self.mig = [MigDevice(self, i, inst) for i, inst in enumerate(spec.mig or [])]
+        self.mig_enabled = spec.mig is not None
+
+    def __repr__(self) -> str:
+        return f"<fake nvmlDevice {self.index}>"
+
+
+class MigDevice:
+    """A fake MIG device handle (one GPU instance with one compute instance)."""
+
+    def __init__(self, parent: Device, slot: int, inst: simulate.MigInstance) -> None:
+        self.parent = parent
+        self.profile = inst.profile
+        self.profile_id, self.slices, self.memory_mib = simulate.mig_profile(inst.profile)
+        self.gi_id = slot + 1
+        self.fb_used_mib = inst.fb_used_mib
+        self.uuid = f"MIG-{parent.spec.uuid.removeprefix('GPU-')[:8]}-{slot:04d}-4000-8000-{parent.index:012d}"
+
+
+class FakeNvml:
+    """Module-like fake of ``pynvml`` for one scenario. ``clock`` returns seconds (monotonic)."""
+
+    def __init__(self, scenario: Scenario, clock: Callable[[], float] = time.monotonic) -> None:
+        self.scenario = scenario
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._t0: float | None = None
+        self._initialized = 0
+        self._released = threading.Event()
+        self._events: deque[tuple[Device, int]] = deque()
+        self._event_cv = threading.Condition(self._lock)
+        self._registered: set[int] = set()
+        self._hang: dict[str, set[int] | None] = {}  # function -> GPU indexes (None: every call)
+        self.devices = [Device(i, spec) for i, spec in enumerate(scenario.devices)]
+        horizon = scenario.duration
+        plan = [(t, n, step) for n, step in enumerate(scenario.timeline) for t in step.times(horizon)]
+        plan.sort(key=lambda x: (x[0], x[1]))
+        self._plan = plan
+        self._next = 0
+        self.calls = 0  # number of NVML calls served (for tests and the benchmark)
+
+    # -- module-like fallbacks ---------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(pynvml, name)  # constants, NVMLError classes
+        if callable(value) and not isinstance(value, type) and name.startswith("nvml"):
+
+            def unsupported(*_a: Any, **_k: Any) -> Any:
+                raise NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+
+            return unsupported
+        return value
+
+    # -- scenario time -------------------------------------------------------------------------
+    def now(self) -> float:
+        """Scenario seconds since nvmlInit (0 before)."""
+        return 0.0 if self._t0 is None else self._clock() - self._t0
+
+    def release(self) -> None:
+        """Stop every hang for good (the driver "answers again"); used on shutdown and by tests."""
+        self._released.set()
+        with self._lock:
+            self._hang.clear()
+            self._event_cv.notify_all()
+
+    def _advance(self) -> float:
+        now = self.now()
+        if self._next < len(self._plan) and self._plan[self._next][0] <= now:
+            with self._lock:
+                while self._next < len(self._plan) and self._plan[self._next][0] <= now:
+                    t, _, step = self._plan[self._next]
+                    self._apply(step, t)
+                    self._next += 1
+        return now
+
+    def _targets(self, step: Step) -> list[Device]:
+        if step.gpu == "all":
+            return self.devices
+        idx = [step.gpu] if isinstance(step.gpu, int) else step.gpu
+        return [self.devices[i] for i in idx]
+
+    def _apply(self, step: Step, t: float) -> None:
+        targets = self._targets(step)
+        for dev in targets:
+            if "power_w" in step.set or "energy_mj" in step.set:
+                self._integrate(dev, t)
+            for key, value in step.set.items():
+                if key == "clocks_event_reasons":
+                    dev.reasons = sum(CLOCK_EVENT_REASONS[r] for r in value or [])
+                elif key == "processes":
+                    dev.processes = [(int(p["pid"]), float(p.get("used_mib", 0))) for p in value or []]
+                else:
+                    dev.values[key] = float(value)
+            for key, delta in step.add.items():
+                if key == "energy_mj":
+                    self._integrate(dev, t)
+                dev.values[key] += delta
+            if step.not_supported:
+                dev.not_supported.update(step.not_supported)
+            if step.supported:
+                dev.not_supported.difference_update(step.supported)
+            if step.lost is not None:
+                dev.lost = step.lost
+            if step.xid is not None and dev.index in self._registered:
+                self._events.append((dev, step.xid))
+                self._event_cv.notify_all()
+        if step.hang is not None:
+            if not step.hang:
+                self._hang.clear()
+            scope = None if step.gpu == "all" else {d.index for d in targets}
+            for fn in step.hang:
+                for name in simulate.HANGABLE if fn == "all" else (fn,):
+                    self._hang[name] = scope
+
+    def _integrate(self, dev: Device, t: float) -> None:
+        if t > dev.energy_t:
+            dev.values["energy_mj"] += dev.values["power_w"] * 1000.0 * (t - dev.energy_t)
+            dev.energy_t = t
+
+    # -- call prologue ---------------------------------------------------------------------------
+    def _enter(self, fn: str, dev: Device | None = None, field: str | None = None) -> Device | None:
+        self.calls += 1
+        if self._initialized <= 0 and fn != "nvmlInit":
+            raise NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
+        self._advance()
+        if self._hang:
+            self._maybe_hang(fn, dev)
+        if dev is not None:
+            if dev.lost:
+                raise NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+            if field is not None and field in dev.not_supported:
+                raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return dev
+
+    def _maybe_hang(self, fn: str, dev: Device | None) -> None:
+        while not self._released.is_set():
+            scope = self._hang.get(fn, False)
+            if scope is False or (scope is not None and (dev is None or dev.index not in scope)):
+                return
+            self._released.wait(0.02)
+            self._advance()
+
+    @staticmethod
+    def _dev(handle: Any) -> Device:
+        if isinstance(handle, MigDevice):
+            return handle.parent
+        if not isinstance(handle, Device):
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return handle
+
+    # -- system ------------------------------------------------------------------------------------
+    def nvmlInit(self) -> None:
+        self._enter("nvmlInit")
+        if self.scenario.nvml != "ok":
+            raise NVMLError(_INIT_ERRORS[self.scenario.nvml])
+        with self._lock:
+            if self._t0 is None:
+                self._t0 = self._clock()
+            self._initialized += 1
+
+    nvmlInitWithFlags = lambda self, flags: self.nvmlInit()  # noqa: E731
+
+    def nvmlShutdown(self) -> None:
+        self._enter("nvmlShutdown")
+        with self._lock:
+            self._initialized -= 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self._enter("nvmlSystemGetDriverVersion")
+        return self.scenario.driver_version
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        self._enter("nvmlSystemGetCudaDriverVersion")
+        return self.scenario.cuda_version
+
+    def nvmlSystemGetNVMLVersion(self) -> str:
+        self._enter("nvmlSystemGetNVMLVersion")
+        return self.scenario.nvml_version
+
+    def nvmlDeviceGetCount(self) -> int:
+        self._enter("nvmlDeviceGetCount")
+        return len(self.devices)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> Device:
+        self._enter("nvmlDeviceGetHandleByIndex")
+        if not 0 <= index < len(self.devices):
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        dev = self.devices[index]
+        if dev.lost:
+            raise NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return dev
+
+    # -- identity -------------------------------------------------------------------------------------
+    def nvmlDeviceGetUUID(self, handle: Any) -> str:
+        dev = self._enter("nvmlDeviceGetUUID", self._dev(handle))
+        return handle.uuid if isinstance(handle, MigDevice) else dev.spec.uuid
+
+    def nvmlDeviceGetName(self, handle: Any) -> str:
+        dev = self._enter("nvmlDeviceGetName", self._dev(handle))
+        return dev.spec.name
+
+    def nvmlDeviceGetPciInfo(self, handle: Any) -> _Obj:
+        dev = self._enter("nvmlDeviceGetPciInfo", self._dev(handle))
+        bus = dev.spec.pci_bus_id
+        return _Obj(busId=bus, busIdLegacy=bus[4:], domain=0, bus=int(bus.split(":")[1], 16), device=0)
+
+    def nvmlDeviceGetMinorNumber(self, handle: Any) -> int:
+        dev = self._enter("nvmlDeviceGetMinorNumber", self._dev(handle))
+        return dev.index
+
+    def nvmlDeviceGetIndex(self, handle: Any) -> int:
+        return self._enter("nvmlDeviceGetIndex", self._dev(handle)).index
+
+    # -- load --------------------------------------------------------------------------------------------
+    def nvmlDeviceGetUtilizationRates(self, handle: Any) -> _Obj:
+        if isinstance(handle, MigDevice):
+            raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        dev = self._enter("nvmlDeviceGetUtilizationRates", self._dev(handle), "utilization")
+        v = dev.values
+        if "gpu_util" in dev.not_supported:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return _Obj(gpu=int(v["gpu_util"]), memory=int(v["mem_copy_util"]))
+
+    def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> _Obj:
+        dev = self._enter("nvmlDeviceGetMemoryInfo", self._dev(handle), "fb_used_mib")
+        if isinstance(handle, MigDevice):
+            total, reserved, used = handle.memory_mib, 0.0, handle.fb_used_mib
+        else:
+            v = dev.values
+            total, reserved, used = v["fb_total_mib"], v["fb_reserved_mib"], v["fb_used_mib"]
+        free = max(total - reserved - used, 0.0)
+        out = _Obj(total=int(total * MIB), used=int(used * MIB), free=int(free * MIB))
+        if version:
+            out.reserved = int(reserved * MIB)
+            out.version = version
+        return out
+
+    def nvmlDeviceGetClockInfo(self, handle: Any, clock_type: int) -> int:
+        key = "sm_clock" if clock_type == pynvml.NVML_CLOCK_SM else "mem_clock"
+        dev = self._enter("nvmlDeviceGetClockInfo", self._dev(handle), key)
+        return int(dev.values[key])
+
+    def nvmlDeviceGetPcieThroughput(self, handle: Any, counter: int) -> int:
+        key = "pcie_tx_kbps" if counter == pynvml.NVML_PCIE_UTIL_TX_BYTES else "pcie_rx_kbps"
+        dev = self._enter("nvmlDeviceGetPcieThroughput", self._dev(handle), key)
+        return int(dev.values[key])
+
+    # -- thermal / power -------------------------------------------------------------------------------
+    def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int:
+        dev = self._enter("nvmlDeviceGetTemperature", self._dev(handle), "temperature")
+        return int(dev.values["temperature"])
+
+    def nvmlDeviceGetPowerUsage(self, handle: Any) -> int:
+        dev = self._enter("nvmlDeviceGetPowerUsage", self._dev(handle), "power_w")
+        return int(dev.values["power_w"] * 1000)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int:
+        dev = self._enter("nvmlDeviceGetTotalEnergyConsumption", self._dev(handle), "energy_mj")
+        self._integrate(dev, self.now())
+        return int(dev.values["energy_mj"])
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int:
+        dev = self._enter("nvmlDeviceGetCurrentClocksEventReasons", self._dev(handle), "clocks_event_reasons")
+        return dev.reasons
+
+    nvmlDeviceGetCurrentClocksThrottleReasons = nvmlDeviceGetCurrentClocksEventReasons
+
+    def nvmlDeviceGetFieldValues(self, handle: Any, field_ids: list[int]) -> list[_FieldValue]:
+        dev = self._enter("nvmlDeviceGetFieldValues", self._dev(handle))
+        now = self.now()
+        out = []
+        ok, unsupported = pynvml.NVML_SUCCESS, pynvml.NVML_ERROR_NOT_SUPPORTED
+        for fid in field_ids:
+            key, scale = FIELD_IDS.get(fid, (None, 1))
+            if key is None or key in dev.not_supported:
+                out.append(_FieldValue(fid, unsupported, 0))
+                continue
+            if key == "energy_mj":
+                self._integrate(dev, now)
+            out.append(_FieldValue(fid, ok, dev.values[key] * scale))
+        return out
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[_Obj]:
+        dev = self._enter("nvmlDeviceGetComputeRunningProcesses", self._dev(handle), "processes")
+        return [
+            _Obj(pid=pid, usedGpuMemory=int(mib * MIB), gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF)
+            for pid, mib in dev.processes
+        ]
+
+    # -- MIG ---------------------------------------------------------------------------------------------
+    def nvmlDeviceGetMigMode(self, handle: Any) -> list[int]:
+        dev = self._enter("nvmlDeviceGetMigMode", self._dev(handle), "mig")
+        mode = 1 if dev.mig_enabled else 0
+        return [mode, mode]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: Any) -> int:
+        dev = self._enter("nvmlDeviceGetMaxMigDeviceCount", self._dev(handle), "mig")
+        return 7 if dev.mig_enabled else 0
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: Any, index: int) -> MigDevice:
+        dev = self._enter("nvmlDeviceGetMigDeviceHandleByIndex", self._dev(handle), "mig")
+        if not 0 <= index < len(dev.mig):
+            raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        return dev.mig[index]
+
+    def nvmlDeviceIsMigDeviceHandle(self, handle: Any) -> int:
+        return 1 if isinstance(handle, MigDevice) else 0
+
+    def nvmlDeviceGetGpuInstanceId(self, handle: Any) -> int:
+        self._enter("nvmlDeviceGetGpuInstanceId", self._dev(handle))
+        if not isinstance(handle, MigDevice):
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return handle.gi_id
+
+    def nvmlDeviceGetGpuInstanceById(self, handle: Any, gi_id: int) -> MigDevice:
+        dev = self._enter("nvmlDeviceGetGpuInstanceById", self._dev(handle), "mig")
+        for mig in dev.mig:
+            if mig.gi_id == gi_id:
+                return mig
+        raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+
+    def nvmlGpuInstanceGetInfo(self, gi: MigDevice) -> _Obj:
+        self._enter("nvmlGpuInstanceGetInfo", gi.parent)
+        return _Obj(device=gi.parent, id=gi.gi_id, profileId=gi.profile_id)
+
+    def nvmlDeviceGetGpuInstanceProfileInfoById(self, handle: Any, profile_id: int) -> _Obj:
+        dev = self._enter("nvmlDeviceGetGpuInstanceProfileInfoById", self._dev(handle), "mig")
+        for mig in dev.mig:
+            if mig.profile_id == profile_id:
+                return _Obj(id=profile_id, sliceCount=mig.slices, memorySizeMB=mig.memory_mib,
+                            name=f"MIG {mig.profile}".encode())
+        raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+
+    def nvmlDeviceGetAttributes(self, handle: Any) -> _Obj:
+        self._enter("nvmlDeviceGetAttributes", self._dev(handle))
+        if isinstance(handle, MigDevice):
+            return _Obj(gpuInstanceSliceCount=handle.slices, memorySizeMB=handle.memory_mib)
+        return _Obj(gpuInstanceSliceCount=7, memorySizeMB=int(handle.values["fb_total_mib"]))
+
+    # -- events ------------------------------------------------------------------------------------------
+    def nvmlDeviceGetSupportedEventTypes(self, handle: Any) -> int:
+        dev = self._enter("nvmlDeviceGetSupportedEventTypes", self._dev(handle), "xid_events")
+        return pynvml.nvmlEventTypeXidCriticalError if dev else 0
+
+    def nvmlEventSetCreate(self) -> _Obj:
+        self._enter("nvmlEventSetCreate")
+        return _Obj(kind="eventset")
+
+    def nvmlDeviceRegisterEvents(self, handle: Any, event_types: int, event_set: Any) -> None:
+        dev = self._enter("nvmlDeviceRegisterEvents", self._dev(handle), "xid_events")
+        if event_types & pynvml.nvmlEventTypeXidCriticalError:
+            with self._lock:
+                self._registered.add(dev.index)
+
+    def nvmlEventSetWait(self, event_set: Any, timeout_ms: int) -> _Obj:
+        self._enter("nvmlEventSetWait")
+        deadline = time.monotonic() + timeout_ms / 1000.0
+        with self._lock:
+            while not self._events:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._released.is_set():
+                    raise NVMLError(pynvml.NVML_ERROR_TIMEOUT)
+                self._event_cv.wait(min(left, 0.02))
+                self._advance()
+            dev, xid = self._events.popleft()
+        if dev.lost and xid != 79:
+            raise NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return _Obj(device=dev, eventType=pynvml.nvmlEventTypeXidCriticalError, eventData=xid,
+                    gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF)
+
+    nvmlEventSetWait_v2 = nvmlEventSetWait
+
+    def nvmlEventSetFree(self, event_set: Any) -> None:
+        self._enter("nvmlEventSetFree")
+        with self._lock:
+            self._registered.clear()
+
+
+def load(name_or_path: str, clock: Callable[[], float] = time.monotonic) -> FakeNvml:
+    """A fake NVML module for a built-in scenario name or a scenario file path."""
+    return FakeNvml(simulate.load(name_or_path), clock)

@@ -1,0 +1,276 @@
+"""Compile promql-parser ASTs into evaluation nodes, rejecting everything outside the supported subset."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import promql_parser as pp
+
+from agent.promql import nodes
+from agent.promql.regex import RegexError, RegexUnsupported, compile_anchored
+from agent.promql.values import NAME, PromQLError, PromQLEvalError, Scalar, Selector, Vector
+
+AGGREGATIONS = {
+    "sum", "avg", "min", "max", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values", "group",
+}  # fmt: skip
+# promql-parser's enums are not hashable: key by their str()
+_CARD = {
+    "VectorMatchCardinality.OneToOne": "one-to-one",
+    "VectorMatchCardinality.ManyToOne": "many-to-one",
+    "VectorMatchCardinality.OneToMany": "one-to-many",
+    "VectorMatchCardinality.ManyToMany": "many-to-many",
+}
+_MATCH_OPS = {"MatchOp.Equal": "=", "MatchOp.NotEqual": "!=", "MatchOp.Re": "=~", "MatchOp.NotRe": "!~"}
+
+
+class Query:
+    """A compiled expression: ``eval(store, t)`` returns a :class:`Vector` or a :class:`Scalar`."""
+
+    def __init__(
+        self, text: str, root: nodes.Node, selectors: list[Selector], shared: list[nodes.MatrixSelector] | None = None
+    ) -> None:
+        self.text = text
+        self.root = root
+        self.selectors = selectors
+        self._shared = shared or []  # range selectors used more than once: read once per evaluation
+
+    def eval(self, store: Any, t: float) -> Vector | Scalar:
+        """Evaluate at time ``t`` (seconds) over ``store``; raises PromQLError when Prometheus would fail."""
+        for m in self._shared:
+            m.memo = {}
+        try:
+            value = self.root.eval(store, t)
+        finally:
+            for m in self._shared:
+                m.memo = None
+        if self.root.kind == "scalar":
+            return Scalar(value)
+        return Vector((dict(labels), v) for labels, v in value)
+
+    def __repr__(self) -> str:
+        return f"Query({self.text!r})"
+
+
+def _locate(text: str, pattern: str) -> int | None:
+    m = re.search(pattern, text)
+    return m.start() if m else None
+
+
+class _Compiler:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.selectors: list[Selector] = []
+        self.vectors: dict[tuple, nodes.VectorSelector] = {}
+        self.matrices: dict[tuple, nodes.MatrixSelector] = {}
+        self.shared: list[nodes.MatrixSelector] = []
+
+    def fail(self, message: str, pattern: str | None = None) -> PromQLError:
+        return PromQLError(message, _locate(self.text, pattern) if pattern else None)
+
+    def compile(self, node: Any) -> nodes.Node:
+        if isinstance(node, pp.ParenExpr):
+            return self.compile(node.expr)
+        if isinstance(node, pp.NumberLiteral):
+            return nodes.Number(float(node.val))
+        if isinstance(node, pp.StringLiteral):
+            return nodes.String(node.val)
+        if isinstance(node, pp.VectorSelector):
+            return self.vector_selector(node)
+        if isinstance(node, pp.MatrixSelector):
+            vs = self.vector_selector(node.vector_selector)
+            key = (id(vs), node.range.total_seconds())
+            m = self.matrices.get(key)
+            if m is None:
+                m = self.matrices[key] = nodes.MatrixSelector(vs, node.range.total_seconds())
+            elif m not in self.shared:
+                self.shared.append(m)
+            return m
+        if isinstance(node, pp.SubqueryExpr):
+            raise self.fail("subquery is not supported", r"\[[^\]]*:")
+        if isinstance(node, pp.UnaryExpr):
+            return nodes.Negate(self.compile(node.expr))
+        if isinstance(node, pp.BinaryExpr):
+            return self.binary(node)
+        if isinstance(node, pp.AggregateExpr):
+            return self.aggregate(node)
+        if isinstance(node, pp.Call):
+            return self.call(node)
+        raise self.fail(f"expression {type(node).__name__} is not supported")
+
+    def vector_selector(self, vs: Any) -> nodes.VectorSelector:
+        if vs.at is not None:
+            raise self.fail("@ modifier is not supported", "@")
+        if vs.matchers.or_matchers:
+            raise self.fail("'or' inside a selector is not supported", r"\bor\b")
+        name = vs.name
+        raw: list[tuple[str, str, str]] = []
+        for m in vs.matchers.matchers:
+            op = _MATCH_OPS.get(str(m.op))
+            if op is None:
+                raise self.fail(f"matcher operator {m.op} is not supported")
+            raw.append((m.name, op, m.value))
+        if name is None:
+            for label, op, value in raw:
+                if label == NAME and op == "=":
+                    name = value
+                    break
+        lint = [m for m in raw if not (m[0] == NAME and m[1] == "=" and m[2] == name)]
+        self.selectors.append(Selector(name, lint))
+        matchers = []
+        for label, op, value in lint:
+            try:
+                matchers.append(nodes.Matcher(label, op, value))
+            except PromQLError as err:
+                raise PromQLError(err.message, self.text.find(value)) from err
+        offset = vs.offset.total_seconds() if vs.offset is not None else 0.0
+        key = (name, tuple(lint), offset)
+        sel = self.vectors.get(key)
+        if sel is None:
+            sel = self.vectors[key] = nodes.VectorSelector(name, matchers, offset)
+            sel.absent_labels = _absent_labels(raw)
+        return sel
+
+    def binary(self, node: Any) -> nodes.Node:
+        op = str(node.op)
+        if op not in nodes.ARITH and op not in nodes.COMPARE and op not in nodes.SET_OPS:
+            raise self.fail(f"binary operator {op} is not supported", re.escape(op))
+        lhs = self.compile(node.lhs)
+        rhs = self.compile(node.rhs)
+        mod = node.modifier
+        return_bool = False
+        card = "many-to-many" if op in nodes.SET_OPS else "one-to-one"
+        on = False
+        matching: list[str] = []
+        include: list[str] = []
+        if mod is not None:
+            fill = mod.fill_values
+            if fill is not None and (fill.lhs is not None or fill.rhs is not None):
+                raise self.fail("fill() modifier is not supported", r"\bfill")
+            return_bool = bool(mod.return_bool)
+            card = _CARD[str(mod.card)]
+            if mod.matching is not None:
+                on = str(mod.matching.type) == "LabelModifierType.Include"
+                matching = list(mod.matching.labels)
+            include = list(mod.group_labels or [])
+        return nodes.Binary(op, lhs, rhs, return_bool, card, on, matching, include)
+
+    def aggregate(self, node: Any) -> nodes.Node:
+        op = str(node.op)
+        if op not in AGGREGATIONS:
+            raise self.fail(f"aggregation {op} is not supported", re.escape(op))
+        expr = self.compile(node.expr)
+        param = self.compile(node.param) if node.param is not None else None
+        grouping: list[str] = []
+        without = False
+        if node.modifier is not None:
+            without = str(node.modifier.type) == "AggModifierType.Without"
+            grouping = list(node.modifier.labels)
+        return nodes.Aggregate(op, expr, param, grouping, without)
+
+    def call(self, node: Any) -> nodes.Node:
+        name = node.func.name
+        impl = nodes.FUNCTIONS.get(name)
+        if impl is None:
+            raise self.fail(f"function {name} not supported", re.escape(name) + r"\s*\(")
+        args = [self.compile(a) for a in node.args]
+        kind = {"scalar": "scalar", "time": "scalar"}.get(name, "vector")
+        call = nodes.Call(name, args, kind, impl)
+        if name in ("absent", "absent_over_time"):
+            arg = args[0]
+            vs = arg.vs if isinstance(arg, nodes.MatrixSelector) else arg
+            call.extra = getattr(vs, "absent_labels", {}) if isinstance(vs, nodes.VectorSelector) else {}
+        elif name == "label_replace":
+            # Prometheus accepts these at load time and fails every evaluation: so do we (unsupported RE2
+            # constructs are the exception: those we refuse to load rather than evaluate differently).
+            dst, regex = args[1].value, args[4].value
+            try:
+                call.extra = compile_anchored(regex)
+            except RegexUnsupported as err:
+                raise self.fail(f"regular expression {regex!r} in label_replace() is not supported: {err}") from err
+            except RegexError:
+                call.extra = PromQLEvalError(f"invalid regular expression in label_replace(): {regex}")
+            if not nodes.valid_label_name(dst):
+                call.extra = PromQLEvalError(f"invalid destination label name in label_replace(): {dst}")
+        elif name == "label_join":
+            for a in args[3:]:
+                if not nodes.valid_label_name(a.value):
+                    call.extra = PromQLEvalError(f"invalid source label name in label_join(): {a.value}")
+                    break
+            else:
+                if not nodes.valid_label_name(args[1].value):
+                    call.extra = PromQLEvalError(f"invalid destination label name in label_join(): {args[1].value}")
+        return call
+
+
+def _absent_labels(raw: list[tuple[str, str, str]]) -> dict[str, str]:
+    """Labels absent() reports: equality matchers, minus labels that have any other matcher."""
+    labels: dict[str, str] = {}
+    others: list[str] = []
+    for label, op, value in raw:
+        if label == NAME:
+            continue
+        if op == "=" and label not in labels:
+            labels[label] = value
+        else:
+            others.append(label)
+    for label in others:
+        labels.pop(label, None)
+    return {k: v for k, v in labels.items() if v != ""}
+
+
+_UNITLESS = re.compile(r"(\[\s*|\boffset\s+-?\s*)(\d+(?:\.\d*)?)(?![\w.])")
+
+
+def _prescan(text: str) -> None:
+    """Reject syntax newer than Prometheus 2.42 that promql-parser accepts: quoted (UTF-8) metric/label
+    names, and durations without a unit (``[5]``, ``offset 5``)."""
+    code: list[str] = []  # the text with string literals and comments blanked, positions kept
+    depth = 0
+    prev = ""
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "\"'`":
+            if depth > 0 and prev in ("{", ","):
+                raise PromQLError("quoted metric or label names are not supported (Prometheus 2.42)", i)
+            j = i + 1
+            while j < n and text[j] != c:
+                j += 2 if text[j] == "\\" and c != "`" else 1
+            code.append(" " * (min(j, n - 1) - i + 1))
+            i = j + 1
+            prev = '"'
+            continue
+        if c == "#":
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            code.append(" " * (j - i))
+            i = j
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+        if not c.isspace():
+            prev = c
+        code.append(c)
+        i += 1
+    m = _UNITLESS.search("".join(code))
+    if m:
+        raise PromQLError(f"duration {m.group(2)!r} has no unit (e.g. 5m); not valid in Prometheus 2.42", m.start(2))
+
+
+def compile_expr(text: str) -> Query:
+    """Parse and compile a PromQL expression; PromQLError names any construct outside the subset."""
+    _prescan(text)
+    try:
+        ast = pp.parse(text)
+    except ValueError as err:
+        raise PromQLError(f"parse error: {err}") from err
+    compiler = _Compiler(text)
+    root = compiler.compile(ast)
+    if root.kind == "string":
+        raise PromQLError("expression of type string is not supported (expected instant vector or scalar)")
+    if root.kind == "matrix":
+        raise PromQLError("expression of type range vector is not supported (expected instant vector or scalar)")
+    return Query(text, root, compiler.selectors, compiler.shared)

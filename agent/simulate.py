@@ -1,0 +1,389 @@
+"""GPU simulation scenarios: YAML files describing GPUs, their fields over time and injected faults.
+
+A scenario drives :mod:`agent.fakenvml`. Built-in scenarios ship in ``agent/data/scenarios/NAME.yml``;
+any other path to a ``.yml`` file works too. Problems are reported as ``file:line:column: message``.
+See docs/gpu.md for the format.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent import yamlpos
+from agent.durations import parse_duration
+from agent.errors import ConfigError
+
+# Numeric per-GPU fields, in the units nodewarden exports (the fake converts to NVML's units).
+NUMERIC_FIELDS: dict[str, str] = {
+    "gpu_util": "GPU utilization, %",
+    "mem_copy_util": "memory copy utilization, %",
+    "fb_total_mib": "framebuffer total, MiB",
+    "fb_reserved_mib": "framebuffer reserved by the driver, MiB",
+    "fb_used_mib": "framebuffer used, MiB (free = total - reserved - used)",
+    "sm_clock": "SM clock, MHz",
+    "mem_clock": "memory clock, MHz",
+    "pcie_tx_kbps": "PCIe TX throughput, KB/s",
+    "pcie_rx_kbps": "PCIe RX throughput, KB/s",
+    "temperature": "GPU temperature, C",
+    "memory_temperature": "HBM temperature, C",
+    "power_w": "power draw, W (energy integrates it)",
+    "energy_mj": "total energy at scenario start, mJ",
+    "power_violation_us": "time throttled by power, us",
+    "thermal_violation_us": "time throttled by temperature, us",
+    "ecc_sbe_volatile": "single-bit ECC errors since driver load",
+    "ecc_dbe_volatile": "double-bit ECC errors since driver load",
+    "ecc_sbe_aggregate": "single-bit ECC errors, lifetime",
+    "ecc_dbe_aggregate": "double-bit ECC errors, lifetime",
+    "retired_sbe": "pages retired for single-bit errors",
+    "retired_dbe": "pages retired for double-bit errors",
+    "retired_pending": "1 when pages are pending retirement",
+    "remapped_correctable": "rows remapped for correctable errors",
+    "remapped_uncorrectable": "rows remapped for uncorrectable errors",
+    "remap_pending": "1 when a row remap is pending (reset the GPU)",
+    "remap_failure": "1 when a row remap failed",
+    "pcie_replay": "PCIe replay counter",
+    "nvlink_crc_flit": "NVLink flow-control CRC errors",
+    "nvlink_crc_data": "NVLink data CRC errors",
+    "nvlink_replay": "NVLink replay errors",
+    "nvlink_recovery": "NVLink recovery errors",
+}
+# Fields that can be marked NotSupported (numeric ones plus these groups).
+SUPPORT_FIELDS = frozenset(NUMERIC_FIELDS) | {"clocks_event_reasons", "processes", "mig", "xid_events", "utilization"}
+
+CLOCK_EVENT_REASONS: dict[str, int] = {
+    "gpu_idle": 0x1,
+    "applications_clocks_setting": 0x2,
+    "sw_power_cap": 0x4,
+    "hw_slowdown": 0x8,
+    "sync_boost": 0x10,
+    "sw_thermal_slowdown": 0x20,
+    "hw_thermal_slowdown": 0x40,
+    "hw_power_brake": 0x80,
+    "display_clock_setting": 0x100,
+}
+
+# NVML functions the fake implements (names accepted in ``hang:``).
+HANGABLE = frozenset(
+    {
+        "nvmlInit",
+        "nvmlDeviceGetCount",
+        "nvmlDeviceGetHandleByIndex",
+        "nvmlDeviceGetUtilizationRates",
+        "nvmlDeviceGetMemoryInfo",
+        "nvmlDeviceGetClockInfo",
+        "nvmlDeviceGetPcieThroughput",
+        "nvmlDeviceGetTemperature",
+        "nvmlDeviceGetPowerUsage",
+        "nvmlDeviceGetCurrentClocksEventReasons",
+        "nvmlDeviceGetFieldValues",
+        "nvmlDeviceGetComputeRunningProcesses",
+        "nvmlDeviceGetMigMode",
+        "nvmlDeviceGetMigDeviceHandleByIndex",
+    }
+)
+
+MIG_PROFILES: dict[str, tuple[int, int]] = {  # H100 80GB: profile -> (slices, MiB)
+    "1g.10gb": (1, 9856),
+    "1g.20gb": (1, 19968),
+    "2g.20gb": (2, 19968),
+    "3g.40gb": (3, 40192),
+    "4g.40gb": (4, 40192),
+    "7g.80gb": (7, 80896),
+}
+_MIG_PROFILE_IDS = {"1g.10gb": 0, "2g.20gb": 1, "3g.40gb": 2, "4g.40gb": 3, "7g.80gb": 4, "1g.20gb": 15}
+
+BUILTIN_DIR = ("data", "scenarios")
+# Bus ids of the eight GPUs of a typical HGX H100 node.
+DEFAULT_BUS_IDS = ("18", "2a", "3a", "5d", "9a", "ab", "ba", "db")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected seconds or a duration like 30s")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return float(value)
+    return parse_duration(value)
+
+
+class Process(_Model):
+    """A compute process on a GPU."""
+
+    pid: int = Field(ge=1)
+    used_mib: float = Field(0, ge=0)
+
+
+class MigInstance(_Model):
+    """A MIG GPU instance."""
+
+    profile: str
+    fb_used_mib: float = Field(0, ge=0)
+
+    @field_validator("profile")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in MIG_PROFILES:
+            raise ValueError(f"unknown MIG profile {v!r} (known: {', '.join(MIG_PROFILES)})")
+        return v
+
+
+class GpuSpec(_Model):
+    """One GPU's starting state (the ``gpu:`` template merged with its ``gpus: {INDEX: ...}`` entry)."""
+
+    name: str = "NVIDIA H100 80GB HBM3"
+    uuid: str | None = None
+    pci_bus_id: str | None = None
+    gpu_util: float = 0
+    mem_copy_util: float = 0
+    fb_total_mib: float = 81559
+    fb_reserved_mib: float = 329
+    fb_used_mib: float = 0
+    sm_clock: float = 1980
+    mem_clock: float = 2619
+    pcie_tx_kbps: float = 0
+    pcie_rx_kbps: float = 0
+    temperature: float = 35
+    memory_temperature: float = 40
+    power_w: float = 70
+    energy_mj: float = 0
+    power_violation_us: float = 0
+    thermal_violation_us: float = 0
+    ecc_sbe_volatile: float = 0
+    ecc_dbe_volatile: float = 0
+    ecc_sbe_aggregate: float = 0
+    ecc_dbe_aggregate: float = 0
+    retired_sbe: float = 0
+    retired_dbe: float = 0
+    retired_pending: float = 0
+    remapped_correctable: float = 0
+    remapped_uncorrectable: float = 0
+    remap_pending: float = 0
+    remap_failure: float = 0
+    pcie_replay: float = 0
+    nvlink_crc_flit: float = 0
+    nvlink_crc_data: float = 0
+    nvlink_replay: float = 0
+    nvlink_recovery: float = 0
+    clocks_event_reasons: list[str] = []
+    processes: list[Process] = []
+    mig: list[MigInstance] | None = None
+    not_supported: list[str] = []
+
+    @field_validator("clocks_event_reasons")
+    @classmethod
+    def _reasons(cls, v: list[str]) -> list[str]:
+        for r in v:
+            if r not in CLOCK_EVENT_REASONS:
+                raise ValueError(f"unknown clock event reason {r!r} (known: {', '.join(CLOCK_EVENT_REASONS)})")
+        return v
+
+    @field_validator("not_supported")
+    @classmethod
+    def _support(cls, v: list[str]) -> list[str]:
+        return _check_support(v)
+
+
+def _check_support(v: list[str]) -> list[str]:
+    for f in v:
+        if f not in SUPPORT_FIELDS:
+            raise ValueError(f"unknown field {f!r} (known: {', '.join(sorted(SUPPORT_FIELDS))})")
+    return v
+
+
+class Step(_Model):
+    """A timeline entry: at ``at`` seconds (repeating ``every`` until ``until``), change the target GPUs."""
+
+    at: float
+    every: float | None = None
+    until: float | None = None
+    gpu: int | list[int] | Literal["all"] = "all"
+    set: dict[str, Any] = {}
+    add: dict[str, float] = {}
+    xid: int | None = Field(None, ge=1, le=9999)
+    lost: bool | None = None
+    not_supported: list[str] | None = None
+    supported: list[str] | None = None
+    hang: list[str] | None = None
+
+    @field_validator("at", "every", "until", mode="before")
+    @classmethod
+    def _time(cls, v: Any) -> Any:
+        return None if v is None else _seconds(v)
+
+    @field_validator("set")
+    @classmethod
+    def _set(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            if key in NUMERIC_FIELDS:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"set.{key}: expected a number")
+            elif key == "clocks_event_reasons":
+                GpuSpec._reasons(list(value or []))
+            elif key == "processes":
+                [Process.model_validate(p) for p in value or []]
+            else:
+                raise ValueError(f"set: unknown field {key!r}")
+        return v
+
+    @field_validator("add")
+    @classmethod
+    def _add(cls, v: dict[str, float]) -> dict[str, float]:
+        for key in v:
+            if key not in NUMERIC_FIELDS:
+                raise ValueError(f"add: unknown field {key!r}")
+        return v
+
+    @field_validator("not_supported", "supported")
+    @classmethod
+    def _sup(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else _check_support(v)
+
+    @field_validator("hang")
+    @classmethod
+    def _hang(cls, v: list[str] | None) -> list[str] | None:
+        for fn in v or []:
+            if fn != "all" and fn not in HANGABLE:
+                raise ValueError(f"hang: unknown NVML function {fn!r} (use 'all' or one of {sorted(HANGABLE)})")
+        return v
+
+    @model_validator(mode="after")
+    def _repeat(self) -> Step:
+        if self.every is not None and self.every <= 0:
+            raise ValueError("every must be positive")
+        if self.until is not None and self.until < self.at:
+            raise ValueError("until must not be before at")
+        return self
+
+    def times(self, horizon: float) -> list[float]:
+        """The moments this step applies (``every`` repeats up to ``until`` or ``horizon``, 10,000 at most)."""
+        if self.every is None:
+            return [self.at]
+        end = self.until if self.until is not None else horizon
+        out, t = [], self.at
+        while t <= end + 1e-9 and len(out) < 10_000:
+            out.append(t)
+            t += self.every
+        return out
+
+
+class Scenario(_Model):
+    """A simulated GPU node."""
+
+    name: str
+    description: str
+    duration: float = 3600.0
+    nvml: Literal["ok", "library_not_found", "driver_not_loaded", "no_permission"] = "ok"
+    driver_version: str = "550.54.15"
+    cuda_version: int = 12040
+    nvml_version: str = "12.550.54.15"
+    gpu_count: int = Field(8, ge=0, le=64)
+    gpu: GpuSpec = GpuSpec()
+    gpus: dict[int, GpuSpec] = {}
+    timeline: list[Step] = []
+    # Filled by the validator: the merged, validated spec of every GPU.
+    devices: list[GpuSpec] = []
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> float:
+        return _seconds(v)
+
+    @model_validator(mode="after")
+    def _build(self) -> Scenario:
+        for idx in self.gpus:
+            if not 0 <= idx < self.gpu_count:
+                raise ValueError(f"gpus: index {idx} out of range (gpu_count is {self.gpu_count})")
+        for step in self.timeline:
+            targets = [] if step.gpu == "all" else [step.gpu] if isinstance(step.gpu, int) else step.gpu
+            for idx in targets:
+                if not 0 <= idx < self.gpu_count:
+                    raise ValueError(f"timeline: gpu {idx} out of range (gpu_count is {self.gpu_count})")
+        devices = []
+        for i in range(self.gpu_count):
+            spec = self.gpu
+            if i in self.gpus:
+                over = self.gpus[i]
+                spec = spec.model_copy(update={k: getattr(over, k) for k in over.model_fields_set})
+            bus = DEFAULT_BUS_IDS[i] if i < len(DEFAULT_BUS_IDS) else f"{0x20 + i:02x}"
+            spec = spec.model_copy(
+                update={
+                    "uuid": spec.uuid or f"GPU-{_h(self.name, i, 8)}-{_h(self.name, i, 4, 1)}-"
+                    f"{_h(self.name, i, 4, 2)}-{_h(self.name, i, 4, 3)}-{_h(self.name, i, 12, 4)}",
+                    "pci_bus_id": spec.pci_bus_id or f"00000000:{bus.upper()}:00.0",
+                }
+            )
+            devices.append(spec)
+        object.__setattr__(self, "devices", devices)
+        return self
+
+
+def _h(name: str, i: int, n: int, salt: int = 0) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"{name}/{i}/{salt}".encode()).hexdigest()[:n]
+
+
+def mig_profile(profile: str) -> tuple[int, int, int]:
+    """(profile id, slice count, memory MiB) of a MIG profile name."""
+    slices, mib = MIG_PROFILES[profile]
+    return _MIG_PROFILE_IDS[profile], slices, mib
+
+
+def _format(err: ValidationError, root: Any, filename: str) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = e["loc"]
+        extra = e["type"] == "extra_forbidden"
+        line, col = yamlpos.position(root, loc, key=extra)
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if extra:
+            msg = f"unknown key {loc[-1]!r}"
+        problems.append(f"{filename}:{line}:{col}: {where}: {msg}")
+    return problems
+
+
+def load_text(text: str, filename: str = "<scenario>") -> Scenario:
+    """Parse and validate a scenario; ConfigError lists every problem as ``file:line:column: message``."""
+    root = yamlpos.load(text, filename)
+    if not isinstance(root, dict):
+        raise ConfigError(f"{filename}:1:1: a scenario must be a mapping")
+    try:
+        return Scenario.model_validate(yamlpos.plain(root))
+    except ValidationError as err:
+        problems = _format(err, root, filename)
+        raise ConfigError("\n".join(problems), problems) from err
+
+
+def builtin_names() -> list[str]:
+    """Names of the scenarios shipped with nodewarden."""
+    folder = resources.files("agent").joinpath(*BUILTIN_DIR)
+    return sorted(p.name.removesuffix(".yml") for p in folder.iterdir() if p.name.endswith(".yml"))
+
+
+def builtin_text(name: str) -> str:
+    """YAML text of a built-in scenario (ConfigError when unknown)."""
+    if name not in builtin_names():
+        raise ConfigError(f"unknown scenario {name!r}; built-in: {', '.join(builtin_names())} (or give a .yml path)")
+    return resources.files("agent").joinpath(*BUILTIN_DIR, f"{name}.yml").read_text(encoding="utf-8")
+
+
+def load(name_or_path: str) -> Scenario:
+    """A built-in scenario by name, or a scenario file by path."""
+    if name_or_path.endswith((".yml", ".yaml")) or "/" in name_or_path:
+        path = Path(name_or_path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"{path}:1:1: cannot read scenario: {err.strerror}") from err
+        return load_text(text, str(path))
+    return load_text(builtin_text(name_or_path), f"{name_or_path}.yml")

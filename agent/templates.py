@@ -1,0 +1,662 @@
+"""The Go-template subset Prometheus alert labels and annotations use.
+
+Supported: ``{{ $labels.x }}``, ``{{ $value }}``, ``{{ $externalLabels.x }}``, ``{{ $externalURL }}`` and the
+``.Labels.x`` / ``.Value`` / ``.ExternalLabels.x`` / ``.ExternalURL`` forms; pipelines (``$value | humanize``);
+functions ``humanize humanize1024 humanizePercentage humanizeDuration printf toUpper toLower title
+eq ne lt le gt ge and or not``; ``if`` / ``else if`` / ``else`` / ``end``; ``{{-``/``-}}`` trimming and comments.
+Anything else (``range``, ``with``, ``define``, ``query``, variables ...) is rejected by :func:`parse` with
+the offset of the construct, so an unsupported template fails when the rule file is loaded.
+
+Output follows Go's formatting: ``{{ $value }}`` prints like Go's ``%v`` (``1e+06``, ``+Inf``, ``NaN``) and an
+execution error renders as ``<error expanding template: ...>`` exactly where Prometheus would.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TemplateError(Exception):
+    """A template that cannot be parsed; ``offset`` is the character position in the template text."""
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.offset = offset
+
+
+class _ExecError(Exception):
+    """Raised while rendering; becomes ``<error expanding template: ...>``."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Go value formatting
+# ---------------------------------------------------------------------------------------------
+def _special(v: float) -> str | None:
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return None
+
+
+def go_float(v: float) -> str:
+    """Go's ``%v`` for a float64: shortest digits, exponent form below 1e-4 and from 1e6 on (``1e+06``)."""
+    s = _special(v)
+    if s is not None:
+        return s
+    if v == 0:
+        return "-0" if math.copysign(1.0, v) < 0 else "0"
+    r = repr(float(v))
+    mant = r.split("e")[0].lstrip("-").replace(".", "").lstrip("0").rstrip("0") or "0"
+    nd = len(mant)
+    e = format(v, f".{nd - 1}e")
+    exp = int(e.split("e")[1])
+    if exp < -4 or exp >= 6:
+        m = e.split("e")[0]
+        return f"{m}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    return format(v, f".{max(nd - exp - 1, 0)}f")
+
+
+def _g4(v: float) -> str:
+    """Go's ``%.4g``."""
+    return _special(v) or format(v, ".4g")
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise _ExecError(f"can't convert {v} to float")
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError as err:
+            raise _ExecError(f'strconv.ParseFloat: parsing "{v}": invalid syntax') from err
+    raise _ExecError(f"can't convert {v!r} to float")
+
+
+def humanize(v: Any) -> str:
+    """SI prefixes (k M G ... and m u n ...), 4 significant digits."""
+    v = _to_float(v)
+    if v == 0 or math.isnan(v) or math.isinf(v):
+        return _g4(v)
+    prefix = ""
+    if abs(v) >= 1:
+        for p in ("k", "M", "G", "T", "P", "E", "Z", "Y"):
+            if abs(v) < 1000:
+                break
+            prefix = p
+            v /= 1000
+        return _g4(v) + prefix
+    for p in ("m", "u", "n", "p", "f", "a", "z", "y"):
+        if abs(v) >= 1:
+            break
+        prefix = p
+        v *= 1000
+    return _g4(v) + prefix
+
+
+def humanize1024(v: Any) -> str:
+    """Binary prefixes (ki Mi Gi ...), 4 significant digits."""
+    v = _to_float(v)
+    if abs(v) <= 1 or math.isnan(v) or math.isinf(v):
+        return _g4(v)
+    prefix = ""
+    for p in ("ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"):
+        if abs(v) < 1024:
+            break
+        prefix = p
+        v /= 1024
+    return _g4(v) + prefix
+
+
+def humanize_duration(v: Any) -> str:
+    """Seconds as ``1d 2h 3m 4s`` (or ``3.142s``, ``500ms`` below a minute/second)."""
+    v = _to_float(v)
+    if math.isnan(v) or math.isinf(v):
+        return _g4(v)
+    if v == 0:
+        return _g4(v) + "s"
+    if abs(v) >= 1:
+        sign = ""
+        if v < 0:
+            sign, v = "-", -v
+        d = int(v) if v < 2**63 else -(2**63)  # Go's int64(v) overflows to MinInt64
+
+        def quo(a: int, b: int) -> int:  # Go's truncated division
+            return -(-a // b) if a < 0 else a // b
+
+        def rem(a: int, b: int) -> int:
+            return a - b * quo(a, b)
+
+        seconds, minutes = rem(d, 60), rem(quo(d, 60), 60)
+        hours, days = rem(quo(d, 3600), 24), quo(d, 86400)
+        if days:
+            return f"{sign}{days}d {hours}h {minutes}m {seconds}s"
+        if hours:
+            return f"{sign}{hours}h {minutes}m {seconds}s"
+        if minutes:
+            return f"{sign}{minutes}m {seconds}s"
+        return f"{sign}{_g4(v)}s"
+    prefix = ""
+    for p in ("m", "u", "n", "p", "f", "a", "z", "y"):
+        if abs(v) >= 1:
+            break
+        prefix = p
+        v *= 1000
+    return f"{_g4(v)}{prefix}s"
+
+
+def humanize_percentage(v: Any) -> str:
+    """Ratio as a percentage, 4 significant digits."""
+    return _g4(_to_float(v) * 100) + "%"
+
+
+def go_print(v: Any) -> str:
+    """How ``{{ x }}`` prints a value."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return go_float(v)
+    if isinstance(v, Mapping):
+        return "map[" + " ".join(f"{k}:{go_print(v[k])}" for k in sorted(v)) + "]"
+    if v is None:
+        return "<no value>"
+    return str(v)
+
+
+_VERB = re.compile(r"%([-+# 0]*)(\d+)?(?:\.(\d+))?([a-zA-Z%])")
+
+
+def _go_type(v: Any) -> str:
+    return {bool: "bool", int: "int", float: "float64", str: "string"}.get(type(v), "map[string]string")
+
+
+def printf(fmt: Any, *args: Any) -> str:
+    """Go's ``fmt.Sprintf`` for the common verbs (%s %v %d %f %e %g %x %q %t %%)."""
+    if not isinstance(fmt, str):
+        raise _ExecError("printf: format must be a string")
+    out: list[str] = []
+    pos = 0
+    argi = 0
+    for m in _VERB.finditer(fmt):
+        out.append(fmt[pos:m.start()])
+        pos = m.end()
+        flags, width, prec, verb = m.groups()
+        if verb == "%":
+            out.append("%")
+            continue
+        if argi >= len(args):
+            out.append(f"%!{verb}(MISSING)")
+            continue
+        a = args[argi]
+        argi += 1
+        spec = flags + (width or "") + (f".{prec}" if prec is not None else "")
+        out.append(_format_one(a, verb, spec, flags, width, prec))
+    out.append(fmt[pos:])
+    if argi < len(args):
+        extra = ", ".join(f"{_go_type(a)}={go_print(a)}" for a in args[argi:])
+        out.append(f"%!(EXTRA {extra})")
+    return "".join(out)
+
+
+def _pad(s: str, flags: str, width: str | None) -> str:
+    if not width:
+        return s
+    return s.ljust(int(width)) if "-" in flags else s.rjust(int(width))
+
+
+def _format_one(a: Any, verb: str, spec: str, flags: str, width: str | None, prec: str | None) -> str:
+    bad = f"%!{verb}({_go_type(a)}={go_print(a)})"
+    if verb in "vs":
+        if verb == "s" and not isinstance(a, str):
+            return bad
+        return _pad(go_print(a), flags, width)
+    if verb == "q":
+        return _pad('"' + str(a).replace("\\", "\\\\").replace('"', '\\"') + '"', flags, width) \
+            if isinstance(a, str) else bad
+    if verb == "t":
+        return _pad(go_print(a), flags, width) if isinstance(a, bool) else bad
+    if verb in "dxXob":
+        if not isinstance(a, int) or isinstance(a, bool):
+            return bad
+        if verb == "b":
+            return _pad(format(a, "b"), flags, width)
+        return ("%" + spec + verb) % a
+    if verb in "feEgG":
+        if not isinstance(a, float):
+            return bad
+        sp = _special(a)
+        if sp is not None:
+            return _pad(sp, flags, width)
+        if verb in "gG" and prec is None:
+            return _pad(go_float(a), flags, width)
+        return ("%" + spec + verb) % a
+    return f"%!{verb}({_go_type(a)}={go_print(a)})"
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, float):
+        return "float"
+    if isinstance(v, str):
+        return "string"
+    return "other"
+
+
+def _compare(name: str, a: Any, b: Any) -> bool:
+    ka, kb = _kind(a), _kind(b)
+    if ka != kb or ka == "other":
+        raise _ExecError(f"error calling {name}: incompatible types for comparison")
+    if name in ("eq", "ne"):
+        return (a == b) if name == "eq" else (a != b)
+    if ka == "bool":
+        raise _ExecError(f"error calling {name}: invalid type for comparison")
+    # Go: le = lt || eq, gt = !le, ge = !lt (so comparisons with NaN differ from Python's).
+    lt, eq = a < b, a == b
+    return {"lt": lt, "le": lt or eq, "gt": not (lt or eq), "ge": not lt}[name]
+
+
+def _truth(v: Any) -> bool:
+    if isinstance(v, float):
+        return v != 0  # NaN is true, as in Go
+    return bool(v)
+
+
+def _eq(a: Any, *bs: Any) -> bool:
+    if not bs:
+        raise _ExecError("wrong number of args for eq: want at least 1 got 0")
+    return any(_compare("eq", a, b) for b in bs)
+
+
+FUNCS: dict[str, Callable[..., Any]] = {
+    "humanize": humanize,
+    "humanize1024": humanize1024,
+    "humanizeDuration": humanize_duration,
+    "humanizePercentage": humanize_percentage,
+    "printf": printf,
+    "toUpper": lambda s: str(s).upper(),
+    "toLower": lambda s: str(s).lower(),
+    "title": lambda s: re.sub(r"\b\w", lambda m: m.group(0).upper(), str(s)),
+    "eq": _eq,
+    "ne": lambda a, b: _compare("ne", a, b),
+    "lt": lambda a, b: _compare("lt", a, b),
+    "le": lambda a, b: _compare("le", a, b),
+    "gt": lambda a, b: _compare("gt", a, b),
+    "ge": lambda a, b: _compare("ge", a, b),
+    "not": lambda a: not _truth(a),
+}
+_ARITY = {"humanize": 1, "humanize1024": 1, "humanizeDuration": 1, "humanizePercentage": 1, "toUpper": 1,
+          "toLower": 1, "title": 1, "ne": 2, "lt": 2, "le": 2, "gt": 2, "ge": 2, "not": 1}
+
+# Prometheus functions we deliberately do not offer (they need a query engine or do I/O).
+_UNSUPPORTED_FUNCS = {"query", "first", "label", "value", "strvalue", "args", "safeHtml", "match", "reReplaceAll",
+                      "graphLink", "tableLink", "sortByLabel", "pathPrefix", "externalURL", "humanizeTimestamp",
+                      "toTime", "parseDuration", "stripPort", "stripDomain", "index", "slice", "len", "html",
+                      "js", "urlquery", "print", "println", "call"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _Field:
+    root: str  # "labels" | "externalLabels" | "value" | "externalURL"
+    key: str | None
+    offset: int
+
+
+@dataclass
+class _Lit:
+    value: Any
+
+
+@dataclass
+class _Cmd:
+    func: str | None  # None: a bare operand
+    args: list[Any]
+    offset: int
+
+
+@dataclass
+class _Pipe:
+    cmds: list[_Cmd]
+
+
+@dataclass
+class _If:
+    branches: list[tuple[_Pipe, list[Any]]] = field(default_factory=list)
+    otherwise: list[Any] = field(default_factory=list)
+
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+      (?P<str>"(?:[^"\\]|\\.)*")
+    | (?P<raw>`[^`]*`)
+    | (?P<num>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)
+    | (?P<var>\$[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*|\$(?![\w]))
+    | (?P<dot>(?:\.[A-Za-z_]\w*)+|\.(?![\w]))
+    | (?P<ident>[A-Za-z_]\w*)
+    | (?P<pipe>\|)
+    | (?P<lp>\()
+    | (?P<rp>\))
+    | (?P<assign>:?=)
+    | (?P<other>\S)
+    )""",
+    re.VERBOSE,
+)
+
+_ROOTS = {"$labels": "labels", ".Labels": "labels", "$externalLabels": "externalLabels",
+          ".ExternalLabels": "externalLabels", "$value": "value", ".Value": "value",
+          "$externalURL": "externalURL", ".ExternalURL": "externalURL"}
+
+
+def _unquote(s: str, off: int) -> str:
+    body = s[1:-1]
+    out = []
+    i = 0
+    esc = {"n": "\n", "t": "\t", "\\": "\\", '"': '"', "r": "\r", "'": "'"}
+    while i < len(body):
+        c = body[i]
+        if c == "\\":
+            if i + 1 >= len(body) or body[i + 1] not in esc:
+                raise TemplateError("unsupported escape sequence in string", off + i + 1)
+            out.append(esc[body[i + 1]])
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+class _ActionParser:
+    """Parses the inside of one ``{{ ... }}``."""
+
+    def __init__(self, text: str, base: int) -> None:
+        self.toks: list[tuple[str, str, int]] = []
+        pos = 0
+        while pos < len(text):
+            m = _TOKEN.match(text, pos)
+            if m is None or m.end() == pos:
+                break
+            kind = m.lastgroup or ""
+            self.toks.append((kind, m.group(kind), base + m.start(kind)))
+            pos = m.end()
+        self.i = 0
+        self.end = base + len(text)
+
+    def peek(self) -> tuple[str, str, int] | None:
+        return self.toks[self.i] if self.i < len(self.toks) else None
+
+    def pipeline(self) -> _Pipe:
+        cmds = [self.command()]
+        while (t := self.peek()) is not None and t[0] == "pipe":
+            self.i += 1
+            cmd = self.command()
+            if cmd.func is None:
+                raise TemplateError("non-function in pipeline", cmd.offset)
+            cmds.append(cmd)
+        return _Pipe(cmds)
+
+    def command(self) -> _Cmd:
+        t = self.peek()
+        if t is None or t[0] in ("pipe", "rp"):
+            raise TemplateError("missing value for command", t[2] if t else self.end)
+        if t[0] == "ident" and t[1] not in ("true", "false", "nil"):
+            name, off = t[1], t[2]
+            if name in ("range", "with", "define", "template", "block", "break", "continue"):
+                raise TemplateError(f"unsupported template action {name!r}", off)
+            if name in _UNSUPPORTED_FUNCS:
+                raise TemplateError(f"unsupported template function {name!r}", off)
+            if name not in FUNCS and name not in ("and", "or"):
+                raise TemplateError(f'function "{name}" not defined', off)
+            self.i += 1
+            args = []
+            while (n := self.peek()) is not None and n[0] not in ("pipe", "rp"):
+                args.append(self.operand())
+            return _Cmd(name, args, off)
+        op = self.operand()
+        n = self.peek()
+        if n is not None and n[0] not in ("pipe", "rp"):
+            raise TemplateError("can't give argument to non-function", n[2])
+        return _Cmd(None, [op], t[2])
+
+    def operand(self) -> Any:
+        t = self.peek()
+        if t is None:
+            raise TemplateError("unexpected end of action", self.end)
+        kind, text, off = t
+        self.i += 1
+        if kind == "str":
+            return _Lit(_unquote(text, off))
+        if kind == "raw":
+            return _Lit(text[1:-1])
+        if kind == "num":
+            if re.fullmatch(r"[-+]?\d+", text):
+                return _Lit(int(text))
+            return _Lit(float(text))
+        if kind == "ident":
+            if text in ("true", "false"):
+                return _Lit(text == "true")
+            raise TemplateError(f"function {text!r} used as an argument: wrap it in parentheses", off)
+        if kind in ("var", "dot"):
+            return self._field(text, off)
+        if kind == "lp":
+            pipe = self.pipeline()
+            close = self.peek()
+            if close is None or close[0] != "rp":
+                raise TemplateError("unclosed left paren", off)
+            self.i += 1
+            return pipe
+        if kind == "assign":
+            raise TemplateError("unsupported template syntax: variable assignment", off)
+        raise TemplateError(f"unexpected {text!r} in template action", off)
+
+    def _field(self, text: str, off: int) -> _Field:
+        parts = text.split(".")
+        if text.startswith("$"):
+            root, rest = parts[0], parts[1:]
+        else:
+            root, rest = "." + parts[1], parts[2:]
+        if root not in _ROOTS:
+            raise TemplateError(f"unsupported template variable or field {text!r}", off)
+        kind = _ROOTS[root]
+        if kind in ("value", "externalURL"):
+            if rest:
+                raise TemplateError(f"can't evaluate field {rest[0]} of {root}", off)
+            return _Field(kind, None, off)
+        if len(rest) > 1:
+            raise TemplateError(f"can't evaluate field {rest[1]} of a label value", off)
+        return _Field(kind, rest[0] if rest else None, off)
+
+
+_ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.DOTALL)
+
+
+class Template:
+    """A parsed template; :meth:`render` expands it."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.nodes = _parse(text)
+        self.is_static = len(self.nodes) <= 1 and all(isinstance(n, str) for n in self.nodes)
+
+    def render(self, labels: Mapping[str, str], value: float, external_labels: Mapping[str, str] | None = None,
+               external_url: str = "") -> str:
+        """Expand with the alert's labels and value; execution errors render as Prometheus does."""
+        if self.is_static:
+            return self.nodes[0] if self.nodes else ""
+        data = {"labels": labels, "value": value, "externalLabels": external_labels or {},
+                "externalURL": external_url}
+        out: list[str] = []
+        try:
+            _exec(self.nodes, data, out)
+        except _ExecError as err:
+            return f"<error expanding template: {err}>"
+        return "".join(out)
+
+
+def parse(text: str) -> Template:
+    """Parse template text; TemplateError (with offset) for syntax Prometheus rejects or we do not support."""
+    return Template(text)
+
+
+def _parse(text: str) -> list[Any]:
+    # Split into literal text and actions, applying {{- and -}} trimming.
+    pieces: list[tuple[str, Any, int]] = []
+    pos = 0
+    for m in _ACTION.finditer(text):
+        lit = text[pos:m.start()]
+        if m.group(1):
+            lit = lit.rstrip()
+        pieces.append(("text", lit, pos))
+        pieces.append(("action", m.group(2), m.start(2)))
+        pos = m.end()
+        if m.group(3):
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
+    rest = text[pos:]
+    if "{{" in rest:
+        raise TemplateError("unclosed action", pos + rest.index("{{"))
+    pieces.append(("text", rest, pos))
+
+    root: list[Any] = []
+    stack: list[tuple[_If, list[Any], int]] = []
+    cur = root
+    for kind, body, off in pieces:
+        if kind == "text":
+            if body:
+                cur.append(body)
+            continue
+        stripped = body.strip()
+        lead = len(body) - len(body.lstrip())
+        aoff = off + lead
+        if stripped.startswith("/*"):
+            if not stripped.endswith("*/"):
+                raise TemplateError("unclosed comment", aoff)
+            continue
+        if not stripped:
+            raise TemplateError("missing value for command", aoff)
+        word = stripped.split(None, 1)[0]
+        if word == "if":
+            node = _If()
+            p = _ActionParser(body[lead + 2:], aoff + 2)
+            pipe = _check_end(p, p.pipeline())
+            node.branches.append((pipe, []))
+            cur.append(node)
+            stack.append((node, cur, aoff))
+            cur = node.branches[-1][1]
+        elif word == "else":
+            if not stack:
+                raise TemplateError("unexpected {{else}}", aoff)
+            node = stack[-1][0]
+            if cur is node.otherwise:
+                raise TemplateError("expected end; found {{else}}", aoff)
+            rest2 = stripped[4:].strip()
+            if rest2.startswith("if"):
+                start = body.index("if", lead + 4)
+                p = _ActionParser(body[start + 2:], off + start + 2)
+                pipe = _check_end(p, p.pipeline())
+                node.branches.append((pipe, []))
+                cur = node.branches[-1][1]
+            elif rest2:
+                raise TemplateError(f"unsupported template syntax: else {rest2.split()[0]}", aoff)
+            else:
+                cur = node.otherwise
+        elif word == "end":
+            if not stack or stripped != "end":
+                raise TemplateError("unexpected {{end}}", aoff)
+            _, cur, _ = stack.pop()
+        else:
+            p = _ActionParser(body, off)
+            cur.append(_check_end(p, p.pipeline()))
+    if stack:
+        raise TemplateError("unexpected EOF: missing {{end}}", stack[-1][2])
+    return root
+
+
+def _check_end(p: _ActionParser, pipe: _Pipe) -> _Pipe:
+    t = p.peek()
+    if t is not None:
+        if t[0] == "assign":
+            raise TemplateError("unsupported template syntax: variable assignment", t[2])
+        raise TemplateError(f"unexpected {t[1]!r} in template action", t[2])
+    return pipe
+
+
+# ---------------------------------------------------------------------------------------------
+# Execution
+# ---------------------------------------------------------------------------------------------
+def _exec(nodes: list[Any], data: dict[str, Any], out: list[str]) -> None:
+    for node in nodes:
+        if isinstance(node, str):
+            out.append(node)
+        elif isinstance(node, _Pipe):
+            out.append(go_print(_pipe(node, data)))
+        else:
+            for cond, body in node.branches:
+                if _truth(_pipe(cond, data)):
+                    _exec(body, data, out)
+                    break
+            else:
+                _exec(node.otherwise, data, out)
+
+
+def _pipe(pipe: _Pipe, data: dict[str, Any]) -> Any:
+    value: Any = None
+    for i, cmd in enumerate(pipe.cmds):
+        if cmd.func is None:
+            value = _arg(cmd.args[0], data)
+            continue
+        args = [_arg(a, data) for a in cmd.args]
+        if i > 0:
+            args.append(value)
+        value = _call(cmd.func, args)
+    return value
+
+
+def _call(name: str, args: list[Any]) -> Any:
+    if name == "and":
+        if not args:
+            raise _ExecError("wrong number of args for and")
+        for a in args:
+            if not _truth(a):
+                return a
+        return args[-1]
+    if name == "or":
+        if not args:
+            raise _ExecError("wrong number of args for or")
+        for a in args:
+            if _truth(a):
+                return a
+        return args[-1]
+    want = _ARITY.get(name)
+    if want is not None and len(args) != want:
+        raise _ExecError(f"wrong number of args for {name}: want {want} got {len(args)}")
+    if name == "printf" and not args:
+        raise _ExecError("wrong number of args for printf: want at least 1 got 0")
+    try:
+        return FUNCS[name](*args)
+    except _ExecError as err:
+        if str(err).startswith("error calling"):
+            raise
+        raise _ExecError(f"error calling {name}: {err}") from err
+
+
+def _arg(a: Any, data: dict[str, Any]) -> Any:
+    if isinstance(a, _Lit):
+        return a.value
+    if isinstance(a, _Pipe):
+        return _pipe(a, data)
+    root = data[a.root]
+    if a.key is None:
+        return root
+    return root.get(a.key, "")

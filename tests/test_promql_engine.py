@@ -1,0 +1,120 @@
+"""Engine properties not covered by the promtool corpus: the Store fast paths (ring wrap-around, selection
+cache invalidation) agree with the generic path over the public Store API, and results are fresh objects."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from agent.metrics import Sample
+from agent.promql import Scalar, Vector, compile_expr
+from agent.store import ABSENT_NAN, Store
+
+EXPRS = [
+    "m",
+    "m offset 7s",
+    "rate(m[30s])",
+    "increase(c[45s])",
+    "irate(c[20s])",
+    "delta(m[30s])",
+    "idelta(m[10s])",
+    "deriv(m[40s])",
+    "predict_linear(m[40s], 60)",
+    "changes(m[50s])",
+    "resets(c[50s])",
+    "avg_over_time(m[30s])",
+    "sum_over_time(c[30s])",
+    "min_over_time(m[30s])",
+    "max_over_time(m[30s])",
+    "count_over_time(m[59s])",
+    "last_over_time(m[30s])",
+    "quantile_over_time(0.3, m[30s])",
+    "stddev_over_time(m[30s])",
+    "stdvar_over_time(m[30s])",
+    "absent_over_time(m[5s])",
+    "timestamp(m)",
+    "max_over_time(m[30s]) - min_over_time(m[30s])",
+]
+
+
+class PlainStore:
+    """Only Store's documented reading API: forces the engine's generic (uncached, unshortcut) path."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.by_name = store.by_name
+
+    def family(self, name: str) -> Any:
+        return self._store.family(name)
+
+    def points(self, series: Any, start: float, end: float) -> Any:
+        return self._store.points(series, start, end)
+
+    def instant(self, series: Any, t: float, lookback: float = 300.0) -> Any:
+        return self._store.instant(series, t, lookback)
+
+
+def _build() -> Store:
+    """60 s of 1 s ring, 200 ticks (so windows wrap the ring), with gaps, resets, NaN and absent slots."""
+    store = Store(retention=60, interval=1)
+    for k in range(200):
+        store.begin_tick(1000.0 + k + (0.25 if k % 3 == 0 else 0.0))
+        samples = []
+        for i in range(4):
+            labels = (("i", str(i)),)
+            if i == 1 and 80 <= k % 100 < 90:
+                continue  # disappears: stale
+            v = (k * (i + 1)) % 37 if i != 2 else 5.0 * math.sin(k / 7)
+            if i == 3 and k % 11 == 0:
+                v = math.nan
+            if i == 0 and k % 13 == 0:
+                v = ABSENT_NAN
+            samples.append(Sample("m", labels, float(v)))
+            samples.append(Sample("c", labels, float((k * 3 + i) % 50)))  # counter with resets
+        store.add(samples)
+    return store
+
+
+def _canon(result: Vector | Scalar) -> list:
+    if isinstance(result, Scalar):
+        return [((), "nan" if math.isnan(result.value) else result.value)]
+    return sorted((tuple(sorted(labels.items())), "nan" if v != v else v) for labels, v in result)
+
+
+@pytest.mark.parametrize("expr", EXPRS)
+def test_fast_paths_match_generic_path(expr: str) -> None:
+    store = _build()
+    plain = PlainStore(store)
+    fast_q, slow_q = compile_expr(expr), compile_expr(expr)
+    for t in (store.now, store.now - 0.5, store.now - 17, store.now - 40.25, store.now + 3):
+        assert _canon(fast_q.eval(store, t)) == _canon(slow_q.eval(plain, t)), (expr, t)
+
+
+def test_selection_cache_follows_series_set() -> None:
+    store = Store(retention=30, interval=1)
+    q = compile_expr('m{i=~"a|b"}')
+    store.begin_tick(1.0)
+    store.add([Sample("m", (("i", "a"),), 1.0)])
+    assert [lb["i"] for lb, _ in q.eval(store, 1.0)] == ["a"]
+    store.begin_tick(2.0)
+    store.add([Sample("m", (("i", "a"),), 1.0), Sample("m", (("i", "b"),), 2.0)])
+    assert sorted(lb["i"] for lb, _ in q.eval(store, 2.0)) == ["a", "b"]
+    for k in range(3, 40):
+        store.begin_tick(float(k))
+        store.add([Sample("m", (("i", "b"),), 2.0)])
+    assert store.gc() == 1
+    assert [lb["i"] for lb, _ in q.eval(store, 39.0)] == ["b"]
+
+
+def test_results_are_fresh_objects() -> None:
+    store = Store(retention=30, interval=1)
+    store.begin_tick(1.0)
+    store.add([Sample("m", (("i", "a"),), 1.0)])
+    q = compile_expr("m")
+    first = q.eval(store, 1.0)
+    first[0][0]["i"] = "mutated"
+    assert q.eval(store, 1.0) == [({"__name__": "m", "i": "a"}, 1.0)]
+    assert isinstance(first, Vector) and isinstance(first, list)
+    assert compile_expr("scalar(m) * 2").eval(store, 1.0) == Scalar(2.0)
