@@ -34,6 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -347,6 +348,7 @@ class _Op:
     digest: str = ""
     warnings: list[str] = field(default_factory=list)
     result: Result | None = None
+    pending: tuple[Future[str], Future[str]] | None = None   # big files: (source, read-back) digests in the pool
 
 
 class SafeMover:
@@ -375,6 +377,7 @@ class SafeMover:
         self.batch_files, self.batch_bytes = max(1, batch_files), batch_bytes
         self.hooks = dict(hooks or {})   # test seams: called after the named step's records
         self._buf = bytearray(chunk)
+        self._pool: ThreadPoolExecutor | None = None
         log.lock()
 
     # ---------------------------------------------------------- public
@@ -497,7 +500,7 @@ class SafeMover:
         alone = len(ops) == 1
         for i, o in enumerate(ops):
             try:
-                o.digest = self._copy(o.src, o.tmp, o.st, o.warnings, fsync=alone)
+                self._copy(o, fsync=alone)
                 live.append(o)
             except _Abort as err:
                 self._fail(o, err.status, err.reason, err.errno)
@@ -511,12 +514,25 @@ class SafeMover:
             try:
                 one_dir_per_fs = {os.stat(os.path.dirname(o.dst)).st_dev: os.path.dirname(o.dst) for o in live}
                 for d in one_dir_per_fs.values():
-                    syncfs(d)
+                    syncfs(d)        # meanwhile the pool hashes sources and read-backs of the big files
             except OSError as err:
                 for o in live:
                     self._fail_os(o, err)
                 return []
-        return live
+        checked = []
+        for o in live:
+            if o.pending is not None:
+                o.digest, again = (f.result() for f in o.pending)
+                if not o.digest:
+                    self._fail(o, "failed", "source changed size during copy")
+                    continue
+            else:
+                again = o.digest
+            if again != o.digest:
+                self._fail(o, "failed", f"verification failed: written {again[:16]} != read {o.digest[:16]}")
+                continue
+            checked.append(o)
+        return checked
 
     def _verify_all(self, live: list[_Op]) -> list[_Op]:
         busy = self.writers([o.src for o in live]) if live else {}
@@ -560,19 +576,21 @@ class SafeMover:
             self._hook("placed")
         return placed
 
-    def _copy(self, src: str, tmp: str, st: os.stat_result, warnings: list[str], fsync: bool) -> str:
-        """src -> tmp with hashing, throttle and progress; metadata; re-read verification; fsync when ``fsync``.
+    def _copy(self, o: _Op, fsync: bool) -> None:
+        """src -> tmp with throttle and progress; metadata; fsync when ``fsync``; the digests to compare.
 
-        Small files: read, hash, write through one buffer. Files of ``BIG`` bytes and more: the kernel copies
-        (copy_file_range) while a helper thread hashes the source; falls back to the loop where the kernel
-        cannot. Either way the temp file is then read back and hashed, and must give the same digest.
+        Small files: read, hash, write through one buffer, then read back and compare (sets ``o.digest``).
+        Files of ``BIG`` bytes and more: the kernel copies (copy_file_range) while the helper pool hashes the
+        source and then the read-back; ``o.pending`` holds both digests, compared by :meth:`_copy_all` after
+        the batch's ``syncfs`` (which they overlap). Where the kernel cannot copy, the loop is used.
         """
+        st = o.st
         try:
-            sfd = os.open(src, os.O_RDONLY | os.O_NOATIME | os.O_CLOEXEC)
+            sfd = os.open(o.src, os.O_RDONLY | os.O_NOATIME | os.O_CLOEXEC)
         except PermissionError:
-            sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+            sfd = os.open(o.src, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            tfd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOATIME | os.O_CLOEXEC, 0o600)
+            tfd = os.open(o.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOATIME | os.O_CLOEXEC, 0o600)
             try:
                 if st.st_size and self.preallocate:
                     try:
@@ -580,20 +598,28 @@ class SafeMover:
                     except OSError as err:
                         if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                             raise
-                digest = self._copy_range(sfd, tfd, st.st_size) if st.st_size >= BIG else None
-                if digest is None:
-                    digest = self._copy_loop(sfd, tfd, st.st_size)
-                again = self._hash_fd(tfd, st.st_size)    # before utime: this read may move the atime
-                if again != digest:
-                    raise _Abort("failed", f"verification failed: written {again[:16]} != read {digest[:16]}")
-                _copy_meta(sfd, tfd, st, warnings)
+                src_hash = self._copy_range(sfd, tfd, st.st_size) if st.st_size >= BIG else None
+                if src_hash is not None:
+                    vfd = os.open(o.tmp, os.O_RDONLY | os.O_NOATIME | os.O_CLOEXEC)   # atime stays as set
+                    o.pending = (src_hash, self._executor().submit(_hash_and_close, vfd, st.st_size,
+                                                                   self.hash_threads))
+                else:
+                    o.digest = self._copy_loop(sfd, tfd, st.st_size)
+                    again = self._hash_fd(tfd, st.st_size)    # before utime: this read may move the atime
+                    if again != o.digest:
+                        raise _Abort("failed", f"verification failed: written {again[:16]} != read {o.digest[:16]}")
+                _copy_meta(sfd, tfd, st, o.warnings)
                 if fsync:
                     os.fsync(tfd)
             finally:
                 os.close(tfd)
         finally:
             os.close(sfd)
-        return digest
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="safecopy-hash")
+        return self._pool
 
     def _account(self, n: int) -> None:
         self.throttle.consume(n)
@@ -615,33 +641,27 @@ class SafeMover:
             raise _Abort("failed", f"source changed size during copy ({size} -> {total})")
         return h.hexdigest()
 
-    def _copy_range(self, sfd: int, tfd: int, size: int) -> str | None:
-        """Kernel copy + source hash in a helper thread; None when copy_file_range is not possible here."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        stop = threading.Event()
-        with ThreadPoolExecutor(1, thread_name_prefix="safecopy-hash") as pool:
-            fut = pool.submit(_hash_fd_range, sfd, size, self.hash_threads, stop)
-            off = 0
+    def _copy_range(self, sfd: int, tfd: int, size: int) -> Future[str] | None:
+        """Kernel copy while the pool hashes the source (its digest: the future); None when copy_file_range is
+        not possible here (nothing copied). A source that shrinks gives an empty digest."""
+        off = 0
+        fut = None
+        while off < size:
             try:
-                while off < size:
-                    try:
-                        n = os.copy_file_range(sfd, tfd, min(RANGE_CHUNK, size - off), off, off)
-                    except OSError as err:
-                        if off == 0 and err.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                            return None
-                        raise
-                    if n == 0:
-                        break
-                    off += n
-                    self._account(n)
-            finally:
-                if off < size:
-                    stop.set()
-            digest = fut.result()
-        if off != size or digest is None:
+                n = os.copy_file_range(sfd, tfd, min(RANGE_CHUNK, size - off), off, off)
+            except OSError as err:
+                if off == 0 and err.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    return None
+                raise
+            if fut is None:      # the kernel can: hash the source alongside (through its own descriptor)
+                fut = self._executor().submit(_hash_and_close, os.dup(sfd), size, self.hash_threads)
+            if n == 0:
+                break
+            off += n
+            self._account(n)
+        if off != size or fut is None:
             raise _Abort("failed", f"source changed size during copy ({size} -> {off})")
-        return digest
+        return fut
 
     def _hash_fd(self, fd: int, size: int) -> str:
         """blake3 of the first ``size`` bytes of an open file (pread: the file offset is not used)."""
@@ -743,7 +763,10 @@ class SafeMover:
         return "rolledback"
 
     def close(self) -> None:
-        """Release the step log."""
+        """Release the step log (and the hash threads)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self.log.close()
 
 
@@ -859,6 +882,13 @@ def make_parents(src: str, dst: str) -> None:
             if not os.path.isdir(d):
                 raise RemediationError(f"cannot create {d}: {err.strerror}") from err
         fsync_dir(os.path.dirname(d))
+
+
+def _hash_and_close(fd: int, size: int, threads: int) -> str:
+    try:
+        return _hash_fd_range(fd, size, threads, None) or ""
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: str) -> None:
