@@ -171,7 +171,7 @@ class StepLog:
     def __init__(self, path: str, durable: bool = True) -> None:
         self.path = path
         self.durable = durable
-        self._dirty = False
+        self._held: list[bytes] = []
         try:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -192,24 +192,27 @@ class StepLog:
             raise SafeCopyError(f"step log {self.path} is in use by another run") from err
 
     def record(self, op: str, step: str, sync: bool = True, **fields: Any) -> None:
-        """Append one record; durably unless ``sync`` is False (then :meth:`sync` before relying on it)."""
+        """Append one record; durably unless ``sync`` is False: then it is held until :meth:`sync` writes every
+        held record at once (nothing may rely on it before that)."""
         line = json.dumps({"op": op, "step": step, "t": time.time(), **fields}, separators=(",", ":")) + "\n"
-        try:
-            os.write(self._fd, line.encode())
-        except OSError as err:
-            raise SafeCopyError(f"cannot write step log {self.path}: {err.strerror}") from err
-        self._dirty = True
+        self._held.append(line.encode())
         if sync:
             self.sync()
 
     def sync(self) -> None:
-        """Make every record written so far durable (one fdatasync; nothing when nothing is pending)."""
-        if self.durable and self._dirty:
-            try:
+        """Write the held records (one write) and make them durable (one fdatasync)."""
+        if not self._held:
+            return
+        data = b"".join(self._held)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            if self.durable:
                 os.fdatasync(self._fd)
-            except OSError as err:
-                raise SafeCopyError(f"cannot sync step log {self.path}: {err.strerror}") from err
-        self._dirty = False
+        except OSError as err:
+            raise SafeCopyError(f"cannot write step log {self.path}: {err.strerror}") from err
+        self._held.clear()
 
     def records(self) -> list[dict[str, Any]]:
         """Every complete record, in order."""
@@ -250,9 +253,12 @@ class StepLog:
         return True
 
     def close(self) -> None:
-        """Close (and unlock)."""
+        """Write what is held, close (and unlock)."""
         if self._fd >= 0:
-            os.close(self._fd)
+            try:
+                self.sync()
+            finally:
+                os.close(self._fd)
             self._fd = -1
 
 
@@ -316,6 +322,11 @@ class _Abort(Exception):
 def tmp_path_for(dst: str, op: str) -> str:
     """The temporary file of operation ``op`` beside ``dst``."""
     return os.path.join(os.path.dirname(dst), f"{TMP_PREFIX}{op}.{os.path.basename(dst)}"[:255])
+
+
+def quarantine_tmp_for(qdir: str, op: str) -> str:
+    """The partial cross-filesystem quarantine copy of operation ``op``."""
+    return os.path.join(qdir, f"{TMP_PREFIX}{op}.q")
 
 
 def link_tmp_for(src: str, op: str) -> str:
@@ -546,7 +557,7 @@ class SafeMover:
                 if busy.get(o.src):
                     raise _Abort("skipped", f"opened for writing during copy by pid {busy[o.src][0]}")
                 if o.replace and o.mv.quarantine is not None:
-                    _quarantine(o.dst, o.mv.quarantine)
+                    _quarantine(o.dst, o.mv.quarantine, o.id)
             except _Abort as err:
                 self._fail(o, err.status, err.reason, err.errno)
                 continue
@@ -758,6 +769,8 @@ class SafeMover:
             return "done"
         _unlink_quiet(tmp)
         _unlink_quiet(link_tmp_for(src, op))
+        if o.get("quarantine"):
+            _unlink_quiet(quarantine_tmp_for(o["quarantine"], op))
         fsync_dir(os.path.dirname(dst))
         self.log.record(op, "rolledback", reason=f"crashed at step {o['step']}")
         return "rolledback"
@@ -791,8 +804,9 @@ def _copy_meta(sfd: int, tfd: int, st: os.stat_result, warnings: list[str]) -> N
     os.utime(tfd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _quarantine(path: str, qdir: str) -> str:
-    """Keep a copy of ``path`` in ``qdir`` (hard link when on the same filesystem), durably; its new path."""
+def _quarantine(path: str, qdir: str, op: str) -> str:
+    """Keep a copy of ``path`` in ``qdir`` (hard link when on the same filesystem), durably; its new path.
+    A cross-filesystem copy is made as ``qdir/.nwtmp.<op>.q`` first (recovery removes a partial one)."""
     os.makedirs(qdir, exist_ok=True)
     name = f"{time.strftime('%Y%m%dT%H%M%S')}.{uuid.uuid4().hex[:8]}.{os.path.basename(path)}"[:255]
     target = os.path.join(qdir, name)
@@ -802,7 +816,7 @@ def _quarantine(path: str, qdir: str) -> str:
         if err.errno != errno.EXDEV:
             raise
         import shutil
-        part = os.path.join(qdir, TMP_PREFIX + name)[:4096]
+        part = quarantine_tmp_for(qdir, op)
         shutil.copy2(path, part)
         fd = os.open(part, os.O_RDONLY)
         try:
