@@ -22,7 +22,7 @@ from agent.remediator import Remediator
 from remediations.restore import Config, LocalSource, Params, Restore
 from remediations.safecopy import TMP_PREFIX, StepLog
 from remediations.scrub import METRICS, Scrubber, integrity_samples
-from tests.conftest import REPO
+from tests.conftest import REPO, require_root
 
 H = "ab" * 32
 
@@ -271,3 +271,26 @@ def test_kill9_during_restore_loses_nothing(tmp_path):
             killed += _run(trial, rng.uniform(0.0, clean))[1]
         _check(trial, hashes, broken, damaged)
     assert killed >= TRIALS // 2                # most trials really interrupted the restore
+
+
+@pytest.mark.privileged
+def test_quarantine_on_another_filesystem_gets_a_copy(tmp_path):
+    require_root()
+    hashes = make_dataset(tmp_path, 6)
+    rel = sorted(hashes)[1]
+    p = tmp_path / "data" / rel
+    damaged = b"!" + p.read_bytes()[1:]
+    p.write_bytes(damaged)
+    q = tmp_path / "q"
+    q.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(q)], check=True, timeout=30)
+    try:
+        cfg = plugin(tmp_path).config.model_dump()
+        cfg["datasets"]["ds"]["quarantine"] = str(q)
+        m = Restore(Config.model_validate(cfg), writers=lambda paths: {})
+        m.apply(m.plan(None, Params(dataset="ds")))
+        assert sha(p) == hashes[rel]
+        kept = list(q.iterdir())
+        assert [k.read_bytes() for k in kept] == [damaged] and not kept[0].name.startswith(TMP_PREFIX)
+    finally:
+        subprocess.run(["umount", "-l", str(q)], check=True, timeout=30)
