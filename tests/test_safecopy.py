@@ -307,3 +307,20 @@ def test_hash_file_matches_blake3_of_bytes(tmp_path):
     assert hash_file(str(p)) == blake3.blake3(data).hexdigest()
     (tmp_path / "e").write_bytes(b"")
     assert hash_file(str(tmp_path / "e")) == blake3.blake3(b"").hexdigest()
+
+
+def test_copy_is_bandwidth_limited(tree, tmp_path):
+    _, dst, f = tree
+    now = [0.0]
+    slept = []
+
+    def sleep(s):
+        slept.append(s)
+        now[0] += s
+
+    done = []
+    size = f.stat().st_size
+    res = mover(tmp_path, rate_mb_s=2, clock=lambda: now[0], sleep=sleep, progress=done.append) \
+        .move(str(f), str(dst / "m"))
+    assert res.status == "done" and sum(done) == size
+    assert sum(slept) == pytest.approx(size / 2e6, abs=0.6)     # within one chunk of the 2 MB/s budget
