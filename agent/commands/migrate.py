@@ -49,14 +49,17 @@ class ProgressBar:
             return
         self._last = now
         self.stream.write("\r" + render_bar(done, total, now - self._start, self.width))
-        self.stream.flush()
         self._drawn = True
+        if done >= total:   # end the line before anything else is logged
+            self.close()
+        self.stream.flush()
 
     def close(self) -> None:
-        """End the line."""
+        """End the line (once)."""
         if self._drawn:
             self.stream.write("\n")
             self.stream.flush()
+            self._drawn = False
 
 
 def render_bar(done: int, total: int, elapsed: float, width: int = 30) -> str:
