@@ -26,11 +26,14 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("history",): "agent.commands.history",
     ("pause",): "agent.commands.pause",
     ("resume",): "agent.commands.resume",
+    ("migrate",): "agent.commands.migrate",
+    ("manifest", "create"): "agent.commands.manifest",
 }
 
 GROUP_HELP = {
     "check": "validate configuration and rule files without running",
     "test": "run unit tests for rule files (promtool's test format)",
+    "manifest": "checksum manifests of protected datasets",
 }
 
 
