@@ -199,20 +199,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _format_errors(err: ValidationError, root: Any, filename: str) -> list[str]:
-    problems = []
-    for e in err.errors():
-        loc = e["loc"]
-        extra = e["type"] == "extra_forbidden"
-        line, col = yamlpos.position(root, loc, key=extra)
-        where = ".".join(str(p) for p in loc) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if extra:
-            msg = f"unknown key {loc[-1]!r}"
-        problems.append(f"{filename}:{line}:{col}: {where}: {msg}")
-    return problems
-
-
 def load_text(text: str, filename: str = "<config>") -> Config:
     """Parse and validate YAML text; ConfigError lists every problem with its position."""
     root = yamlpos.load(text, filename)
@@ -223,7 +209,7 @@ def load_text(text: str, filename: str = "<config>") -> Config:
     try:
         return Config.model_validate(yamlpos.plain(root))
     except ValidationError as err:
-        problems = _format_errors(err, root, filename)
+        problems = yamlpos.validation_problems(err, root, filename)
         raise ConfigError("\n".join(problems), problems) from err
 
 

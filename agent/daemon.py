@@ -180,7 +180,7 @@ class Daemon:
 
     def _remediator(self, cfg: Config, policy: Policy) -> Remediator:
         paths = Paths(cfg.paths.procfs, cfg.paths.sysfs, cfg.paths.devfs, cfg.paths.rootfs)
-        loaded = load_remediations(policy.plugins, paths=paths)
+        loaded = load_remediations(policy.plugins, paths=paths, state_dir=cfg.state_dir)
         journal = Journal(cfg.state_dir, policy.journal.retention, policy.journal.max_rows)
         return Remediator(policy, journal, loaded.plugins, mode=cfg.mode, clock=self.wall,
                           pause_flag_path=os.path.join(cfg.state_dir, "paused"))
@@ -293,6 +293,10 @@ class Daemon:
             Sample("nodewarden_config_last_reload_success_timestamp_seconds", (), round(self.reload_ok_at, 3)),
         ]
         self.store.add(self_samples)
+        # Everything rules may read must be in this tick before evaluation: a series not yet written in the
+        # current tick reads as stale. Remediation/plugin samples (e.g. integrity scrub results) go in first,
+        # and again after on_tick so /metrics shows this tick's decisions.
+        self.store.add(self.remediator.samples())
         self.store.add(self.rules.evaluate(self.store, now))  # recording rules, ALERTS, engine metrics
         self.remediator.on_tick(self.rules.alerts(), now)  # decides and journals; actions run off this thread
         self.store.add(self.remediator.samples())
@@ -324,6 +328,7 @@ class Daemon:
         cfg = self.config
         os.makedirs(cfg.state_dir, exist_ok=True)
         self.remediator.recover()  # actions a crash left 'started' are finished or rolled back first
+        self.remediator.start_plugins()  # background work of plugins (e.g. restore's scrubber)
         host, port = configmod.parse_listen(cfg.listen)
         self.server = Server(host, port, self.routes(), self.web, gzip_body=self.exporter.gzipped)
         self.server.start()
@@ -367,6 +372,7 @@ class Daemon:
             self.remediator.journal.close()
             self.remediator = self._remediator(cfg, policy)
             self.remediator.recover()
+            self.remediator.start_plugins()
             old = self.components
             for r in old.runners:
                 r.close()

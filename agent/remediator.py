@@ -253,12 +253,28 @@ class Remediator:
         guards = self._guards[ep.route] if ep is not None else self.policy.defaults
         self._spawn(rid, entry.action, guards, key, self._run_revert, rid, eid, plugin, entry.get_plan(), key)
 
+    def start_plugins(self) -> None:
+        """Start plugins' background work (``start()``, e.g. restore's scrubber); the daemon calls this."""
+        for name, plugin in self.plugins.items():
+            starter = getattr(plugin, "start", None)
+            if callable(starter):
+                try:
+                    starter()
+                except Exception as err:  # a plugin failure is data
+                    log.error("plugin_start_failed", action=name, error=str(err))
+
     def close(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for actions in flight (they are recovered on the next start if cut)."""
+        """Wait up to ``timeout`` seconds for actions in flight (they are recovered on the next start if cut);
+        stop plugins' background work (``close()``)."""
         end = time.monotonic() + timeout
         for job in list(self._jobs.values()):
             job.thread.join(max(0.0, end - time.monotonic()))
         self._collect(self._now if self._now is not None else self.clock())
+        for plugin in self.plugins.values():
+            closer = getattr(plugin, "close", None)
+            if callable(closer):
+                with contextlib.suppress(Exception):
+                    closer(max(0.0, end - time.monotonic()))
 
     def pause(self, paused: bool = True) -> None:
         """Pause (or resume) all remediation in this process; see also the pause file."""

@@ -338,20 +338,6 @@ def mig_profile(profile: str) -> tuple[int, int, int]:
     return _MIG_PROFILE_IDS[profile], slices, mib
 
 
-def _format(err: ValidationError, root: Any, filename: str) -> list[str]:
-    problems = []
-    for e in err.errors():
-        loc = e["loc"]
-        extra = e["type"] == "extra_forbidden"
-        line, col = yamlpos.position(root, loc, key=extra)
-        where = ".".join(str(p) for p in loc) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if extra:
-            msg = f"unknown key {loc[-1]!r}"
-        problems.append(f"{filename}:{line}:{col}: {where}: {msg}")
-    return problems
-
-
 def load_text(text: str, filename: str = "<scenario>") -> Scenario:
     """Parse and validate a scenario; ConfigError lists every problem as ``file:line:column: message``."""
     root = yamlpos.load(text, filename)
@@ -360,7 +346,7 @@ def load_text(text: str, filename: str = "<scenario>") -> Scenario:
     try:
         return Scenario.model_validate(yamlpos.plain(root))
     except ValidationError as err:
-        problems = _format(err, root, filename)
+        problems = yamlpos.validation_problems(err, root, filename)
         raise ConfigError("\n".join(problems), problems) from err
 
 

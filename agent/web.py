@@ -23,7 +23,7 @@ import structlog
 from pydantic import ValidationError
 
 from agent import yamlpos
-from agent.config import Model, _format_errors
+from agent.config import Model
 from agent.errors import ConfigError
 
 log = structlog.get_logger("web")
@@ -72,7 +72,7 @@ def load_web_config(path: str) -> WebConfig:
     try:
         cfg = WebConfig.model_validate(yamlpos.plain(root))
     except ValidationError as err:
-        problems = _format_errors(err, root, path)
+        problems = yamlpos.validation_problems(err, root, path)
         raise ConfigError("\n".join(problems), problems) from err
     for user, hashed in cfg.basic_auth_users.items():
         if not hashed.startswith(("$2a$", "$2b$", "$2y$")):

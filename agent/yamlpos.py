@@ -52,6 +52,19 @@ def position(root: Any, loc: Sequence[str | int], key: bool = False) -> tuple[in
     return best
 
 
+def validation_problems(err: Any, root: Any, filename: str) -> list[str]:
+    """pydantic ValidationError -> ``file:line:column: key.path: message`` lines (unknown keys point at the key)."""
+    problems = []
+    for e in err.errors():
+        loc = e["loc"]
+        extra = e["type"] == "extra_forbidden"
+        line, col = position(root, loc, key=extra)
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        msg = f"unknown key {loc[-1]!r}" if extra else e["msg"].removeprefix("Value error, ")
+        problems.append(f"{filename}:{line}:{col}: {where}: {msg}")
+    return problems
+
+
 def plain(node: Any) -> Any:
     """Deep copy of ruamel containers as plain dicts and lists."""
     if isinstance(node, dict):

@@ -6,6 +6,7 @@ Settings (``plugins.restore`` in the policy file)::
       restore:
         state_dir: /var/lib/nodewarden
         rate_mb_s: 200
+        scrub_interval: 6h        # background verification of every dataset (0: never); first one at start
         datasets:
           imagenet:
             root: /data/imagenet
@@ -20,6 +21,10 @@ file from the first replica whose copy has the manifest's size and blake3 digest
 reported and never copied), through the safe-copy core. The damaged local copy is first linked into the
 quarantine directory; nothing is deleted. Not reversible.
 
+While the daemon runs, a background scrubber (one thread, :meth:`Restore.start`) verifies each dataset every
+``scrub_interval`` at its ``scrub_rate_mb_s`` and exports ``nodewarden_integrity_files{dataset,state}``, so a
+rule can fire on corrupt or missing files and a route can call ``restore``.
+
 Replica sources are pluggable: a class with ``name`` and ``locate(rel) -> str | None`` (a local path holding
 the replica's copy) registered in :data:`SOURCE_TYPES`; an object store would download into a staging file.
 """
@@ -29,17 +34,22 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import structlog
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from agent.alerts import Alert
+from agent.durations import parse_duration
 from agent.errors import NodewardenError, RemediationError
 from agent.manifest import DEFAULT_NAME, check_rel, load
 from agent.metrics import MetricSpec, Sample
 from remediations.base import Entry, Outcome, ParamsModel, Plan
 from remediations.safecopy import SafeMover, StepLog, Writers, hash_file, make_parents
-from remediations.scrub import Scrubber
+from remediations.scrub import METRICS as SCRUB_METRICS
+from remediations.scrub import Scrubber, integrity_samples
+
+log = structlog.get_logger("nodewarden.restore")
 
 NAME = "restore"
 LOG_NAME = "restore.steps"
@@ -51,6 +61,9 @@ METRICS = [
                ("dataset", "result")),
     MetricSpec("nodewarden_restore_replica_mismatch_total", "counter",
                "Replica copies that disagreed with the manifest (never used).", ("dataset", "replica")),
+    MetricSpec("nodewarden_integrity_scrub_errors_total", "counter",
+               "Scrubs that could not run (e.g. unreadable manifest).", ("dataset",)),
+    *SCRUB_METRICS,
 ]
 
 
@@ -124,12 +137,18 @@ class Dataset(_Section):
         return self
 
 
+def _seconds(value: Any) -> Any:
+    """A Prometheus duration string (``6h``) or a number of seconds."""
+    return parse_duration(value) if isinstance(value, str) else value
+
+
 class Config(_Section):
     """The plugin's section of the policy's ``plugins:``."""
 
     datasets: dict[str, Dataset] = Field(default_factory=dict)
     state_dir: str = "var"
     rate_mb_s: float | None = Field(200.0, gt=0)
+    scrub_interval: Annotated[float, BeforeValidator(_seconds)] = Field(6 * 3600.0, ge=0)
 
     @model_validator(mode="after")
     def _names(self) -> Config:
@@ -171,6 +190,43 @@ class Restore:
         self._lock = threading.Lock()
         self._files: dict[tuple[str, str], float] = {}
         self._mismatch: dict[tuple[str, str], float] = {}
+        self._scrubbed: dict[str, list[Sample]] = {}
+        self._scrub_errors: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._scrub_thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the background scrubber (daemon only; ``nodewarden act`` never calls this)."""
+        if self.config.scrub_interval > 0 and self.config.datasets and self._scrub_thread is None:
+            self._scrub_thread = threading.Thread(target=self._scrub_loop, name="restore-scrub", daemon=True)
+            self._scrub_thread.start()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the scrubber after the file it is reading."""
+        self._stop.set()
+        if self._scrub_thread is not None:
+            self._scrub_thread.join(timeout)
+
+    def scrub_once(self) -> None:
+        """Verify every dataset now and keep the results for :meth:`samples`."""
+        for name, ds in self.config.datasets.items():
+            if self._stop.is_set():
+                return
+            try:
+                result = Scrubber(ds, ds.scrub_rate_mb_s).run()
+            except (NodewardenError, OSError) as err:
+                log.error("scrub_failed", dataset=name, error=str(err))
+                with self._lock:
+                    self._scrub_errors[name] = self._scrub_errors.get(name, 0.0) + 1
+                continue
+            log.info("scrubbed", dataset=name, **result.counts())
+            with self._lock:
+                self._scrubbed[name] = integrity_samples(result)
+
+    def _scrub_loop(self) -> None:
+        while not self._stop.is_set():
+            self.scrub_once()
+            self._stop.wait(self.config.scrub_interval)
 
     def _dataset(self, name: str) -> Dataset:
         ds = self.config.datasets.get(name)
@@ -293,6 +349,10 @@ class Restore:
                    for (d, r), v in sorted(self._files.items())]
             out += [Sample("nodewarden_restore_replica_mismatch_total", (("dataset", d), ("replica", r)), v)
                     for (d, r), v in sorted(self._mismatch.items())]
+            out += [Sample("nodewarden_integrity_scrub_errors_total", (("dataset", d),), v)
+                    for d, v in sorted(self._scrub_errors.items())]
+            for samples in self._scrubbed.values():
+                out += samples
         return out
 
 

@@ -79,9 +79,13 @@ def test_default_policy_file_is_valid_and_observes():
     policy = load_policy("rules/remediations.yml", found.plugins)
     assert policy.defaults.mode == "observe"
     assert [(r.name, policy.guards(r).revert_after) for r in policy.routes] == [("gpu-drain-node", None),
-                                                                                 ("gpu-reset-needed", 1800.0)]
+                                                                                 ("gpu-reset-needed", 1800.0),
+                                                                                 ("dataset-repair", None)]
     xid79 = {"alertname": "GpuFallenOffBus", "severity": "critical", "action": "drain_node", "gpu": "0"}
     assert [r.name for r in policy.routes if r.matches(xid79)] == ["gpu-drain-node"]
+    damaged = {"alertname": "DatasetIntegrityDamaged", "severity": "critical", "action": "restore_dataset",
+               "dataset": "shards"}
+    assert [r.name for r in policy.routes if r.matches(damaged)] == ["dataset-repair"]
 
 
 def test_route_overrides_defaults():

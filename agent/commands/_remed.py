@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from agent import config as config_mod
 from agent.errors import ConfigError
@@ -40,3 +41,21 @@ def report(err: ConfigError) -> int:
     for problem in err.problems:
         print(problem, file=sys.stderr)
     return 2
+
+
+def print_entry(entry: Any, as_json: bool) -> int:
+    """Print a journal entry (plan changes, outcome) as text or JSON; exit status 0 when planned/succeeded."""
+    import json
+
+    from agent.journal import to_json
+
+    if as_json:
+        print(json.dumps(to_json(entry), indent=1))
+    else:
+        for change in (entry.plan or {}).get("changes", []):
+            print(f"  - {change}")
+        print(f"entry {entry.id}: {entry.op} {entry.action} {entry.target} -> {entry.status}"
+              f"{' (' + entry.reason + ')' if entry.reason else ''}")
+        if entry.output:
+            print(entry.output)
+    return 0 if entry.status in ("planned", "succeeded") else 1

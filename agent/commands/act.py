@@ -8,12 +8,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from agent.commands._remed import add_common, pause_path, report, state_dir
+from agent.commands._remed import add_common, pause_path, print_entry, report, state_dir
 from agent.errors import ConfigError, RemediationError
-from agent.journal import Journal, to_json
+from agent.journal import Journal
 from agent.plugins import classes, load_remediations
 from agent.policy import Policy, load_policy
 
@@ -57,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
         policy = load_policy(args.policy, found.plugins) if args.policy else Policy()
     except ConfigError as err:
         return report(err)
-    loaded = load_remediations(policy.plugins)
+    loaded = load_remediations(policy.plugins, state_dir=directory)
     for name, error in loaded.errors.items():
         print(f"warning: plugin {name} disabled: {error}", file=sys.stderr)
     journal = Journal(directory, policy.journal.retention, policy.journal.max_rows)
@@ -70,13 +69,4 @@ def main(args: argparse.Namespace) -> int:
         return 2
     finally:
         journal.close()
-    if args.json:
-        print(json.dumps(to_json(entry), indent=1))
-    else:
-        for change in (entry.plan or {}).get("changes", []):
-            print(f"  - {change}")
-        print(f"entry {entry.id}: {entry.op} {entry.action} {entry.target} -> {entry.status}"
-              f"{' (' + entry.reason + ')' if entry.reason else ''}")
-        if entry.output:
-            print(entry.output)
-    return 0 if entry.status in ("planned", "succeeded") else 1
+    return print_entry(entry, args.json)

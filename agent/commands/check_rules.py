@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def known_catalogue(enabled: Iterable[str] | None = None) -> tuple[dict[str, MetricSpec], list[str]]:
-    """Metric specs of the registered (and enabled) collectors, read from their class-level ``metrics``.
+    """Metric specs of the registered (and enabled) collectors and of the remediation plugins, read from their
+    class-level ``metrics``.
 
     Returns (catalogue, notes); notes name collectors whose catalogue could not be read.
     """
@@ -54,6 +55,11 @@ def known_catalogue(enabled: Iterable[str] | None = None) -> tuple[dict[str, Met
             notes.append(f"collector {ep.name!r} has no class-level metrics catalogue; its metrics are not known")
             continue
         for spec in specs:
+            catalogue[spec.name] = spec
+    from agent.plugins import classes  # remediation plugins export metrics too (e.g. the restore scrubber)
+
+    for cls in classes().plugins.values():
+        for spec in getattr(cls, "metrics", None) or []:
             catalogue[spec.name] = spec
     return catalogue, notes
 
@@ -126,9 +132,10 @@ def catalogue_warnings(groups: list[rulesmod.GroupDef], catalogue: dict[str, Met
 def _daemon_metrics() -> set[str]:
     try:
         from agent.daemon import SELF_METRICS
+        from agent.remediator import METRICS as REMEDIATION_METRICS
     except Exception:  # the daemon module is optional for this check
         return set()
-    return {s.name for s in SELF_METRICS}
+    return {s.name for s in (*SELF_METRICS, *REMEDIATION_METRICS)}
 
 
 def _pos(text: str, filename: str, gi: int, ri: int) -> str:

@@ -11,12 +11,11 @@ Tiers come from ``plugins.migrate`` in the policy file (see docs/migrate-restore
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import TextIO
 
-from agent.commands._remed import add_common, pause_path, report, state_dir
+from agent.commands._remed import add_common, pause_path, print_entry, report, state_dir
 from agent.errors import ConfigError, PluginLoadError, RemediationError
 
 HELP = "plan (default) or --apply moving files between storage tiers (demote, promote, evacuate)"
@@ -75,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
     import structlog
 
     from agent.commands.act import _params
-    from agent.journal import Journal, to_json
+    from agent.journal import Journal
     from agent.plugins import build, classes
     from agent.policy import load_policy
     from agent.remediator import Remediator
@@ -107,13 +106,4 @@ def main(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
         journal.close()
-    if args.json:
-        print(json.dumps(to_json(entry), indent=1))
-    else:
-        for change in (entry.plan or {}).get("changes", []):
-            print(f"  - {change}")
-        print(f"entry {entry.id}: {entry.op} {entry.action} {entry.target} -> {entry.status}"
-              f"{' (' + entry.reason + ')' if entry.reason else ''}")
-        if entry.output:
-            print(entry.output)
-    return 0 if entry.status in ("planned", "succeeded") else 1
+    return print_entry(entry, args.json)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import math
 import os
 import re
 import sys
@@ -26,7 +25,7 @@ from agent.durations import format_duration, parse_duration
 from agent.errors import ConfigError, RuleError
 from agent.promql import PromQLError
 from agent.promql.series_notation import parse_series
-from agent.rules import RuleEngine
+from agent.rules import RuleEngine, go_float_e
 from agent.store import ABSENT_NAN, STALE_NAN, Store
 
 HELP = "run rule unit tests in promtool's test-file format (exit 0 passed, 1 failed)"
@@ -78,15 +77,7 @@ def labels_str(labels: dict[str, str]) -> str:
 
 def go_float_upper_e(v: float) -> str:
     """strconv.FormatFloat(v, 'E', -1, 64)."""
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    r = repr(float(v))
-    mant = r.split("e")[0].lstrip("-").replace(".", "").lstrip("0").rstrip("0") or "0"
-    m, e = format(v, f".{max(len(mant) - 1, 0)}e").split("e")
-    exp = int(e)
-    return f"{m}E{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    return go_float_e(v).replace("e", "E")
 
 
 def _dur(seconds: float) -> str:
