@@ -128,6 +128,11 @@ class Journal:
             args.append(reason)
         self._exec(f"UPDATE entries SET {', '.join(sets)} WHERE id = ?", (*args, entry_id))
 
+    def progress(self, entry_id: int, output: str) -> None:
+        """Progress of a ``started`` row (e.g. bytes copied so far), shown by ``nodewarden history``."""
+        self._exec("UPDATE entries SET updated = ?, output = ? WHERE id = ? AND status = 'started'",
+                   (self._clock(), output[:MAX_OUTPUT], entry_id))
+
     def mark_reverted(self, revert_id: int, applied_id: int, output: str) -> None:
         """A revert row succeeded: it and the applied row it undid change status in one transaction."""
         now = self._clock()

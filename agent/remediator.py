@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +42,7 @@ from remediations.base import Cluster, Entry, Plan, Remediation
 __all__ = ["Remediator", "load_policy"]
 
 EXPIRY_CHECK_INTERVAL = 5.0  # seconds between checks of plugins' maximum action durations
+PROGRESS_INTERVAL = 1.0  # seconds between journal updates of a running action's progress
 
 log = structlog.get_logger("nodewarden.remediator")
 
@@ -559,7 +560,8 @@ class Remediator:
                 self._done.put(_Done(eid, key, "apply", "skipped", reason, plan))
                 return
         try:
-            outcome = plugin.apply(plan)
+            with self._progress_to(eid, plugin):
+                outcome = plugin.apply(plan)
             plan = plan.with_undo(outcome.undo) if outcome.undo else plan
             ok = plugin.verify(plan)
         except Exception as err:  # a plugin failure is data: journal it and go on
@@ -571,6 +573,32 @@ class Remediator:
         self.journal.finish(eid, status, outcome.output, plan=plan, reason="" if ok else "verify_failed")
         log.info("remediation_finished", id=eid, action=plan.action, status=status)
         self._done.put(_Done(eid, key, "apply", status, "" if ok else "verify_failed", plan))
+
+    @contextlib.contextmanager
+    def _progress_to(self, eid: int, plugin: Remediation) -> Iterator[None]:
+        """While ``apply`` runs, journal a plugin's ``progress(done, total)`` calls (bytes) at most once a second.
+
+        Plugins opt in with a settable ``progress`` attribute (migrate does); one action per plugin reports at a
+        time, others run without progress rows.
+        """
+        if not hasattr(plugin, "progress") or getattr(plugin, "progress", None) is not None:
+            yield
+            return
+        last = [0.0]
+
+        def report(done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_INTERVAL or done >= total:
+                last[0] = now
+                pct = f" ({100 * done / total:.0f}%)" if total else ""
+                with contextlib.suppress(NodewardenError):
+                    self.journal.progress(eid, f"in progress: {done / 1e9:.2f} of {total / 1e9:.2f} GB{pct}")
+
+        plugin.progress = report  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            plugin.progress = None  # type: ignore[attr-defined]
 
     def _run_revert(self, rid: int, applied_id: int, plugin: Remediation, plan: Plan, key) -> None:
         try:

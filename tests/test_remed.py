@@ -406,3 +406,35 @@ def test_recover_lets_plugins_reconcile_with_the_journal(tmp_path):
     rem2 = Remediator(rem.policy, journal, {"marker": ExpiringMarker(MarkerConfig(dir=str(marks)))}, mode="enforce")
     result = rem2.recover()
     assert ExpiringMarker.reconciled == [[applied_entry.id]] and "marker" in result
+
+
+class ProgressMarker(Marker):
+    """Reports byte progress while applying, then waits for the test to let it finish."""
+
+    progress = None
+    release = None
+
+    def apply(self, plan):
+        self.progress(250_000_000, 1_000_000_000)
+        self.release.wait(10)
+        self.progress(1_000_000_000, 1_000_000_000)
+        return super().apply(plan)
+
+
+def test_running_action_progress_is_journaled(tmp_path):
+    import threading
+
+    rem, journal, marks = make(tmp_path)
+    plugin = ProgressMarker(MarkerConfig(dir=str(marks)))
+    plugin.release = threading.Event()
+    rem.plugins["marker"] = plugin
+    rem.on_tick([alert()], 100.0)
+    deadline = time.monotonic() + 10
+    while not [e for e in journal if e.output.startswith("in progress")] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    [row] = [e for e in journal if e.op == "apply"]
+    assert (row.status, row.output) == ("started", "in progress: 0.25 of 1.00 GB (25%)")
+    plugin.release.set()
+    rem.close(10.0)
+    [row] = [e for e in journal if e.op == "apply"]
+    assert row.status == "succeeded" and row.output == "wrote m_0" and plugin.progress is None
