@@ -131,16 +131,36 @@ def extrapolated_rate(
     """rate / increase / delta (promql/functions.go extrapolatedRate as of 2.42)."""
     if len(vals) < 2:
         return None
-    first_v = vals[0]
-    result = vals[-1] - first_v
+    correction = counter_correction(vals, clean) if is_counter else 0.0
+    return rate_from(
+        times[0], times[-1], vals[0], vals[-1], len(vals), correction, range_start, range_end, range_s, is_counter,
+        is_rate,
+    )  # fmt: skip
+
+
+def rate_from(
+    first_ts: float,
+    last_ts: float,
+    first_v: float,
+    last_v: float,
+    n: int,
+    correction: float,
+    range_start: float,
+    range_end: float,
+    range_s: float,
+    is_counter: bool,
+    is_rate: bool,
+) -> float:
+    """extrapolatedRate from a window's first and last samples, its sample count (>= 2) and counter correction."""
+    result = last_v - first_v
     if is_counter:
-        result += counter_correction(vals, clean)
-    first_t = ms(times[0])
-    last_t = ms(times[-1])
+        result += correction
+    first_t = ms(first_ts)
+    last_t = ms(last_ts)
     duration_to_start = (first_t - ms(range_start)) / 1000
     duration_to_end = (ms(range_end) - last_t) / 1000
     sampled = (last_t - first_t) / 1000
-    avg_between = sampled / (len(vals) - 1)
+    avg_between = sampled / (n - 1)
     if is_counter and result > 0 and first_v >= 0:
         duration_to_zero = sampled * (first_v / result)
         if duration_to_zero < duration_to_start:
@@ -159,9 +179,13 @@ def instant_value(times: Times, vals: Values, is_rate: bool) -> float | None:
     """irate / idelta."""
     if len(vals) < 2:
         return None
-    pv, lv = vals[-2], vals[-1]
+    return instant_from(times[-2], times[-1], vals[-2], vals[-1], is_rate)
+
+
+def instant_from(prev_ts: float, last_ts: float, pv: float, lv: float, is_rate: bool) -> float | None:
+    """irate / idelta from the window's last two samples."""
     result = lv if is_rate and lv < pv else lv - pv
-    interval = ms(times[-1]) - ms(times[-2])
+    interval = ms(last_ts) - ms(prev_ts)
     if interval == 0:
         return None
     if is_rate:

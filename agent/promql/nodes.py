@@ -227,33 +227,56 @@ class MatrixSelector(Node):
         k0, k1 = tick_window(start - _EPS, end)
         if k1 < k0:
             return out
-        cap = store.capacity
-        a = k0 % cap
+        marks = getattr(store, "marks", None)
         times: list[float] | None = None
         for series, labels in selected:
             last = min(k1, series.last_tick)
             if last < k0:
                 continue
-            b = last % cap
-            ring = series.values
-            vals = ring[a : b + 1].tolist() if a <= b else ring[a:].tolist() + ring[: b + 1].tolist()
             if times is None:
                 times = store.tick_times(k0, k1)
-            ts = times if len(vals) == len(times) else times[: len(vals)]
-            total = sum(vals)
-            if total == total:
-                out.append((labels, ts, vals, True))
+            if marks is not None and marks(series)[0] < k0:  # no NaN in the window: no scan needed
+                ring = series.values
+                a, b = k0 % store.capacity, last % store.capacity
+                vals = ring[a : b + 1].tolist() if a <= b else ring[a:].tolist() + ring[: b + 1].tolist()
+                out.append((labels, times if len(vals) == len(times) else times[: len(vals)], vals, True))
                 continue
-            # NaN somewhere: drop staleness markers and absent slots, keep real NaN samples
-            keep_t, keep_v = [], []
-            for tk, v in zip(ts, vals, strict=True):
-                if v != v and (is_stale(v) or is_absent(v)):
-                    continue
-                keep_t.append(tk)
-                keep_v.append(v)
-            if keep_v:
-                out.append((labels, keep_t, keep_v, not any(v != v for v in keep_v)))
+            got = ring_range(store, series, labels, k0, last, times)
+            if got is not None:
+                out.append(got)
         return out
+
+    def windows(self, store: Any, t: float) -> tuple[int, int] | None:
+        """Ticks ``(k0, k1)`` of the window at ``t`` when the store supports :meth:`Store.marks`, else None."""
+        if getattr(store, "marks", None) is None:
+            return None
+        start, end = self.window(t)
+        return store.tick_window(start - _EPS, end)
+
+
+def ring_range(
+    store: Any, series: Any, labels: LabelDict, k0: int, last: int, times: list[float]
+) -> SeriesRange | None:
+    """One series' samples of ticks ``k0..last`` from the store's ring, without staleness markers and absent
+    slots (real NaN samples stay); ``times`` are the timestamps of ticks ``k0..``."""
+    cap = store.capacity
+    a, b = k0 % cap, last % cap
+    ring = series.values
+    vals = ring[a : b + 1].tolist() if a <= b else ring[a:].tolist() + ring[: b + 1].tolist()
+    ts = times if len(vals) == len(times) else times[: len(vals)]
+    total = sum(vals)
+    if total == total:
+        return labels, ts, vals, True
+    # NaN somewhere: drop staleness markers and absent slots, keep real NaN samples
+    keep_t, keep_v = [], []
+    for tk, v in zip(ts, vals, strict=True):
+        if v != v and (is_stale(v) or is_absent(v)):
+            continue
+        keep_t.append(tk)
+        keep_v.append(v)
+    if keep_v:
+        return labels, keep_t, keep_v, not any(v != v for v in keep_v)
+    return None
 
 
 class Negate(Node):
@@ -710,8 +733,42 @@ def _rate_fn(is_counter: bool, is_rate: bool) -> Callable[[Call, Any, float], Ve
         start, end = ms_node.window(t)
         rng = ms_node.range
         out = []
-        for labels, times, vals, clean in ms_node.eval_series(store, t):
-            v = fn.extrapolated_rate(times, vals, clean, start, end, rng, is_counter, is_rate)
+        ticks = ms_node.windows(store, t)
+        if ticks is None:
+            for labels, times, vals, clean in ms_node.eval_series(store, t):
+                v = fn.extrapolated_rate(times, vals, clean, start, end, rng, is_counter, is_rate)
+                if v is not None:
+                    out.append((drop_name(labels), v))
+            return call.check(out)
+        # Ring store: a window without NaN (and, for counters, without a decrease) needs only its first and
+        # last samples; others are read and filtered as usual.
+        k0, k1 = ticks
+        if k1 < k0:
+            return out
+        cap = store.capacity
+        marks = store.marks
+        tick_time = store.tick_time
+        t0 = tick_time(k0)
+        times: list[float] | None = None
+        for series, labels in ms_node.vs.select(store):
+            last = min(k1, series.last_tick)
+            if last <= k0:
+                continue  # fewer than two samples
+            nan, drop = marks(series)
+            if nan < k0 and (drop <= k0 or not is_counter):
+                ring = series.values
+                v = fn.rate_from(
+                    t0, tick_time(last), ring[k0 % cap], ring[last % cap], last - k0 + 1, 0.0, start, end, rng,
+                    is_counter, is_rate,
+                )  # fmt: skip
+            else:
+                if times is None:
+                    times = store.tick_times(k0, k1)
+                got = ring_range(store, series, labels, k0, last, times)
+                if got is None:
+                    continue
+                _, ts, vals, clean = got
+                v = fn.extrapolated_rate(ts, vals, clean, start, end, rng, is_counter, is_rate)
             if v is not None:
                 out.append((drop_name(labels), v))
         return call.check(out)
@@ -721,9 +778,37 @@ def _rate_fn(is_counter: bool, is_rate: bool) -> Callable[[Call, Any, float], Ve
 
 def _instant_rate_fn(is_rate: bool) -> Callable[[Call, Any, float], VectorT]:
     def impl(call: Call, store: Any, t: float) -> VectorT:
+        ms_node: MatrixSelector = call.args[0]
         out = []
-        for labels, times, vals, _ in call.args[0].eval_series(store, t):
-            v = fn.instant_value(times, vals, is_rate)
+        ticks = ms_node.windows(store, t)
+        if ticks is None:
+            for labels, times, vals, _ in ms_node.eval_series(store, t):
+                v = fn.instant_value(times, vals, is_rate)
+                if v is not None:
+                    out.append((drop_name(labels), v))
+            return call.check(out)
+        k0, k1 = ticks
+        if k1 < k0:
+            return out
+        cap = store.capacity
+        marks = store.marks
+        tick_time = store.tick_time
+        times: list[float] | None = None
+        for series, labels in ms_node.vs.select(store):
+            last = min(k1, series.last_tick)
+            if last < k0:
+                continue
+            if last > k0 and marks(series)[0] < last - 1:  # the last two samples are numbers
+                ring = series.values
+                pv, lv = ring[(last - 1) % cap], ring[last % cap]
+                v = fn.instant_from(tick_time(last - 1), tick_time(last), pv, lv, is_rate)
+            else:
+                if times is None:
+                    times = store.tick_times(k0, k1)
+                got = ring_range(store, series, labels, k0, last, times)
+                if got is None:
+                    continue
+                v = fn.instant_value(got[1], got[2], is_rate)
             if v is not None:
                 out.append((drop_name(labels), v))
         return call.check(out)
