@@ -816,11 +816,22 @@ def _instant_rate_fn(is_rate: bool) -> Callable[[Call, Any, float], VectorT]:
     return impl
 
 
-def _shared_x(cache: dict, times: list[float], intercept_ms: int) -> tuple[list[float], float, float]:
-    """x sums per timestamp list: series sampled on the same ticks share one list object."""
+_X_SUMS: dict[tuple, fn.XSums] = {}  # by (intercept, timestamps): rules over the same window share x sums
+_X_SUMS_MAX = 32
+
+
+def _shared_x(cache: dict, times: list[float], intercept_ms: int) -> fn.XSums:
+    """x sums per timestamp list: series sampled on the same ticks share one list object in one evaluation,
+    and evaluations of other rules over the same window (same timestamps, same intercept) reuse them."""
     got = cache.get(id(times))
     if got is None:
-        got = cache[id(times)] = fn.x_sums(times, intercept_ms)
+        key = (intercept_ms, tuple(times))
+        got = _X_SUMS.get(key)
+        if got is None:
+            if len(_X_SUMS) >= _X_SUMS_MAX:
+                _X_SUMS.clear()
+            got = _X_SUMS[key] = fn.x_sums(times, intercept_ms)
+        cache[id(times)] = got
     return got
 
 
