@@ -133,32 +133,31 @@ def extrapolated_rate(
         return None
     correction = counter_correction(vals, clean) if is_counter else 0.0
     return rate_from(
-        times[0], times[-1], vals[0], vals[-1], len(vals), correction, range_start, range_end, range_s, is_counter,
-        is_rate,
+        ms(times[0]), ms(times[-1]), vals[0], vals[-1], len(vals), correction, ms(range_start), ms(range_end),
+        range_s, is_counter, is_rate,
     )  # fmt: skip
 
 
 def rate_from(
-    first_ts: float,
-    last_ts: float,
+    first_t: int,
+    last_t: int,
     first_v: float,
     last_v: float,
     n: int,
     correction: float,
-    range_start: float,
-    range_end: float,
+    start_ms: int,
+    end_ms: int,
     range_s: float,
     is_counter: bool,
     is_rate: bool,
 ) -> float:
-    """extrapolatedRate from a window's first and last samples, its sample count (>= 2) and counter correction."""
+    """extrapolatedRate from a window's first and last samples (times in ms), its sample count (>= 2) and
+    counter correction; ``start_ms``/``end_ms``: the range's bounds in ms."""
     result = last_v - first_v
     if is_counter:
         result += correction
-    first_t = ms(first_ts)
-    last_t = ms(last_ts)
-    duration_to_start = (first_t - ms(range_start)) / 1000
-    duration_to_end = (ms(range_end) - last_t) / 1000
+    duration_to_start = (first_t - start_ms) / 1000
+    duration_to_end = (end_ms - last_t) / 1000
     sampled = (last_t - first_t) / 1000
     avg_between = sampled / (n - 1)
     if is_counter and result > 0 and first_v >= 0:

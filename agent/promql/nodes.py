@@ -747,8 +747,8 @@ def _rate_fn(is_counter: bool, is_rate: bool) -> Callable[[Call, Any, float], Ve
             return out
         cap = store.capacity
         marks = store.marks
-        tick_time = store.tick_time
-        t0 = tick_time(k0)
+        t0, t1 = fn.ms(store.tick_time(k0)), fn.ms(store.tick_time(k1))
+        start_ms, end_ms = fn.ms(start), fn.ms(end)
         times: list[float] | None = None
         for series, labels in ms_node.vs.select(store):
             last = min(k1, series.last_tick)
@@ -758,8 +758,8 @@ def _rate_fn(is_counter: bool, is_rate: bool) -> Callable[[Call, Any, float], Ve
             if nan < k0 and (drop <= k0 or not is_counter):
                 ring = series.values
                 v = fn.rate_from(
-                    t0, tick_time(last), ring[k0 % cap], ring[last % cap], last - k0 + 1, 0.0, start, end, rng,
-                    is_counter, is_rate,
+                    t0, t1 if last == k1 else fn.ms(store.tick_time(last)), ring[k0 % cap], ring[last % cap],
+                    last - k0 + 1, 0.0, start_ms, end_ms, rng, is_counter, is_rate,
                 )  # fmt: skip
             else:
                 if times is None:
