@@ -169,9 +169,11 @@ def test_fast_paths_match_generic_path_while_ticking() -> None:
             samples.append(Sample("c", labels, float((k * (i + 2)) % 41)))
             samples.append(Sample("m", labels, math.nan if i == 2 and k % 17 == 0 else float(k % 9 - i)))
         store.add(samples)
+        if k % 7 in (2, 3):
+            continue  # not evaluated every tick: summaries then catch up over several ticks
         for fast_q, slow_q in pairs:
             assert _canon(fast_q.eval(store, t)) == _canon(slow_q.eval(plain, t)), (fast_q, k)
-        if k % 10 == 3:  # a later write into the open tick: a decrease, a NaN, an absent slot
+        if k % 10 == 4:  # a later write into the open tick: a decrease, a NaN, an absent slot
             store.add([Sample("c", (("i", "0"),), -1.0), Sample("m", (("i", "0"),), math.nan)])
             store.add([Sample("c", (("i", "2"),), ABSENT_NAN)])
             for fast_q, slow_q in pairs:
