@@ -55,6 +55,16 @@ def ref_linear_regression(times: list[float], vals: list[float], intercept_ms: i
     return slope, sum_y / n - slope * sum_x / n
 
 
+def ref_stdvar_over_time(vals: list[float]) -> float:
+    count = mean = c_mean = aux = c_aux = 0.0
+    for v in vals:
+        count += 1
+        delta = v - (mean + c_mean)
+        mean, c_mean = kahan_inc(delta / count, mean, c_mean)
+        aux, c_aux = kahan_inc(delta * (v - (mean + c_mean)), aux, c_aux)
+    return (aux + c_aux) / count
+
+
 def bits(v: float) -> int:
     return struct.unpack("<Q", struct.pack("<d", v))[0] if v == v else -1  # every NaN alike
 
@@ -98,6 +108,7 @@ def test_fast_paths_equal_prometheus_loops(seed: int) -> None:
         vals = values(rng, n)
         clean = not any(v != v for v in vals)
         assert bits(fn.sum_over_time(vals, clean)) == bits(ref_sum_over_time(vals)), vals
+        assert bits(fn.stdvar_over_time(vals, clean)) == bits(ref_stdvar_over_time(vals)), vals
         t0 = 1.7e9 + rng.choice([0, 0.001, 0.123])
         step = rng.choice([1.0, 5.0, 15.0, 1.001])
         times = [round(t0 + k * step + rng.choice([0, 0, 0.001, -0.002]), 3) for k in range(n)]

@@ -361,12 +361,26 @@ def max_over_time(vals: Values, clean: bool) -> float:
 
 
 def stdvar_over_time(vals: Values, clean: bool) -> float:
+    """Welford's variance with both sums Kahan-compensated (kahan_inc inlined; ``-a <= b <= a or a <= b <= -a``
+    is ``abs(a) >= abs(b)``, NaN included, without the calls)."""
     count = mean = c_mean = aux = c_aux = 0.0
     for v in vals:
         count += 1
         delta = v - (mean + c_mean)
-        mean, c_mean = kahan_inc(delta / count, mean, c_mean)
-        aux, c_aux = kahan_inc(delta * (v - (mean + c_mean)), aux, c_aux)
+        inc = delta / count
+        t = mean + inc
+        if -mean <= inc <= mean or mean <= inc <= -mean:
+            c_mean += (mean - t) + inc
+        else:
+            c_mean += (inc - t) + mean
+        mean = t
+        inc = delta * (v - (mean + c_mean))
+        t = aux + inc
+        if -aux <= inc <= aux or aux <= inc <= -aux:
+            c_aux += (aux - t) + inc
+        else:
+            c_aux += (inc - t) + aux
+        aux = t
     return (aux + c_aux) / count
 
 
