@@ -178,3 +178,21 @@ def test_fast_paths_match_generic_path_while_ticking() -> None:
             store.add([Sample("c", (("i", "2"),), ABSENT_NAN)])
             for fast_q, slow_q in pairs:
                 assert _canon(fast_q.eval(store, t)) == _canon(slow_q.eval(plain, t)), (fast_q, k, "rewritten")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[-0.0, 0.0, -1.0], [0.0, -0.0, -1.0], [0.0, -0.0, 1.0], [-0.0, 0.0, 1.0], [3.0, 1.0, 3.0], [2.0, math.nan, 5.0]],
+)
+def test_min_max_of_a_shared_window_keep_the_first_extreme(values: list[float]) -> None:
+    """min/max_over_time over a selector used twice in one query (sorted once) return the same bits as alone."""
+    store = Store(retention=60, interval=1)
+    for k, v in enumerate(values):
+        store.begin_tick(100.0 + k)
+        store.add([Sample("m", (("i", "a"),), v)])
+    t = store.now
+    for fn_name in ("max_over_time", "min_over_time"):
+        alone = compile_expr(f"{fn_name}(m[1m])").eval(store, t)
+        shared = compile_expr(f"{fn_name}(m[1m]) or max_over_time(m[1m]) - min_over_time(m[1m])").eval(store, t)
+        (_, want), (_, got) = alone[0], shared[0]
+        assert math.copysign(1.0, got) == math.copysign(1.0, want) and (got == want or (got != got and want != want))

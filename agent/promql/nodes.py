@@ -717,9 +717,32 @@ class Call(Node):
         return vec if self._unique else check_unique(vec)
 
 
+def _sorted_extreme(memo: dict, vals: fn.Values, clean: bool, lowest: bool) -> float:
+    """min/max_over_time of a window shared within one query (``min_over_time(x) - max_over_time(x)``): each
+    window is sorted once (C-speed float comparisons) and both ends are read from it. A stable sort puts the
+    first of equal minima first, as min() returns it; for the maximum, equal values other than +-0 have the
+    same bits, so only a zero maximum needs max() to return the first one."""
+    if not clean:
+        return fn.min_over_time(vals, clean) if lowest else fn.max_over_time(vals, clean)
+    key = ("sorted", id(vals))  # the memo keeps vals alive, so the id is not reused
+    ordered = memo.get(key)
+    if ordered is None:
+        ordered = memo[key] = sorted(vals)
+    if lowest:
+        return ordered[0]
+    top = ordered[-1]
+    return max(vals) if top == 0.0 else top
+
+
 def _range_fn(f: Callable[[fn.Values, bool], float], keep_name: bool = False) -> Callable[[Call, Any, float], VectorT]:
+    extreme = f is fn.min_over_time or f is fn.max_over_time
+    lowest = f is fn.min_over_time
+
     def impl(call: Call, store: Any, t: float) -> VectorT:
         ranges = call.args[0].eval_series(store, t)
+        memo = getattr(call.args[0], "memo", None)
+        if extreme and memo is not None:
+            return call.check([(drop_name(lb), _sorted_extreme(memo, v, c, lowest)) for lb, _, v, c in ranges])
         if keep_name:  # last_over_time keeps __name__ in 2.42
             return call.check([(labels, f(vals, clean)) for labels, _, vals, clean in ranges])
         return call.check([(drop_name(labels), f(vals, clean)) for labels, _, vals, clean in ranges])
