@@ -65,6 +65,19 @@ def ref_stdvar_over_time(vals: list[float]) -> float:
     return (aux + c_aux) / count
 
 
+def ref_avg_over_time(vals: list[float]) -> float:
+    mean = count = c = 0.0
+    for v in vals:
+        count += 1
+        if math.isinf(mean):
+            if math.isinf(v) and (mean > 0) == (v > 0):
+                continue
+            if not math.isinf(v) and not math.isnan(v):
+                continue
+        mean, c = kahan_inc(v / count - mean / count, mean, c)
+    return mean if math.isinf(mean) else mean + c
+
+
 def bits(v: float) -> int:
     return struct.unpack("<Q", struct.pack("<d", v))[0] if v == v else -1  # every NaN alike
 
@@ -109,6 +122,7 @@ def test_fast_paths_equal_prometheus_loops(seed: int) -> None:
         clean = not any(v != v for v in vals)
         assert bits(fn.sum_over_time(vals, clean)) == bits(ref_sum_over_time(vals)), vals
         assert bits(fn.stdvar_over_time(vals, clean)) == bits(ref_stdvar_over_time(vals)), vals
+        assert bits(fn.avg_over_time(vals, clean)) == bits(ref_avg_over_time(vals)), vals
         t0 = 1.7e9 + rng.choice([0, 0.001, 0.123])
         step = rng.choice([1.0, 5.0, 15.0, 1.001])
         times = [round(t0 + k * step + rng.choice([0, 0, 0.001, -0.002]), 3) for k in range(n)]
@@ -116,6 +130,8 @@ def test_fast_paths_equal_prometheus_loops(seed: int) -> None:
         want = ref_linear_regression(times, vals, fn.ms(t))
         got = fn.linear_regression(times, vals, fn.ms(t), fn.x_sums(times, fn.ms(t)))
         assert [bits(v) for v in got] == [bits(v) for v in want], (vals, times, t)
+        got = fn.linear_regression(times, vals, fn.ms(t), fn.x_sums(times, fn.ms(t)), clean)
+        assert [bits(v) for v in got] == [bits(v) for v in want], (vals, times, t, clean)
         want = ref_linear_regression(times, vals, fn.ms(times[0]))
         assert bits(fn.deriv(times, vals)) == bits(want[0]), (vals, times)
 

@@ -227,10 +227,20 @@ def _sum_products(xs: list[float], vals: Values, x_span: Span, y_span: Span) -> 
     return kahan_sum_loop(map(operator.mul, xs, vals))
 
 
-def linear_regression(times: Times, vals: Values, intercept_ms: int, xsums: XSums | None = None) -> tuple[float, float]:
-    """Least-squares slope and intercept with x in seconds from ``intercept_ms`` (Kahan sums, as Prometheus)."""
+def linear_regression(
+    times: Times, vals: Values, intercept_ms: int, xsums: XSums | None = None, clean: bool = False
+) -> tuple[float, float]:
+    """Least-squares slope and intercept with x in seconds from ``intercept_ms`` (Kahan sums, as Prometheus).
+    ``clean``: ``vals`` holds no NaN (saves a pass)."""
     init_y = vals[0]
-    ordered = sorted(vals) if not NEUMAIER_SUM and -math.inf < sum(vals) < math.inf else None  # finite: sortable
+    ordered = None  # the values sorted, when they are all finite (the 3.11 fast path needs their span)
+    if not NEUMAIER_SUM:
+        if clean:
+            ordered = sorted(vals)
+            if not (-math.inf < ordered[0] and ordered[-1] < math.inf):
+                ordered = None
+        elif -math.inf < sum(vals) < math.inf:
+            ordered = sorted(vals)
     # constant y? (a NaN never equals itself, as in Go)
     constant = ordered[0] == ordered[-1] if ordered is not None else vals.count(init_y) == len(vals)
     if constant:
@@ -257,18 +267,18 @@ def linear_regression(times: Times, vals: Values, intercept_ms: int, xsums: XSum
     return slope, intercept
 
 
-def deriv(times: Times, vals: Values, xsums: XSums | None = None) -> float | None:
+def deriv(times: Times, vals: Values, xsums: XSums | None = None, clean: bool = False) -> float | None:
     if len(vals) < 2:
         return None
-    return linear_regression(times, vals, ms(times[0]), xsums)[0]
+    return linear_regression(times, vals, ms(times[0]), xsums, clean)[0]
 
 
 def predict_linear(
-    times: Times, vals: Values, t: float, duration: float, xsums: XSums | None = None
+    times: Times, vals: Values, t: float, duration: float, xsums: XSums | None = None, clean: bool = False
 ) -> float | None:
     if len(vals) < 2:
         return None
-    slope, intercept = linear_regression(times, vals, ms(t), xsums)
+    slope, intercept = linear_regression(times, vals, ms(t), xsums, clean)
     return slope * duration + intercept
 
 
@@ -297,7 +307,7 @@ def avg_over_time(vals: Values, clean: bool) -> float:
             count += 1.0
             inc = v / count - mean / count
             t = mean + inc
-            if abs(mean) >= abs(inc):
+            if -mean <= inc <= mean or mean <= inc <= -mean:  # abs(mean) >= abs(inc) without the calls
                 c += (mean - t) + inc
             else:
                 c += (inc - t) + mean

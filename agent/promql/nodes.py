@@ -862,8 +862,8 @@ def _deriv(call: Call, store: Any, t: float) -> VectorT:
     out = []
     ranges = call.args[0].eval_series(store, t)  # keeps every times list alive, so id() keys are safe
     cache: dict = {}
-    for labels, times, vals, _ in ranges:
-        v = fn.deriv(times, vals, _shared_x(cache, times, fn.ms(times[0])) if len(vals) > 1 else None)
+    for labels, times, vals, clean in ranges:
+        v = fn.deriv(times, vals, _shared_x(cache, times, fn.ms(times[0])) if len(vals) > 1 else None, clean)
         if v is not None:
             out.append((drop_name(labels), v))
     return call.check(out)
@@ -875,8 +875,8 @@ def _predict_linear(call: Call, store: Any, t: float) -> VectorT:
     ranges = call.args[0].eval_series(store, t)
     cache: dict = {}
     intercept = fn.ms(t)
-    for labels, times, vals, _ in ranges:
-        v = fn.predict_linear(times, vals, t, duration, _shared_x(cache, times, intercept))
+    for labels, times, vals, clean in ranges:
+        v = fn.predict_linear(times, vals, t, duration, _shared_x(cache, times, intercept), clean)
         if v is not None:
             out.append((drop_name(labels), v))
     return call.check(out)
