@@ -235,13 +235,8 @@ class MatrixSelector(Node):
                 continue
             if times is None:
                 times = store.tick_times(k0, k1)
-            if marks is not None and marks(series)[0] < k0:  # no NaN in the window: no scan needed
-                ring = series.values
-                a, b = k0 % store.capacity, last % store.capacity
-                vals = ring[a : b + 1].tolist() if a <= b else ring[a:].tolist() + ring[: b + 1].tolist()
-                out.append((labels, times if len(vals) == len(times) else times[: len(vals)], vals, True))
-                continue
-            got = ring_range(store, series, labels, k0, last, times)
+            clean = marks is not None and marks(series)[0] < k0  # no NaN in the window: no scan needed
+            got = ring_range(store, series, labels, k0, last, times, clean)
             if got is not None:
                 out.append(got)
         return out
@@ -255,15 +250,17 @@ class MatrixSelector(Node):
 
 
 def ring_range(
-    store: Any, series: Any, labels: LabelDict, k0: int, last: int, times: list[float]
+    store: Any, series: Any, labels: LabelDict, k0: int, last: int, times: list[float], clean: bool = False
 ) -> SeriesRange | None:
     """One series' samples of ticks ``k0..last`` from the store's ring, without staleness markers and absent
-    slots (real NaN samples stay); ``times`` are the timestamps of ticks ``k0..``."""
+    slots (real NaN samples stay); ``times`` are the timestamps of ticks ``k0..``; ``clean``: known NaN-free."""
     cap = store.capacity
     a, b = k0 % cap, last % cap
     ring = series.values
     vals = ring[a : b + 1].tolist() if a <= b else ring[a:].tolist() + ring[: b + 1].tolist()
     ts = times if len(vals) == len(times) else times[: len(vals)]
+    if clean:
+        return labels, ts, vals, True
     total = sum(vals)
     if total == total:
         return labels, ts, vals, True
