@@ -42,7 +42,7 @@ def is_absent(value: float) -> bool:
 class Series:
     """One series: its identity, a ring of values, and the last tick that wrote it."""
 
-    __slots__ = ("labels", "last_tick", "name", "prefix", "values")
+    __slots__ = ("labels", "last_tick", "marks", "name", "prefix", "values")
 
     def __init__(self, name: str, labels: Labels, capacity: int) -> None:
         self.name = name
@@ -50,6 +50,7 @@ class Series:
         self.values = array("d", [STALE_NAN]) * capacity
         self.last_tick = -1
         self.prefix = ""  # exposition prefix ``name{l="v"} ``, filled by the exporter
+        self.marks = (-1, -1, -1)  # readers' summary of closed ticks, see Store.marks()
 
 
 class Store:
@@ -204,6 +205,52 @@ class Store:
         if a <= b:
             return self._ts[a : b + 1].tolist()
         return self._ts[a:].tolist() + self._ts[: b + 1].tolist()
+
+    def tick_time(self, k: int) -> float:
+        """Timestamp of retained tick ``k``."""
+        return self._ts[k % self.capacity]
+
+    def marks(self, series: Series) -> tuple[int, int]:
+        """``(nan, drop)``: the newest retained ticks, up to the series' last sample, whose value is a NaN (any:
+        stale, absent or a real NaN) and whose value is below the previous tick's; -1 for none.
+
+        A window of ticks ``first..last`` then holds only numbers when ``nan < first``, and never decreases
+        when also ``drop <= first``. Closed ticks never change, so they are summarized once per series
+        (cached on it); the open tick, which may still be written, is looked at on every call.
+        """
+        tick = self.tick
+        last = series.last_tick
+        done, nan, drop = series.marks
+        end = min(last, tick - 1)
+        if done < end:
+            cap = self.capacity
+            vals = series.values
+            first = max(0, tick - cap + 1)  # oldest retained tick
+            start = done + 1
+            if start <= first:
+                start, prev = first, math.nan  # a decrease from an unretained tick concerns no window
+            else:
+                prev = vals[(start - 1) % cap]
+            a, b = start % cap, end % cap
+            new = vals[a : b + 1].tolist() if a <= b else vals[a:].tolist() + vals[: b + 1].tolist()
+            total = sum(new)
+            # C-speed check first (no NaN, never decreasing); walk the ticks only when it fails
+            if not (total == total and not new[0] < prev and new == sorted(new)):
+                for k, v in enumerate(new, start):
+                    if v != v:
+                        nan = k
+                    elif v < prev:
+                        drop = k
+                    prev = v
+            series.marks = (end, nan, drop)
+        if last == tick:
+            cap = self.capacity
+            v = series.values[tick % cap]
+            if v != v:
+                return tick, drop
+            if v < series.values[(tick - 1) % cap]:
+                return nan, tick
+        return nan, drop
 
     def instant(self, series: Series, t: float, lookback: float = 300.0) -> tuple[float, float] | None:
         """Prometheus instant-vector lookup: the newest sample in ``(t - lookback, t]`` unless stale."""

@@ -227,33 +227,53 @@ class MatrixSelector(Node):
         k0, k1 = tick_window(start - _EPS, end)
         if k1 < k0:
             return out
-        cap = store.capacity
-        a = k0 % cap
+        marks = getattr(store, "marks", None)
         times: list[float] | None = None
         for series, labels in selected:
             last = min(k1, series.last_tick)
             if last < k0:
                 continue
-            b = last % cap
-            ring = series.values
-            vals = ring[a : b + 1].tolist() if a <= b else ring[a:].tolist() + ring[: b + 1].tolist()
             if times is None:
                 times = store.tick_times(k0, k1)
-            ts = times if len(vals) == len(times) else times[: len(vals)]
-            total = sum(vals)
-            if total == total:
-                out.append((labels, ts, vals, True))
-                continue
-            # NaN somewhere: drop staleness markers and absent slots, keep real NaN samples
-            keep_t, keep_v = [], []
-            for tk, v in zip(ts, vals, strict=True):
-                if v != v and (is_stale(v) or is_absent(v)):
-                    continue
-                keep_t.append(tk)
-                keep_v.append(v)
-            if keep_v:
-                out.append((labels, keep_t, keep_v, not any(v != v for v in keep_v)))
+            clean = marks is not None and marks(series)[0] < k0  # no NaN in the window: no scan needed
+            got = ring_range(store, series, labels, k0, last, times, clean)
+            if got is not None:
+                out.append(got)
         return out
+
+    def windows(self, store: Any, t: float) -> tuple[int, int] | None:
+        """Ticks ``(k0, k1)`` of the window at ``t`` when the store supports :meth:`Store.marks`, else None."""
+        if getattr(store, "marks", None) is None:
+            return None
+        start, end = self.window(t)
+        return store.tick_window(start - _EPS, end)
+
+
+def ring_range(
+    store: Any, series: Any, labels: LabelDict, k0: int, last: int, times: list[float], clean: bool = False
+) -> SeriesRange | None:
+    """One series' samples of ticks ``k0..last`` from the store's ring, without staleness markers and absent
+    slots (real NaN samples stay); ``times`` are the timestamps of ticks ``k0..``; ``clean``: known NaN-free."""
+    cap = store.capacity
+    a, b = k0 % cap, last % cap
+    ring = series.values
+    vals = ring[a : b + 1].tolist() if a <= b else ring[a:].tolist() + ring[: b + 1].tolist()
+    ts = times if len(vals) == len(times) else times[: len(vals)]
+    if clean:
+        return labels, ts, vals, True
+    total = sum(vals)
+    if total == total:
+        return labels, ts, vals, True
+    # NaN somewhere: drop staleness markers and absent slots, keep real NaN samples
+    keep_t, keep_v = [], []
+    for tk, v in zip(ts, vals, strict=True):
+        if v != v and (is_stale(v) or is_absent(v)):
+            continue
+        keep_t.append(tk)
+        keep_v.append(v)
+    if keep_v:
+        return labels, keep_t, keep_v, not any(v != v for v in keep_v)
+    return None
 
 
 class Negate(Node):
@@ -694,9 +714,32 @@ class Call(Node):
         return vec if self._unique else check_unique(vec)
 
 
+def _sorted_extreme(memo: dict, vals: fn.Values, clean: bool, lowest: bool) -> float:
+    """min/max_over_time of a window shared within one query (``min_over_time(x) - max_over_time(x)``): each
+    window is sorted once (C-speed float comparisons) and both ends are read from it. A stable sort puts the
+    first of equal minima first, as min() returns it; for the maximum, equal values other than +-0 have the
+    same bits, so only a zero maximum needs max() to return the first one."""
+    if not clean:
+        return fn.min_over_time(vals, clean) if lowest else fn.max_over_time(vals, clean)
+    key = ("sorted", id(vals))  # the memo keeps vals alive, so the id is not reused
+    ordered = memo.get(key)
+    if ordered is None:
+        ordered = memo[key] = sorted(vals)
+    if lowest:
+        return ordered[0]
+    top = ordered[-1]
+    return max(vals) if top == 0.0 else top
+
+
 def _range_fn(f: Callable[[fn.Values, bool], float], keep_name: bool = False) -> Callable[[Call, Any, float], VectorT]:
+    extreme = f is fn.min_over_time or f is fn.max_over_time
+    lowest = f is fn.min_over_time
+
     def impl(call: Call, store: Any, t: float) -> VectorT:
         ranges = call.args[0].eval_series(store, t)
+        memo = getattr(call.args[0], "memo", None)
+        if extreme and memo is not None:
+            return call.check([(drop_name(lb), _sorted_extreme(memo, v, c, lowest)) for lb, _, v, c in ranges])
         if keep_name:  # last_over_time keeps __name__ in 2.42
             return call.check([(labels, f(vals, clean)) for labels, _, vals, clean in ranges])
         return call.check([(drop_name(labels), f(vals, clean)) for labels, _, vals, clean in ranges])
@@ -710,8 +753,42 @@ def _rate_fn(is_counter: bool, is_rate: bool) -> Callable[[Call, Any, float], Ve
         start, end = ms_node.window(t)
         rng = ms_node.range
         out = []
-        for labels, times, vals, clean in ms_node.eval_series(store, t):
-            v = fn.extrapolated_rate(times, vals, clean, start, end, rng, is_counter, is_rate)
+        ticks = ms_node.windows(store, t)
+        if ticks is None:
+            for labels, times, vals, clean in ms_node.eval_series(store, t):
+                v = fn.extrapolated_rate(times, vals, clean, start, end, rng, is_counter, is_rate)
+                if v is not None:
+                    out.append((drop_name(labels), v))
+            return call.check(out)
+        # Ring store: a window without NaN (and, for counters, without a decrease) needs only its first and
+        # last samples; others are read and filtered as usual.
+        k0, k1 = ticks
+        if k1 < k0:
+            return out
+        cap = store.capacity
+        marks = store.marks
+        t0, t1 = fn.ms(store.tick_time(k0)), fn.ms(store.tick_time(k1))
+        start_ms, end_ms = fn.ms(start), fn.ms(end)
+        times: list[float] | None = None
+        for series, labels in ms_node.vs.select(store):
+            last = min(k1, series.last_tick)
+            if last <= k0:
+                continue  # fewer than two samples
+            nan, drop = marks(series)
+            if nan < k0 and (drop <= k0 or not is_counter):
+                ring = series.values
+                v = fn.rate_from(
+                    t0, t1 if last == k1 else fn.ms(store.tick_time(last)), ring[k0 % cap], ring[last % cap],
+                    last - k0 + 1, 0.0, start_ms, end_ms, rng, is_counter, is_rate,
+                )  # fmt: skip
+            else:
+                if times is None:
+                    times = store.tick_times(k0, k1)
+                got = ring_range(store, series, labels, k0, last, times)
+                if got is None:
+                    continue
+                _, ts, vals, clean = got
+                v = fn.extrapolated_rate(ts, vals, clean, start, end, rng, is_counter, is_rate)
             if v is not None:
                 out.append((drop_name(labels), v))
         return call.check(out)
@@ -721,9 +798,37 @@ def _rate_fn(is_counter: bool, is_rate: bool) -> Callable[[Call, Any, float], Ve
 
 def _instant_rate_fn(is_rate: bool) -> Callable[[Call, Any, float], VectorT]:
     def impl(call: Call, store: Any, t: float) -> VectorT:
+        ms_node: MatrixSelector = call.args[0]
         out = []
-        for labels, times, vals, _ in call.args[0].eval_series(store, t):
-            v = fn.instant_value(times, vals, is_rate)
+        ticks = ms_node.windows(store, t)
+        if ticks is None:
+            for labels, times, vals, _ in ms_node.eval_series(store, t):
+                v = fn.instant_value(times, vals, is_rate)
+                if v is not None:
+                    out.append((drop_name(labels), v))
+            return call.check(out)
+        k0, k1 = ticks
+        if k1 < k0:
+            return out
+        cap = store.capacity
+        marks = store.marks
+        tick_time = store.tick_time
+        times: list[float] | None = None
+        for series, labels in ms_node.vs.select(store):
+            last = min(k1, series.last_tick)
+            if last < k0:
+                continue
+            if last > k0 and marks(series)[0] < last - 1:  # the last two samples are numbers
+                ring = series.values
+                pv, lv = ring[(last - 1) % cap], ring[last % cap]
+                v = fn.instant_from(tick_time(last - 1), tick_time(last), pv, lv, is_rate)
+            else:
+                if times is None:
+                    times = store.tick_times(k0, k1)
+                got = ring_range(store, series, labels, k0, last, times)
+                if got is None:
+                    continue
+                v = fn.instant_value(got[1], got[2], is_rate)
             if v is not None:
                 out.append((drop_name(labels), v))
         return call.check(out)
@@ -731,11 +836,22 @@ def _instant_rate_fn(is_rate: bool) -> Callable[[Call, Any, float], VectorT]:
     return impl
 
 
-def _shared_x(cache: dict, times: list[float], intercept_ms: int) -> tuple[list[float], float, float]:
-    """x sums per timestamp list: series sampled on the same ticks share one list object."""
+_X_SUMS: dict[tuple, fn.XSums] = {}  # by (intercept, timestamps): rules over the same window share x sums
+_X_SUMS_MAX = 32
+
+
+def _shared_x(cache: dict, times: list[float], intercept_ms: int) -> fn.XSums:
+    """x sums per timestamp list: series sampled on the same ticks share one list object in one evaluation,
+    and evaluations of other rules over the same window (same timestamps, same intercept) reuse them."""
     got = cache.get(id(times))
     if got is None:
-        got = cache[id(times)] = fn.x_sums(times, intercept_ms)
+        key = (intercept_ms, tuple(times))
+        got = _X_SUMS.get(key)
+        if got is None:
+            if len(_X_SUMS) >= _X_SUMS_MAX:
+                _X_SUMS.clear()
+            got = _X_SUMS[key] = fn.x_sums(times, intercept_ms)
+        cache[id(times)] = got
     return got
 
 
@@ -743,8 +859,8 @@ def _deriv(call: Call, store: Any, t: float) -> VectorT:
     out = []
     ranges = call.args[0].eval_series(store, t)  # keeps every times list alive, so id() keys are safe
     cache: dict = {}
-    for labels, times, vals, _ in ranges:
-        v = fn.deriv(times, vals, _shared_x(cache, times, fn.ms(times[0])) if len(vals) > 1 else None)
+    for labels, times, vals, clean in ranges:
+        v = fn.deriv(times, vals, _shared_x(cache, times, fn.ms(times[0])) if len(vals) > 1 else None, clean)
         if v is not None:
             out.append((drop_name(labels), v))
     return call.check(out)
@@ -756,8 +872,8 @@ def _predict_linear(call: Call, store: Any, t: float) -> VectorT:
     ranges = call.args[0].eval_series(store, t)
     cache: dict = {}
     intercept = fn.ms(t)
-    for labels, times, vals, _ in ranges:
-        v = fn.predict_linear(times, vals, t, duration, _shared_x(cache, times, intercept))
+    for labels, times, vals, clean in ranges:
+        v = fn.predict_linear(times, vals, t, duration, _shared_x(cache, times, intercept), clean)
         if v is not None:
             out.append((drop_name(labels), v))
     return call.check(out)
