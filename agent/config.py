@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from agent import yamlpos
 from agent.durations import parse_duration
 from agent.errors import ConfigError
+from agent.paths import Paths
 
 DEFAULT_LISTEN = "127.0.0.1:9842"
 # The default rule library (top-level rules/); rules/remediations.yml is the policy, not a rule file.
@@ -141,6 +142,10 @@ class PathsConfig(Model):
     sysfs: str = "/sys"
     devfs: str = "/dev"
     rootfs: str = "/"
+
+    def roots(self) -> Paths:
+        """The :class:`agent.paths.Paths` collectors and plugins take."""
+        return Paths(self.procfs, self.sysfs, self.devfs, self.rootfs)
 
 
 class LogConfig(Model):

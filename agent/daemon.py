@@ -87,7 +87,7 @@ class Components:
 def build_collectors(cfg: Config, paths: Paths | None = None, hostname: str | None = None) -> tuple[list[Collector],
                                                                                                     dict[str, str]]:
     """Instantiate every enabled collector; load errors are returned, not raised."""
-    paths = paths or Paths(cfg.paths.procfs, cfg.paths.sysfs, cfg.paths.devfs, cfg.paths.rootfs)
+    paths = paths or cfg.paths.roots()
     hostname = hostname or cfg.hostname or socket.gethostname()
     built: list[Collector] = []
     failed: dict[str, str] = {}
@@ -179,8 +179,7 @@ class Daemon:
         return load_policy(path, plugin_classes().plugins) if path else Policy()
 
     def _remediator(self, cfg: Config, policy: Policy) -> Remediator:
-        paths = Paths(cfg.paths.procfs, cfg.paths.sysfs, cfg.paths.devfs, cfg.paths.rootfs)
-        loaded = load_remediations(policy.plugins, paths=paths, state_dir=cfg.state_dir)
+        loaded = load_remediations(policy.plugins, paths=cfg.paths.roots(), state_dir=cfg.state_dir)
         journal = Journal(cfg.state_dir, policy.journal.retention, policy.journal.max_rows)
         return Remediator(policy, journal, loaded.plugins, mode=cfg.mode, clock=self.wall,
                           pause_flag_path=os.path.join(cfg.state_dir, "paused"))
