@@ -33,7 +33,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -52,6 +52,7 @@ After = Literal["unlink", "symlink", "keep"]
 Progress = Callable[[int], None]
 Writers = Callable[[Sequence[str]], Mapping[str, list[int]]]   # paths -> {path: pids holding it open for writing}
 OPEN_STEPS = ("begin", "copied", "renamed")
+_JSON = json.JSONEncoder(separators=(",", ":"))   # one encoder (json.dumps with options builds one per call)
 FINAL_STEPS = ("done", "failed", "skipped", "rolledback")
 
 
@@ -111,8 +112,9 @@ class ProcWriters:
     def __init__(self, paths: Paths | None = None) -> None:
         self.paths = paths or Paths()
 
-    def scan(self) -> list[tuple[int, tuple[int, int], int | None]]:
-        """``(pid, (dev, ino), flags)`` of every descriptor open for writing on a regular file."""
+    def scan(self, keys: Container[tuple[int, int]] | None = None) -> list[tuple[int, tuple[int, int], int | None]]:
+        """``(pid, (dev, ino), flags)`` of every descriptor open for writing on a regular file (only those on
+        the files ``keys`` when given: the others' ``fdinfo`` is not read)."""
         out = []
         try:
             pids = [int(p) for p in os.listdir(self.paths.procfs) if p.isdigit()]
@@ -130,7 +132,7 @@ class ProcWriters:
                     if not os.lstat(link).st_mode & stat.S_IWUSR:
                         continue
                     st = os.stat(link)
-                    if not stat.S_ISREG(st.st_mode):
+                    if not stat.S_ISREG(st.st_mode) or (keys is not None and (st.st_dev, st.st_ino) not in keys):
                         continue
                     with open(self.paths.proc(str(pid), "fdinfo", fd)) as f:
                         flags = parse_fdinfo_flags(f.read())
@@ -151,7 +153,7 @@ class ProcWriters:
         if not keys:
             return {}
         out: dict[str, list[int]] = {}
-        fds = [fd for fd in self.scan() if fd[1] in keys]
+        fds = self.scan(keys)
         for key, ps in keys.items():
             pids = writers_in(fds, key)
             if pids:
@@ -194,7 +196,7 @@ class StepLog:
     def record(self, op: str, step: str, sync: bool = True, **fields: Any) -> None:
         """Append one record; durably unless ``sync`` is False: then it is held until :meth:`sync` writes every
         held record at once (nothing may rely on it before that)."""
-        line = json.dumps({"op": op, "step": step, "t": time.time(), **fields}, separators=(",", ":")) + "\n"
+        line = _JSON.encode({"op": op, "step": step, "t": time.time(), **fields}) + "\n"
         self._held.append(line.encode())
         if sync:
             self.sync()
@@ -676,7 +678,7 @@ class SafeMover:
 
     def _hash_fd(self, fd: int, size: int) -> str:
         """blake3 of the first ``size`` bytes of an open file (pread: the file offset is not used)."""
-        return _hash_fd_range(fd, size, self.hash_threads if size >= BIG else 1, None) or ""
+        return _hash_fd_range(fd, size, self.hash_threads if size >= BIG else 1, None, self._buf) or ""
 
     @staticmethod
     def _check_source(src: str, st: os.stat_result) -> None:
@@ -842,11 +844,12 @@ def syncfs(path: str) -> None:
         os.close(fd)
 
 
-def _hash_fd_range(fd: int, size: int, threads: int, stop: threading.Event | None) -> str | None:
+def _hash_fd_range(fd: int, size: int, threads: int, stop: threading.Event | None,
+                   buf: bytearray | None = None) -> str | None:
     """blake3 of bytes [0, size) of ``fd``; None when ``stop`` was set first or the file is shorter.
 
     Large files are memory-mapped (no copy out of the page cache; blake3 hashes the map with ``threads``
-    threads, without the GIL); small ones are read with pread.
+    threads, without the GIL); small ones are read with pread (into ``buf`` when given).
     """
     h = blake3.blake3(max_threads=threads) if threads != 1 else blake3.blake3()
     if size >= BIG:
@@ -866,11 +869,10 @@ def _hash_fd_range(fd: int, size: int, threads: int, stop: threading.Event | Non
         except (OSError, ValueError):
             return None
         return h.hexdigest()
-    buf = bytearray(min(RANGE_CHUNK, max(size, 1)))
-    mv = memoryview(buf)
+    mv = memoryview(buf if buf is not None else bytearray(min(RANGE_CHUNK, max(size, 1))))
     off = 0
     while off < size:
-        n = os.preadv(fd, [mv[:min(len(buf), size - off)]], off)
+        n = os.preadv(fd, [mv[:min(len(mv), size - off)]], off)
         if n == 0:
             break
         h.update(mv[:n])
