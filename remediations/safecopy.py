@@ -411,16 +411,21 @@ class SafeMover:
         """Results in order. A result is yielded only once its whole batch is settled, so a caller may stop
         (e.g. after ENOSPC) between any two results without leaving an operation open."""
         batch: list[Move] = []
+        stats: list[os.stat_result | None] = []   # the identity the batch works with (re-checked before placing)
         size = 0
         for mv in moves:
-            with contextlib.suppress(OSError):
-                size += os.stat(mv.src, follow_symlinks=False).st_size
+            try:
+                st: os.stat_result | None = os.stat(mv.src, follow_symlinks=False)
+                size += st.st_size
+            except OSError:
+                st = None
             batch.append(mv)
+            stats.append(st)
             if len(batch) >= self.batch_files or size >= self.batch_bytes:
-                yield from self._batch(batch)
-                batch, size = [], 0
+                yield from self._batch(batch, stats)
+                batch, stats, size = [], [], 0
         if batch:
-            yield from self._batch(batch)
+            yield from self._batch(batch, stats)
 
     # ---------------------------------------------------------- one batch
 
@@ -429,7 +434,7 @@ class SafeMover:
         if fn is not None:
             fn()
 
-    def _prepare(self, mv: Move, busy: Mapping[str, list[int]]) -> _Op | Result:
+    def _prepare(self, mv: Move, busy: Mapping[str, list[int]], st: os.stat_result | None) -> _Op | Result:
         op = uuid.uuid4().hex[:16]
         src, dst = os.path.abspath(mv.src), os.path.abspath(mv.dst)
 
@@ -438,7 +443,7 @@ class SafeMover:
             return Result(op, src, dst, "skipped", reason, errno=err)
 
         try:
-            st = os.stat(src, follow_symlinks=False)
+            st = st or os.stat(src, follow_symlinks=False)
         except OSError as err:
             return skip(f"source unreadable: {err.strerror}", err.errno or 0)
         if not stat.S_ISREG(st.st_mode):
@@ -468,9 +473,9 @@ class SafeMover:
             f" ({err.filename})" if err.filename else "")
         self._fail(o, "failed", reason, err.errno or 0)
 
-    def _batch(self, moves: list[Move]) -> list[Result]:
+    def _batch(self, moves: list[Move], stats: Sequence[os.stat_result | None] | None = None) -> list[Result]:
         busy = self.writers([m.src for m in moves] + [m.dst for m in moves if m.quarantine])
-        prepared = [self._prepare(m, busy) for m in moves]
+        prepared = [self._prepare(m, busy, st) for m, st in zip(moves, stats or [None] * len(moves), strict=True)]
         ops = [o for o in prepared if isinstance(o, _Op)]
         for o in ops:
             st = o.st
@@ -694,6 +699,8 @@ class SafeMover:
             os.rename(tmp, dst)
             return
         try:
+            if _rename_noreplace(tmp, dst):
+                return
             os.link(tmp, dst)          # never replaces: EEXIST if dst appeared meanwhile
         except OSError as err:
             if err.errno == errno.EEXIST:
@@ -710,10 +717,11 @@ class SafeMover:
                        sync: bool = True) -> bool:
         """Idempotent: unlink src or replace it with a symlink, only while it is still the original inode.
         True when src's directory changed (and, unless ``sync``, still needs an fsync)."""
-        lnk = link_tmp_for(src, op)
-        _unlink_quiet(lnk)
         if after == "keep":
             return False
+        lnk = link_tmp_for(src, op)
+        if after == "symlink":
+            _unlink_quiet(lnk)      # a crash may have left it
         try:
             cur = os.stat(src, follow_symlinks=False)
         except FileNotFoundError:
@@ -831,6 +839,23 @@ def _quarantine(path: str, qdir: str, op: str) -> str:
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+_renameat2 = getattr(_LIBC, "renameat2", None)
+
+
+def _rename_noreplace(src: str, dst: str) -> bool:
+    """renameat2(RENAME_NOREPLACE): True when renamed; False when this system or filesystem cannot (nothing
+    done); OSError otherwise (EEXIST when ``dst`` exists)."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    e = ctypes.get_errno()
+    if e in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(e, os.strerror(e), dst)
 
 
 def syncfs(path: str) -> None:

@@ -324,3 +324,31 @@ def test_copy_is_bandwidth_limited(tree, tmp_path):
         .move(str(f), str(dst / "m"))
     assert res.status == "done" and sum(done) == size
     assert sum(slept) == pytest.approx(size / 2e6, abs=0.6)     # within one chunk of the 2 MB/s budget
+
+
+def test_destination_appearing_during_copy_is_never_replaced(tree, tmp_path):
+    src, dst, f = tree
+    want = sha(f)
+    intruder = dst / "m"
+    res = mover(tmp_path, hooks={"copied": lambda: intruder.write_bytes(b"someone else's")}).move(str(f), str(intruder))
+    assert res.status == "skipped" and "destination appeared" in res.reason
+    assert intruder.read_bytes() == b"someone else's" and sha(f) == want and temps(src, dst) == []
+
+
+def test_crash_between_link_and_unlink_recovers(tree, tmp_path):
+    """Where the no-replace rename is not available, tmp is linked to dst, then unlinked: a crash between."""
+    src, dst, f = tree
+    want = sha(f)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            mover(tmp_path, hooks={"copied": lambda: os.kill(os.getpid(), signal.SIGKILL)}).move(str(f), str(dst / "m"))
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    (tmp,) = temps(dst)
+    os.link(tmp, dst / "m")                  # the state that crash leaves
+    m = mover(tmp_path)
+    assert len(m.recover().finished) == 1
+    assert temps(src, dst) == [] and not f.exists() and sha(dst / "m") == want
