@@ -8,8 +8,9 @@ times (median reported). Sources are in the page cache for every method (warm). 
 
 - ``cp -a``: coreutils (copy_file_range; no fsync, no verification);
 - ``cp -a`` + ``sync -f``: the same, then the filesystem flushed, so the data is on disk as ours is;
-- safecopy: read + blake3 + write, fsync per file, re-read verification, metadata, rename, directory fsync,
-  four fsynced step-log records per file.
+- safecopy: read + blake3 + write (small files) or copy_file_range + blake3 (big ones), re-read verification,
+  metadata, no-replace rename, directory fsyncs, four step-log records per file; per batch (group commit): two
+  /proc scans for writers, one syncfs, one step-log fdatasync per step.
 
 The scrubber (``remediations.scrub.Scrubber``, unthrottled, one thread) hashes the large set against its
 manifest; peers: ``b3sum --num-threads 1``, ``b3sum`` (all cores), ``sha256sum``. Prints JSON.
@@ -71,10 +72,11 @@ def run_cp(src: Path, dst: Path, sync: bool) -> None:
 def run_safecopy(src: Path, dst: Path, state: Path) -> None:
     mover = SafeMover(StepLog(str(state / "bench.steps")))     # the real /proc scan for writers, per batch
     moves = []
-    for p in files(src):
-        out = dst / p.relative_to(src)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        moves.append(Move(str(p), str(out), after="keep"))
+    for d, dirs, names in os.walk(src):     # one listing and one mkdir per directory, like cp -a
+        dirs.sort()
+        out = os.path.join(dst, os.path.relpath(d, src))
+        os.makedirs(out, exist_ok=True)
+        moves += [Move(os.path.join(d, n), os.path.join(out, n), after="keep") for n in sorted(names)]
     try:
         for res in mover.move_many(moves):
             if res.status != "done":

@@ -47,6 +47,7 @@ TMP_PREFIX = ".nwtmp."
 CHUNK = 1 << 20
 BIG = 8 << 20             # files this large: kernel copy + hashing in a helper thread, multithreaded blake3
 RANGE_CHUNK = 8 << 20
+BATCH_FILES = 1024        # files per batch (group commit); each batch costs two /proc scans and one syncfs
 MAP_STEP = 64 << 20       # hash a memory map in steps of this (a stop request is seen between steps)
 After = Literal["unlink", "symlink", "keep"]
 Progress = Callable[[int], None]
@@ -379,7 +380,7 @@ class SafeMover:
                  progress: Progress | None = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, chunk: int = CHUNK, hash_threads: int = 4,
                  hooks: Mapping[str, Callable[[], None]] | None = None, preallocate: bool = True,
-                 batch_files: int = 256, batch_bytes: int = 1 << 30) -> None:
+                 batch_files: int | None = None, batch_bytes: int = 1 << 30) -> None:
         self.log = log
         self.throttle = Throttle(rate_mb_s * 1e6 if rate_mb_s else None, clock, sleep)
         self.writers = writers if writers is not None else ProcWriters()
@@ -387,7 +388,7 @@ class SafeMover:
         self.chunk = chunk
         self.hash_threads = hash_threads  # blake3 threads for files of BIG bytes and more
         self.preallocate = preallocate   # fallocate the temp file first: a full disk fails before any copying
-        self.batch_files, self.batch_bytes = max(1, batch_files), batch_bytes
+        self.batch_files, self.batch_bytes = max(1, batch_files or BATCH_FILES), batch_bytes
         self.hooks = dict(hooks or {})   # test seams: called after the named step's records
         self._buf = bytearray(chunk)
         self._pool: ThreadPoolExecutor | None = None
