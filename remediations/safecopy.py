@@ -611,7 +611,7 @@ class SafeMover:
         try:
             tfd = os.open(o.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOATIME | os.O_CLOEXEC, 0o600)
             try:
-                if st.st_size and self.preallocate:
+                if st.st_size > self.chunk and self.preallocate:   # (one write: that write fails just as early)
                     try:
                         os.posix_fallocate(tfd, 0, st.st_size)   # ENOSPC before any copying
                     except OSError as err:
@@ -646,10 +646,11 @@ class SafeMover:
             self.progress(n)
 
     def _copy_loop(self, sfd: int, tfd: int, size: int) -> str:
+        """Copy and hash the ``size`` bytes the source had (growth since is caught by :meth:`_check_source`)."""
         h = blake3.blake3()
         mv = memoryview(self._buf)
         total = 0
-        while n := os.readv(sfd, [mv]):
+        while total < size and (n := os.readv(sfd, [mv[:size - total]])):
             h.update(mv[:n])
             written = 0
             while written < n:
