@@ -8,11 +8,13 @@ times (median reported). Sources are in the page cache for every method (warm). 
 
 - ``cp -a``: coreutils (copy_file_range; no fsync, no verification);
 - ``cp -a`` + ``sync -f``: the same, then the filesystem flushed, so the data is on disk as ours is;
-- safecopy: read + blake3 + write, fsync per file, re-read verification, metadata, rename, directory fsync,
-  four fsynced step-log records per file.
+- safecopy: read + blake3 + write (small files) or copy_file_range + blake3 (big ones), re-read verification,
+  metadata, no-replace rename, directory fsyncs, four step-log records per file; per batch (group commit): two
+  /proc scans for writers, one syncfs, one step-log fdatasync per step.
 
 The scrubber (``remediations.scrub.Scrubber``, unthrottled, one thread) hashes the large set against its
-manifest; peers: ``b3sum --num-threads 1``, ``b3sum`` (all cores), ``sha256sum``. Prints JSON.
+manifest; peers: ``b3sum --num-threads 1``, ``b3sum`` (all cores), ``sha256sum``. Prints JSON; copy methods also
+report ``cpu_s`` (user + system CPU seconds, median), steadier than wall time on a machine shared with other jobs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -71,10 +74,11 @@ def run_cp(src: Path, dst: Path, sync: bool) -> None:
 def run_safecopy(src: Path, dst: Path, state: Path) -> None:
     mover = SafeMover(StepLog(str(state / "bench.steps")))     # the real /proc scan for writers, per batch
     moves = []
-    for p in files(src):
-        out = dst / p.relative_to(src)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        moves.append(Move(str(p), str(out), after="keep"))
+    for d, dirs, names in os.walk(src):     # one listing and one mkdir per directory, like cp -a
+        dirs.sort()
+        out = os.path.join(dst, os.path.relpath(d, src))
+        os.makedirs(out, exist_ok=True)
+        moves += [Move(os.path.join(d, n), os.path.join(out, n), after="keep") for n in sorted(names)]
     try:
         for res in mover.move_many(moves):
             if res.status != "done":
@@ -83,30 +87,41 @@ def run_safecopy(src: Path, dst: Path, state: Path) -> None:
         mover.close()
 
 
-def timed(fn: Callable[[], None]) -> float:
+def _cpu() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn: Callable[[], None], cpu: list[float] | None = None) -> float:
+    """Wall seconds of ``fn``; its CPU seconds (user + system, this process and its children) go to ``cpu``."""
     subprocess.run(["sync"], check=True, timeout=600)   # start each method with no dirty pages of the last
-    t0 = time.perf_counter()
+    c0, t0 = _cpu(), time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    t = time.perf_counter() - t0
+    if cpu is not None:
+        cpu.append(_cpu() - c0)
+    return t
 
 
 def copy_bench(src: Path, work: Path, total: int, repeat: int) -> dict[str, dict[str, float]]:
     times: dict[str, list[float]] = {"cp": [], "cp+sync": [], "safecopy": []}
+    cpus: dict[str, list[float]] = {name: [] for name in times}
     for r in range(repeat):
         for name in (list(times) if r % 2 == 0 else list(reversed(times))):
             dst = work / f"{name}-{r}"
             state = work / f"state-{name}-{r}"
             state.mkdir()
             if name == "safecopy":
-                times[name].append(timed(lambda d=dst, s=state: run_safecopy(src, d, s)))
+                times[name].append(timed(lambda d=dst, s=state: run_safecopy(src, d, s), cpus[name]))
             else:
-                times[name].append(timed(lambda d=dst, n=name: run_cp(src, d, n == "cp+sync")))
+                times[name].append(timed(lambda d=dst, n=name: run_cp(src, d, n == "cp+sync"), cpus[name]))
             shutil.rmtree(dst)
             shutil.rmtree(state)
     out = {}
     for name, ts in times.items():
         med = statistics.median(ts)
-        out[name] = {"seconds": round(med, 3), "MB_s": round(total / med / 1e6, 1)}
+        out[name] = {"seconds": round(med, 3), "MB_s": round(total / med / 1e6, 1),
+                     "cpu_s": round(statistics.median(cpus[name]), 3)}
     for peer in ("cp", "cp+sync"):
         out["safecopy"][f"vs_{peer}"] = round(out["cp" if peer == "cp" else "cp+sync"]["seconds"]
                                               / out["safecopy"]["seconds"], 2)

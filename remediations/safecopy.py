@@ -33,7 +33,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -47,11 +47,13 @@ TMP_PREFIX = ".nwtmp."
 CHUNK = 1 << 20
 BIG = 8 << 20             # files this large: kernel copy + hashing in a helper thread, multithreaded blake3
 RANGE_CHUNK = 8 << 20
+BATCH_FILES = 1024        # files per batch (group commit); each batch costs two /proc scans and one syncfs
 MAP_STEP = 64 << 20       # hash a memory map in steps of this (a stop request is seen between steps)
 After = Literal["unlink", "symlink", "keep"]
 Progress = Callable[[int], None]
 Writers = Callable[[Sequence[str]], Mapping[str, list[int]]]   # paths -> {path: pids holding it open for writing}
 OPEN_STEPS = ("begin", "copied", "renamed")
+_JSON = json.JSONEncoder(separators=(",", ":"))   # one encoder (json.dumps with options builds one per call)
 FINAL_STEPS = ("done", "failed", "skipped", "rolledback")
 
 
@@ -111,8 +113,9 @@ class ProcWriters:
     def __init__(self, paths: Paths | None = None) -> None:
         self.paths = paths or Paths()
 
-    def scan(self) -> list[tuple[int, tuple[int, int], int | None]]:
-        """``(pid, (dev, ino), flags)`` of every descriptor open for writing on a regular file."""
+    def scan(self, keys: Container[tuple[int, int]] | None = None) -> list[tuple[int, tuple[int, int], int | None]]:
+        """``(pid, (dev, ino), flags)`` of every descriptor open for writing on a regular file (only those on
+        the files ``keys`` when given: the others' ``fdinfo`` is not read)."""
         out = []
         try:
             pids = [int(p) for p in os.listdir(self.paths.procfs) if p.isdigit()]
@@ -130,7 +133,7 @@ class ProcWriters:
                     if not os.lstat(link).st_mode & stat.S_IWUSR:
                         continue
                     st = os.stat(link)
-                    if not stat.S_ISREG(st.st_mode):
+                    if not stat.S_ISREG(st.st_mode) or (keys is not None and (st.st_dev, st.st_ino) not in keys):
                         continue
                     with open(self.paths.proc(str(pid), "fdinfo", fd)) as f:
                         flags = parse_fdinfo_flags(f.read())
@@ -151,7 +154,7 @@ class ProcWriters:
         if not keys:
             return {}
         out: dict[str, list[int]] = {}
-        fds = [fd for fd in self.scan() if fd[1] in keys]
+        fds = self.scan(keys)
         for key, ps in keys.items():
             pids = writers_in(fds, key)
             if pids:
@@ -194,7 +197,7 @@ class StepLog:
     def record(self, op: str, step: str, sync: bool = True, **fields: Any) -> None:
         """Append one record; durably unless ``sync`` is False: then it is held until :meth:`sync` writes every
         held record at once (nothing may rely on it before that)."""
-        line = json.dumps({"op": op, "step": step, "t": time.time(), **fields}, separators=(",", ":")) + "\n"
+        line = _JSON.encode({"op": op, "step": step, "t": time.time(), **fields}) + "\n"
         self._held.append(line.encode())
         if sync:
             self.sync()
@@ -377,7 +380,7 @@ class SafeMover:
                  progress: Progress | None = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, chunk: int = CHUNK, hash_threads: int = 4,
                  hooks: Mapping[str, Callable[[], None]] | None = None, preallocate: bool = True,
-                 batch_files: int = 256, batch_bytes: int = 1 << 30) -> None:
+                 batch_files: int | None = None, batch_bytes: int = 1 << 30) -> None:
         self.log = log
         self.throttle = Throttle(rate_mb_s * 1e6 if rate_mb_s else None, clock, sleep)
         self.writers = writers if writers is not None else ProcWriters()
@@ -385,7 +388,7 @@ class SafeMover:
         self.chunk = chunk
         self.hash_threads = hash_threads  # blake3 threads for files of BIG bytes and more
         self.preallocate = preallocate   # fallocate the temp file first: a full disk fails before any copying
-        self.batch_files, self.batch_bytes = max(1, batch_files), batch_bytes
+        self.batch_files, self.batch_bytes = max(1, batch_files or BATCH_FILES), batch_bytes
         self.hooks = dict(hooks or {})   # test seams: called after the named step's records
         self._buf = bytearray(chunk)
         self._pool: ThreadPoolExecutor | None = None
@@ -409,16 +412,21 @@ class SafeMover:
         """Results in order. A result is yielded only once its whole batch is settled, so a caller may stop
         (e.g. after ENOSPC) between any two results without leaving an operation open."""
         batch: list[Move] = []
+        stats: list[os.stat_result | None] = []   # the identity the batch works with (re-checked before placing)
         size = 0
         for mv in moves:
-            with contextlib.suppress(OSError):
-                size += os.stat(mv.src, follow_symlinks=False).st_size
+            try:
+                st: os.stat_result | None = os.stat(mv.src, follow_symlinks=False)
+                size += st.st_size
+            except OSError:
+                st = None
             batch.append(mv)
+            stats.append(st)
             if len(batch) >= self.batch_files or size >= self.batch_bytes:
-                yield from self._batch(batch)
-                batch, size = [], 0
+                yield from self._batch(batch, stats)
+                batch, stats, size = [], [], 0
         if batch:
-            yield from self._batch(batch)
+            yield from self._batch(batch, stats)
 
     # ---------------------------------------------------------- one batch
 
@@ -427,7 +435,7 @@ class SafeMover:
         if fn is not None:
             fn()
 
-    def _prepare(self, mv: Move, busy: Mapping[str, list[int]]) -> _Op | Result:
+    def _prepare(self, mv: Move, busy: Mapping[str, list[int]], st: os.stat_result | None) -> _Op | Result:
         op = uuid.uuid4().hex[:16]
         src, dst = os.path.abspath(mv.src), os.path.abspath(mv.dst)
 
@@ -436,7 +444,7 @@ class SafeMover:
             return Result(op, src, dst, "skipped", reason, errno=err)
 
         try:
-            st = os.stat(src, follow_symlinks=False)
+            st = st or os.stat(src, follow_symlinks=False)
         except OSError as err:
             return skip(f"source unreadable: {err.strerror}", err.errno or 0)
         if not stat.S_ISREG(st.st_mode):
@@ -466,9 +474,9 @@ class SafeMover:
             f" ({err.filename})" if err.filename else "")
         self._fail(o, "failed", reason, err.errno or 0)
 
-    def _batch(self, moves: list[Move]) -> list[Result]:
+    def _batch(self, moves: list[Move], stats: Sequence[os.stat_result | None] | None = None) -> list[Result]:
         busy = self.writers([m.src for m in moves] + [m.dst for m in moves if m.quarantine])
-        prepared = [self._prepare(m, busy) for m in moves]
+        prepared = [self._prepare(m, busy, st) for m, st in zip(moves, stats or [None] * len(moves), strict=True)]
         ops = [o for o in prepared if isinstance(o, _Op)]
         for o in ops:
             st = o.st
@@ -603,7 +611,7 @@ class SafeMover:
         try:
             tfd = os.open(o.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOATIME | os.O_CLOEXEC, 0o600)
             try:
-                if st.st_size and self.preallocate:
+                if st.st_size > self.chunk and self.preallocate:   # (one write: that write fails just as early)
                     try:
                         os.posix_fallocate(tfd, 0, st.st_size)   # ENOSPC before any copying
                     except OSError as err:
@@ -638,10 +646,11 @@ class SafeMover:
             self.progress(n)
 
     def _copy_loop(self, sfd: int, tfd: int, size: int) -> str:
+        """Copy and hash the ``size`` bytes the source had (growth since is caught by :meth:`_check_source`)."""
         h = blake3.blake3()
         mv = memoryview(self._buf)
         total = 0
-        while n := os.readv(sfd, [mv]):
+        while total < size and (n := os.readv(sfd, [mv[:size - total]])):
             h.update(mv[:n])
             written = 0
             while written < n:
@@ -676,7 +685,7 @@ class SafeMover:
 
     def _hash_fd(self, fd: int, size: int) -> str:
         """blake3 of the first ``size`` bytes of an open file (pread: the file offset is not used)."""
-        return _hash_fd_range(fd, size, self.hash_threads if size >= BIG else 1, None) or ""
+        return _hash_fd_range(fd, size, self.hash_threads if size >= BIG else 1, None, self._buf) or ""
 
     @staticmethod
     def _check_source(src: str, st: os.stat_result) -> None:
@@ -692,6 +701,8 @@ class SafeMover:
             os.rename(tmp, dst)
             return
         try:
+            if _rename_noreplace(tmp, dst):
+                return
             os.link(tmp, dst)          # never replaces: EEXIST if dst appeared meanwhile
         except OSError as err:
             if err.errno == errno.EEXIST:
@@ -708,10 +719,11 @@ class SafeMover:
                        sync: bool = True) -> bool:
         """Idempotent: unlink src or replace it with a symlink, only while it is still the original inode.
         True when src's directory changed (and, unless ``sync``, still needs an fsync)."""
-        lnk = link_tmp_for(src, op)
-        _unlink_quiet(lnk)
         if after == "keep":
             return False
+        lnk = link_tmp_for(src, op)
+        if after == "symlink":
+            _unlink_quiet(lnk)      # a crash may have left it
         try:
             cur = os.stat(src, follow_symlinks=False)
         except FileNotFoundError:
@@ -831,6 +843,23 @@ def _quarantine(path: str, qdir: str, op: str) -> str:
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+_renameat2 = getattr(_LIBC, "renameat2", None)
+
+
+def _rename_noreplace(src: str, dst: str) -> bool:
+    """renameat2(RENAME_NOREPLACE): True when renamed; False when this system or filesystem cannot (nothing
+    done); OSError otherwise (EEXIST when ``dst`` exists)."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    e = ctypes.get_errno()
+    if e in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(e, os.strerror(e), dst)
+
+
 def syncfs(path: str) -> None:
     """syncfs(2) the filesystem holding ``path``: every dirty page of it on disk, write-back errors reported."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -842,11 +871,12 @@ def syncfs(path: str) -> None:
         os.close(fd)
 
 
-def _hash_fd_range(fd: int, size: int, threads: int, stop: threading.Event | None) -> str | None:
+def _hash_fd_range(fd: int, size: int, threads: int, stop: threading.Event | None,
+                   buf: bytearray | None = None) -> str | None:
     """blake3 of bytes [0, size) of ``fd``; None when ``stop`` was set first or the file is shorter.
 
     Large files are memory-mapped (no copy out of the page cache; blake3 hashes the map with ``threads``
-    threads, without the GIL); small ones are read with pread.
+    threads, without the GIL); small ones are read with pread (into ``buf`` when given).
     """
     h = blake3.blake3(max_threads=threads) if threads != 1 else blake3.blake3()
     if size >= BIG:
@@ -866,11 +896,10 @@ def _hash_fd_range(fd: int, size: int, threads: int, stop: threading.Event | Non
         except (OSError, ValueError):
             return None
         return h.hexdigest()
-    buf = bytearray(min(RANGE_CHUNK, max(size, 1)))
-    mv = memoryview(buf)
+    mv = memoryview(buf if buf is not None else bytearray(min(RANGE_CHUNK, max(size, 1))))
     off = 0
     while off < size:
-        n = os.preadv(fd, [mv[:min(len(buf), size - off)]], off)
+        n = os.preadv(fd, [mv[:min(len(mv), size - off)]], off)
         if n == 0:
             break
         h.update(mv[:n])

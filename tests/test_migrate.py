@@ -244,11 +244,15 @@ def test_open_for_writing_is_skipped_others_move(tmp_path):
 
 N_FILES = 300
 TRIALS = 50
+BATCH = 64          # files per safe-copy batch in the child: 5 batches, 20 group commits of the step log
 
 
 def _child(tmp: Path, leave: str) -> None:
     """In a forked child: demote everything through the remediator (journal + step log), then exit."""
     try:
+        from remediations import safecopy
+
+        safecopy.BATCH_FILES = BATCH
         journal = Journal(str(tmp / "state"))
         rem = Remediator(Policy(), journal, {"migrate": plugin(tmp, leave)}, mode="enforce")
         entry = rem.act("migrate", {"action": "demote"}, apply=True)
@@ -257,24 +261,45 @@ def _child(tmp: Path, leave: str) -> None:
         os._exit(2)
 
 
-def _run_child(tmp: Path, leave: str, delay: float | None) -> tuple[float, bool]:
-    start = time.monotonic()
+def _records(log: Path) -> int:
+    try:
+        return log.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def _run_child(tmp: Path, leave: str, kill_at: int | None, extra: float = 0.0,
+               within: float = 120.0) -> tuple[int, bool]:
+    """Run the child; with ``kill_at``, SIGKILL it ``extra`` seconds after its step log holds that many records
+    or ``within`` seconds after the start, whichever comes first -- a point in its progress, so load cannot
+    move the kill past the end of the run. Returns (the step log's records when killed or at the end, whether
+    the kill interrupted the child)."""
+    log = tmp / "state" / "migrate.steps"
     pid = os.fork()
     if pid == 0:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 1)
             os.dup2(null.fileno(), 2)
         _child(tmp, leave)
-    killed = False
-    if delay is not None:
-        time.sleep(delay)
-        with contextlib.suppress(ProcessLookupError):
+    start = time.monotonic()
+    status = None
+    try:
+        while kill_at is not None and _records(log) < kill_at and time.monotonic() - start < within:
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+                break
+            time.sleep(0.0005)
+        if kill_at is not None and status is None:
+            time.sleep(extra)
             os.kill(pid, signal.SIGKILL)
-            killed = True
-    _, status = os.waitpid(pid, 0)
-    if delay is None:
+    finally:
+        if status is None:
+            with contextlib.suppress(ChildProcessError):
+                _, status = os.waitpid(pid, 0)
+    if kill_at is None:
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    return time.monotonic() - start, killed and os.WIFSIGNALED(status)
+    return _records(log), kill_at is not None and os.WIFSIGNALED(status)
 
 
 def _check(tmp: Path, hashes: dict[str, str], leave: str) -> str:
@@ -318,21 +343,31 @@ def _fresh(tmp: Path, seed: int) -> dict[str, str]:
 
 
 def test_kill9_at_random_points_loses_nothing(tmp_path):
+    """SIGKILL at random points of the step protocol (a random step-log record count, then a random few ms
+    into the next step), and at a random time before the first record; recovery leaves every file exactly
+    once, intact."""
     rng = random.Random(20261122)
     trial = tmp_path / "t"
     hashes = _fresh(trial, 0)
-    clean, _ = _run_child(trial, "symlink", None)          # an uninterrupted run: how long the window is
+    total, _ = _run_child(trial, "symlink", None)          # an uninterrupted run: how many records it writes
     assert _check(trial, hashes, "symlink") == "finished"
+    assert total >= 4 * N_FILES
     outcomes = {"killed": 0, "finished": 0, "not started": 0}
+    seen = set()
     for i in range(TRIALS):
         leave = "symlink" if i % 2 else "none"
         hashes = _fresh(trial, i + 1)
-        _, killed = _run_child(trial, leave, rng.uniform(0.0, clean * 1.05))
+        if i % 10 == 0:     # before the first record: planning, journaling, recovery of the last run
+            at, killed = _run_child(trial, leave, 1, 0.0, 10 ** rng.uniform(-4, -0.5))   # 0.1-300 ms
+        else:
+            at, killed = _run_child(trial, leave, rng.randrange(1, total), rng.uniform(0.0, 0.003))
+        seen.add(at)
         outcomes["killed"] += killed
         outcomes[_check(trial, hashes, leave)] += 1
-    print(f"clean run {clean:.3f}s; {outcomes}")
-    assert outcomes["killed"] >= TRIALS // 2, outcomes          # most trials really interrupted the run
+    print(f"clean run {total} records; killed at {len(seen)} record counts; {outcomes}")
+    assert outcomes["killed"] >= TRIALS * 3 // 4, outcomes        # nearly every trial really interrupted the run
     assert outcomes["finished"] >= TRIALS // 2, outcomes
+    assert len(seen) >= 10, sorted(seen)                          # at many points of the protocol
 
 
 def test_progress_bar_and_entry_points():

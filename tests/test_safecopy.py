@@ -16,6 +16,7 @@ import pytest
 from remediations.safecopy import (
     BIG,
     TMP_PREFIX,
+    Move,
     ProcWriters,
     SafeMover,
     StepLog,
@@ -324,3 +325,60 @@ def test_copy_is_bandwidth_limited(tree, tmp_path):
         .move(str(f), str(dst / "m"))
     assert res.status == "done" and sum(done) == size
     assert sum(slept) == pytest.approx(size / 2e6, abs=0.6)     # within one chunk of the 2 MB/s budget
+
+
+def test_destination_appearing_during_copy_is_never_replaced(tree, tmp_path):
+    src, dst, f = tree
+    want = sha(f)
+    intruder = dst / "m"
+    res = mover(tmp_path, hooks={"copied": lambda: intruder.write_bytes(b"someone else's")}).move(str(f), str(intruder))
+    assert res.status == "skipped" and "destination appeared" in res.reason
+    assert intruder.read_bytes() == b"someone else's" and sha(f) == want and temps(src, dst) == []
+
+
+def test_crash_between_link_and_unlink_recovers(tree, tmp_path):
+    """Where the no-replace rename is not available, tmp is linked to dst, then unlinked: a crash between."""
+    src, dst, f = tree
+    want = sha(f)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            mover(tmp_path, hooks={"copied": lambda: os.kill(os.getpid(), signal.SIGKILL)}).move(str(f), str(dst / "m"))
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    (tmp,) = temps(dst)
+    os.link(tmp, dst / "m")                  # the state that crash leaves
+    m = mover(tmp_path)
+    assert len(m.recover().finished) == 1
+    assert temps(src, dst) == [] and not f.exists() and sha(dst / "m") == want
+
+
+def test_batch_of_small_files_with_one_growing(tmp_path):
+    """move_many: every file verified and moved, except the one a writer appended to after it was listed."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    files = {src / f"f{i}": os.urandom(i * 1000) for i in range(40)}
+    for p, data in files.items():
+        p.write_bytes(data)
+    grow = src / "f7"
+
+    def append():               # the begin records of the first batch are written: a writer appends once
+        if grow.stat().st_size == 7000:
+            with open(grow, "ab") as fh:
+                fh.write(b"more")
+
+    m = mover(tmp_path, batch_files=16, hooks={"begin": append})
+    results = list(m.move_many(Move(str(p), str(dst / p.name)) for p in files))
+    assert [r.src for r in results] == [str(p) for p in files]
+    for p, data in files.items():
+        r = next(r for r in results if r.src == str(p))
+        if p == grow:
+            assert r.status == "failed" and "changed" in r.reason and not (dst / p.name).exists()
+            assert p.read_bytes() == data + b"more"
+        else:
+            assert r.status == "done" and (dst / p.name).read_bytes() == data and not p.exists()
+    assert temps(src, dst) == []
+    assert all(o["step"] in ("done", "failed") for o in m.log.ops().values())
