@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.alerts import Alert
+from agent.paths import Paths
 from remediations.base import REASON_RE, Entry, Outcome, ParamsModel, Plan, check_gpu, check_node
 
 NAME = "rebalance"
@@ -74,6 +75,9 @@ class KubernetesSettings(_Section):
     taint_key: str = "nodewarden.io/unhealthy"
     taint_effect: Literal["NoSchedule", "NoExecute", "PreferNoSchedule"] = "NoSchedule"
     gpu_resource: str = "nvidia.com/gpu"
+    evict_scope: Literal["gpu", "node"] = Field(
+        "gpu", description="gpu: only the pods using the alert's GPU (NVML processes -> cgroup pod UID); "
+                           "node: every GPU pod on the node")
     timeout: float = Field(15.0, gt=0)
 
 
@@ -98,7 +102,8 @@ class Rebalance:
     Params = Params
     Config = Config
 
-    def __init__(self, config: Config, runner=None, nvml=None, k8s_api=None, **_: Any) -> None:
+    def __init__(self, config: Config, runner=None, nvml=None, k8s_api=None, paths: Paths | None = None,
+                 **_: Any) -> None:
         self.name = NAME
         self.config = config
         self.node = config.node_name or check_node(socket.gethostname().split(".")[0])
@@ -107,7 +112,7 @@ class Rebalance:
             self.backend = SlurmBackend(config.slurm, runner=runner)
         elif config.backend == "kubernetes":
             from remediations.backends.kubernetes import KubernetesBackend
-            self.backend = KubernetesBackend(config.kubernetes, api=k8s_api)
+            self.backend = KubernetesBackend(config.kubernetes, api=k8s_api, nvml=nvml, paths=paths)
         else:
             from remediations.backends.gpu_fence import GpuFenceBackend
             self.backend = GpuFenceBackend(nvml=nvml)

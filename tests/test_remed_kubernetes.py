@@ -11,6 +11,7 @@ import copy
 import json
 import threading
 import urllib.parse
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import kubernetes  # noqa: F401  (a declared dependency: fail, do not skip, when missing)
@@ -30,7 +31,8 @@ def _node(name, unschedulable=False, taints=None):
 
 def _pod(ns, name, node, gpus=0, blocked=False):
     res = {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {}
-    return {"metadata": {"name": name, "namespace": ns, "labels": {"pdb": "blocked"} if blocked else {}},
+    uid = str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{ns}/{name}"))
+    return {"metadata": {"name": name, "namespace": ns, "uid": uid, "labels": {"pdb": "blocked"} if blocked else {}},
             "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x", "resources": res}]},
             "status": {"phase": "Running"}}
 
@@ -192,3 +194,81 @@ def test_blast_radius_counts_tainted_nodes(tmp_path, api):
     assert api.nodes["nw2"]["spec"]["unschedulable"] is False
     assert [(e.status, e.reason) for e in second.journal] == [("skipped", "blast_radius")]
     assert [p["metadata"]["name"] for p in api.pods if p["spec"]["nodeName"] == "nw2"] == ["train-1"]
+
+
+class FakeNvml:
+    """The few NVML calls the backend makes: compute processes per GPU index."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, procs: dict[int, list[int]], lost: bool = False) -> None:
+        self.procs, self.lost = procs, lost
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        pass
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        if self.lost:
+            raise self.NVMLError("GPU is lost")
+        return i
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        return [type("P", (), {"pid": pid})() for pid in self.procs.get(h, [])]
+
+
+def _proc_tree(root, pid_to_cgroup: dict[int, str]):
+    for pid, cgroup in pid_to_cgroup.items():
+        (root / str(pid)).mkdir(parents=True)
+        (root / str(pid) / "cgroup").write_text(cgroup)
+    return root
+
+
+def _uid(ns, name):
+    return _pod(ns, name, "x")["metadata"]["uid"]
+
+
+def test_pod_uid_from_cgroup_both_drivers():
+    from remediations.backends.kubernetes import pod_uid_from_cgroup
+
+    u = "0f4d2c1e-8a8b-4c2d-9e1f-1234567890ab"
+    assert pod_uid_from_cgroup(f"0::/kubepods/besteffort/pod{u}/3f1c9e\n") == u
+    systemd = f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u.replace('-', '_')}.slice/cri-x\n"
+    assert pod_uid_from_cgroup(systemd) == u
+    assert pod_uid_from_cgroup("0::/system.slice/sshd.service\n") is None
+
+
+def _rebalance(api, nvml, procfs):
+    from agent.paths import Paths
+    from remediations.rebalance import Config, Params, Rebalance
+
+    cfg = Config.model_validate({"backend": "kubernetes", "node_name": "nw1",
+                                 "kubernetes": {"host": api.url, "timeout": 5}})
+    plugin = Rebalance(cfg, nvml=nvml, paths=Paths(procfs=str(procfs)))
+    return plugin, Params.model_validate({"gpu": "0", "reason": "XID 79"})
+
+
+def test_only_the_pods_holding_the_sick_gpu_are_evicted(tmp_path, api):
+    train0 = _uid("ml", "train-0")
+    procfs = _proc_tree(tmp_path / "proc", {
+        4242: f"0::/kubepods/besteffort/pod{train0}/abc\n",
+        4343: "0::/system.slice/nvidia-persistenced.service\n",   # a host process on the GPU: no pod
+    })
+    plugin, params = _rebalance(api, FakeNvml({0: [4242, 4343], 1: [9999]}), procfs)
+    plan = plugin.plan(None, params)
+    assert any("using GPU 0" in c for c in plan.changes)
+    out = plugin.apply(plan).output
+    evicted = [r[1] for r in api.requests if r[1].endswith("/eviction")]
+    assert evicted == ["/api/v1/namespaces/ml/pods/train-0/eviction"]    # eval-0 (another GPU pod) stays
+    assert f"GPU 0 is used by pods {train0}" in out
+
+
+def test_unknown_gpu_holders_fall_back_to_every_gpu_pod(tmp_path, api):
+    plugin, params = _rebalance(api, FakeNvml({}, lost=True), tmp_path / "proc")
+    out = plugin.apply(plugin.plan(None, params)).output
+    evicted = [r[1] for r in api.requests if r[1].endswith("/eviction")]
+    assert evicted == ["/api/v1/namespaces/ml/pods/train-0/eviction", "/api/v1/namespaces/ml/pods/eval-0/eviction"]
+    assert "cannot tell which pods use GPU 0" in out

@@ -58,6 +58,11 @@ class GpuFenceBackend:
                     changes=[f"set GPU {params.gpu} compute mode to PROHIBITED (no new CUDA contexts)"],
                     params={"backend": "gpu-fence", "node": node, "gpu": params.gpu, "reason": params.reason})
 
+    def pids(self, gpu: str) -> list[int]:
+        """PIDs of the compute processes on one GPU; RemediationError when NVML cannot tell."""
+        with self._device(gpu) as h:
+            return sorted(p.pid for p in self.nvml.nvmlDeviceGetComputeRunningProcesses(h))
+
     def apply(self, plan: Plan) -> Outcome:
         """Set PROHIBITED, remember the old mode, list the processes still on the GPU."""
         n = self.nvml

@@ -4,24 +4,44 @@ Uses the official ``kubernetes`` client (CoreV1Api). Evictions go through the Ev
 PodDisruptionBudgets are respected: a 429 answer (the budget forbids it now) is reported, not forced.
 What we changed is recorded on the node itself (annotation ``<taint_key>-cordoned: "true"`` when the node
 was schedulable before), so revert only uncordons a node we cordoned, even after a crash lost the journal's
-undo data. Limitation: without the kubelet pod-resources API the backend cannot tell which pod holds which
-GPU index, so it evicts every pod on the node that requests ``gpu_resource``.
+undo data.
+
+Which pods: with a ``gpu`` param (and ``evict_scope: gpu``, the default) only the pods holding that GPU are
+evicted. They are found without the kubelet: NVML lists the compute processes on the GPU, and each process's
+``/proc/PID/cgroup`` names its pod UID (``pod<uid>`` with the cgroupfs driver, ``pod<uid_with_underscores>.slice``
+with systemd), matched against the node's pods. When that cannot be determined (NVML cannot reach the GPU —
+e.g. it fell off the bus — or no process maps to a pod), every pod on the node requesting ``gpu_resource`` is
+evicted, and the output says so.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from agent.errors import RemediationError
+from agent.paths import Paths
 from remediations.base import Entry, Outcome, Plan, check_node, default_recover
+
+_POD_UID = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
+
+
+def pod_uid_from_cgroup(text: str) -> str | None:
+    """The Kubernetes pod UID in a ``/proc/PID/cgroup`` file (cgroupfs or systemd cgroup driver), or None."""
+    m = _POD_UID.search(text)
+    return m.group(1).replace("_", "-") if m else None
 
 
 class KubernetesBackend:
     """Cordon/taint/evict through the API server."""
 
-    def __init__(self, settings, api=None) -> None:
+    def __init__(self, settings, api=None, nvml=None, paths: Paths | None = None) -> None:
+        from remediations.backends.gpu_fence import GpuFenceBackend
+
         self.s = settings
         self._api = api
+        self._gpus = GpuFenceBackend(nvml=nvml)  # NVML access: processes on a GPU
+        self.paths = paths or Paths()
 
     @property
     def api(self):
@@ -61,7 +81,10 @@ class KubernetesBackend:
         """Pure."""
         taint = f"{self.s.taint_key}={_taint_value(params.reason)}:{self.s.taint_effect}"
         changes = [f"cordon node {node}", f"taint node {node} with {taint}"]
-        if params.evict:
+        if params.evict and params.gpu is not None and self.s.evict_scope == "gpu":
+            changes.append(f"evict the pods on {node} using GPU {params.gpu} (all {self.s.gpu_resource} pods when "
+                           "that cannot be determined; PodDisruptionBudgets respected)")
+        elif params.evict:
             changes.append(f"evict pods on {node} requesting {self.s.gpu_resource} (PodDisruptionBudgets respected)")
         return Plan(action="rebalance", target=f"node/{node}", scope="node", reversible=True, changes=changes,
                     params={"backend": "kubernetes", "node": check_node(node), "reason": params.reason,
@@ -81,16 +104,40 @@ class KubernetesBackend:
         self._call("patch node", self.api.patch_node, name, patch)
         out = [f"cordoned and tainted {name}" + ("" if cordoned_by_us else " (it was already cordoned)")]
         if plan.params.get("evict"):
-            out += self._evict(name)
+            gpu = plan.params.get("gpu") if self.s.evict_scope == "gpu" else None
+            out += self._evict(name, gpu)
         return Outcome("; ".join(out), {"cordoned": cordoned_by_us})
 
-    def _evict(self, name: str) -> list[str]:
+    def pods_on_gpu(self, gpu: str) -> set[str] | None:
+        """UIDs of the pods whose processes use ``gpu`` (None when that cannot be determined)."""
+        try:
+            pids = self._gpus.pids(gpu)
+        except RemediationError:
+            return None
+        uids = set()
+        for pid in pids:
+            try:
+                with open(self.paths.proc(str(pid), "cgroup")) as f:
+                    uid = pod_uid_from_cgroup(f.read())
+            except OSError:
+                continue  # the process ended
+            if uid:
+                uids.add(uid)
+        return uids or None
+
+    def _evict(self, name: str, gpu: str | None = None) -> list[str]:
         from kubernetes.client.exceptions import ApiException
 
         pods = self._call("list pods", self.api.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={name}")
         out = []
+        holders = self.pods_on_gpu(gpu) if gpu is not None else None
+        if gpu is not None:
+            out.append(f"GPU {gpu} is used by pods {', '.join(sorted(holders))}" if holders else
+                       f"cannot tell which pods use GPU {gpu}: evicting every {self.s.gpu_resource} pod on {name}")
         for pod in pods.items:
             if not _uses(pod, self.s.gpu_resource) or (pod.status and pod.status.phase in ("Succeeded", "Failed")):
+                continue
+            if holders is not None and pod.metadata.uid not in holders:
                 continue
             ns, pname = pod.metadata.namespace, pod.metadata.name
             body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pname, "namespace": ns}}
