@@ -2,7 +2,8 @@
 
 Each command module in ``agent/commands/`` has ``HELP``, ``add_arguments(parser)`` and
 ``main(args) -> int``. Register it in :data:`COMMANDS` by its words (``("check", "config")``).
-Modules are imported only when their command runs.
+Every command module is imported when the parser is built (to read its HELP and arguments), so command modules
+keep heavy imports inside ``main()``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 
 from agent import __version__
 
-# words -> module; the module's HELP is read when the parser is built (imports stay cheap).
+# words -> module; each module's HELP and arguments are read when the parser is built.
 COMMANDS: dict[tuple[str, ...], str] = {
     ("run",): "agent.commands.run",
     ("sample",): "agent.commands.sample",
