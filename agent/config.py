@@ -206,16 +206,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def load_text(text: str, filename: str = "<config>") -> Config:
     """Parse and validate YAML text; ConfigError lists every problem with its position."""
-    root = yamlpos.load(text, filename)
-    if root is None:
-        root = {}
-    if not isinstance(root, dict):
-        raise ConfigError(f"{filename}:1:1: config must be a mapping")
-    try:
-        return Config.model_validate(yamlpos.plain(root))
-    except ValidationError as err:
-        problems = yamlpos.validation_problems(err, root, filename)
-        raise ConfigError("\n".join(problems), problems) from err
+    return yamlpos.load_model(Config, text, filename, "config")[0]
 
 
 def load_file(path: str | Path) -> Config:

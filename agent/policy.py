@@ -265,18 +265,6 @@ class Policy(Model):
 # ---------------------------------------------------------------- loading
 
 
-def _problems(err: ValidationError, root: Any, filename: str) -> list[str]:
-    out = []
-    for e in err.errors():
-        loc = tuple("continue" if p == "continue_" else p for p in e["loc"])
-        extra = e["type"] == "extra_forbidden"
-        line, col = yamlpos.position(root, loc, key=extra)
-        where = ".".join(str(p) for p in loc) or "(top level)"
-        msg = f"unknown key {loc[-1]!r}" if extra else e["msg"].removeprefix("Value error, ")
-        out.append(f"{filename}:{line}:{col}: {where}: {msg}")
-    return out
-
-
 def validate_params(policy: Policy, plugins: Mapping[str, Any], root: Any = None, filename: str = "<policy>",
                     known_alerts: set[str] | None = None) -> tuple[list[str], list[str]]:
     """(errors, warnings): unknown plugins, params failing a plugin's schema, routes matching no known alert.
@@ -314,16 +302,7 @@ def validate_params(policy: Policy, plugins: Mapping[str, Any], root: Any = None
 
 def load_policy_text(text: str, filename: str = "<policy>", plugins: Mapping[str, Any] | None = None) -> Policy:
     """Parse and validate; ConfigError lists every problem as ``file:line:column: message``."""
-    root = yamlpos.load(text, filename)
-    if root is None:
-        root = {}
-    if not isinstance(root, dict):
-        raise ConfigError(f"{filename}:1:1: policy must be a mapping")
-    try:
-        policy = Policy.model_validate(yamlpos.plain(root))
-    except ValidationError as err:
-        problems = _problems(err, root, filename)
-        raise ConfigError("\n".join(problems), problems) from err
+    policy, root = yamlpos.load_model(Policy, text, filename, "policy", rename={"continue_": "continue"})
     if plugins is not None:
         errors, _ = validate_params(policy, plugins, root, filename)
         if errors:

@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent import yamlpos
 from agent.durations import parse_duration
@@ -340,14 +340,7 @@ def mig_profile(profile: str) -> tuple[int, int, int]:
 
 def load_text(text: str, filename: str = "<scenario>") -> Scenario:
     """Parse and validate a scenario; ConfigError lists every problem as ``file:line:column: message``."""
-    root = yamlpos.load(text, filename)
-    if not isinstance(root, dict):
-        raise ConfigError(f"{filename}:1:1: a scenario must be a mapping")
-    try:
-        return Scenario.model_validate(yamlpos.plain(root))
-    except ValidationError as err:
-        problems = yamlpos.validation_problems(err, root, filename)
-        raise ConfigError("\n".join(problems), problems) from err
+    return yamlpos.load_model(Scenario, text, filename, "a scenario")[0]
 
 
 def builtin_names() -> list[str]:

@@ -20,7 +20,6 @@ from typing import Literal
 
 import bcrypt
 import structlog
-from pydantic import ValidationError
 
 from agent import yamlpos
 from agent.config import Model
@@ -68,12 +67,7 @@ def load_web_config(path: str) -> WebConfig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{path}:1:1: cannot read web config: {err.strerror}") from err
-    root = yamlpos.load(text, path) or {}
-    try:
-        cfg = WebConfig.model_validate(yamlpos.plain(root))
-    except ValidationError as err:
-        problems = yamlpos.validation_problems(err, root, path)
-        raise ConfigError("\n".join(problems), problems) from err
+    cfg = yamlpos.load_model(WebConfig, text, path, "web config")[0]
     for user, hashed in cfg.basic_auth_users.items():
         if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
             raise ConfigError(f"{path}:1:1: basic_auth_users.{user}: password must be a bcrypt hash")

@@ -52,17 +52,39 @@ def position(root: Any, loc: Sequence[str | int], key: bool = False) -> tuple[in
     return best
 
 
-def validation_problems(err: Any, root: Any, filename: str) -> list[str]:
-    """pydantic ValidationError -> ``file:line:column: key.path: message`` lines (unknown keys point at the key)."""
+def validation_problems(err: Any, root: Any, filename: str, rename: dict[str, str] | None = None) -> list[str]:
+    """pydantic ValidationError -> ``file:line:column: key.path: message`` lines (unknown keys point at the key).
+
+    ``rename`` maps field names to the YAML keys they are spelled as (e.g. ``continue_`` -> ``continue``).
+    """
     problems = []
     for e in err.errors():
-        loc = e["loc"]
+        loc = tuple((rename or {}).get(p, p) if isinstance(p, str) else p for p in e["loc"])
         extra = e["type"] == "extra_forbidden"
         line, col = position(root, loc, key=extra)
         where = ".".join(str(p) for p in loc) or "(top level)"
         msg = f"unknown key {loc[-1]!r}" if extra else e["msg"].removeprefix("Value error, ")
         problems.append(f"{filename}:{line}:{col}: {where}: {msg}")
     return problems
+
+
+def load_model(model: Any, text: str, filename: str, what: str, rename: dict[str, str] | None = None) -> Any:
+    """YAML text validated into the pydantic ``model``; ConfigError lists every problem with its position.
+
+    An empty document is an empty mapping; ``what`` names the document in the "must be a mapping" error.
+    """
+    from pydantic import ValidationError
+
+    root = load(text, filename)
+    if root is None:
+        root = {}
+    if not isinstance(root, dict):
+        raise ConfigError(f"{filename}:1:1: {what} must be a mapping")
+    try:
+        return model.model_validate(plain(root)), root
+    except ValidationError as err:
+        problems = validation_problems(err, root, filename, rename)
+        raise ConfigError("\n".join(problems), problems) from err
 
 
 def plain(node: Any) -> Any:
