@@ -6,14 +6,14 @@
 from __future__ import annotations
 
 from agent import collectors
-from agent.metrics import MetricSpec
+from agent.core.metrics import MetricSpec
 
 
 def sources() -> list[tuple[str, list[MetricSpec]]]:
     """(source, specs) for the daemon's self-metrics and every installed collector."""
     from agent.daemon import SELF_METRICS
-    from agent.remediator import METRICS as REMEDIATION_METRICS
-    from agent.rules import METRICS as RULE_METRICS
+    from agent.engine.rules import METRICS as RULE_METRICS
+    from agent.remediation.remediator import METRICS as REMEDIATION_METRICS
 
     out: list[tuple[str, list[MetricSpec]]] = [
         ("daemon", list(SELF_METRICS)), ("rule engine", list(RULE_METRICS)),
@@ -25,7 +25,7 @@ def sources() -> list[tuple[str, list[MetricSpec]]]:
         except Exception:  # a broken third-party plugin must not break the catalogue
             continue
         out.append((f"collector `{name}`", list(getattr(cls, "metrics", []))))
-    from agent.plugins import classes
+    from agent.core.discovery import classes
 
     for name, cls in sorted(classes().plugins.items()):
         if getattr(cls, "metrics", None):

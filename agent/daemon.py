@@ -21,22 +21,22 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent import __version__, collectors
-from agent import config as configmod
-from agent.config import Config
-from agent.errors import ConfigError, PluginLoadError, RuleError
-from agent.exporter import CONTENT_TYPE, Exporter
-from agent.journal import Journal
-from agent.metrics import Collector, MetricSpec, Sample
-from agent.paths import Paths
-from agent.plugins import classes as plugin_classes
-from agent.plugins import load_remediations
-from agent.policy import Policy, load_policy
-from agent.remediator import Remediator
-from agent.rules import RuleEngine
-from agent.runner import CollectorRunner, Outcome
-from agent.store import Store
-from agent.systemd import Notifier
-from agent.web import Server, WebConfig, load_web_config
+from agent.collectors.runner import CollectorRunner, Outcome
+from agent.core import config as configmod
+from agent.core.config import Config
+from agent.core.discovery import classes as plugin_classes
+from agent.core.discovery import load_remediations
+from agent.core.errors import ConfigError, PluginLoadError, RuleError
+from agent.core.metrics import Collector, MetricSpec, Sample
+from agent.core.paths import Paths
+from agent.engine.rules import RuleEngine
+from agent.engine.store import Store
+from agent.remediation.journal import Journal
+from agent.remediation.policy import Policy, load_policy
+from agent.remediation.remediator import Remediator
+from agent.serve.exporter import CONTENT_TYPE, Exporter
+from agent.serve.systemd import Notifier
+from agent.serve.web import Server, WebConfig, load_web_config
 
 log = structlog.get_logger("daemon")
 
@@ -405,7 +405,7 @@ class Daemon:
         doc = self.rules.api_alerts()
         exhausted = self.remediator.exhausted
         if exhausted:
-            from agent.alerts import fingerprint
+            from agent.core.alerts import fingerprint
 
             for a in doc["data"]["alerts"]:
                 if fingerprint(a["labels"]) in exhausted:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.manifest import create, write
+from remediations.manifest import create, write
 from remediations.safecopy import Move, SafeMover, StepLog
 from remediations.scrub import Scrubber
 

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.collectors.gpu import GpuCollector
 from agent.collectors.nvml import load_module
-from agent.config import GpuConfig
-from agent.paths import Paths
+from agent.core.config import GpuConfig
+from agent.core.paths import Paths
 
 
 class _Clock:

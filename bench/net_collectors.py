@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent.collectors.infiniband import InfinibandCollector
 from agent.collectors.netstat import NetstatCollector
 from agent.collectors.network import NetworkCollector
-from agent.config import InfinibandConfig, NetstatConfig, NetworkConfig
-from agent.errors import CollectorError, NoData
-from agent.paths import Paths
+from agent.core.config import InfinibandConfig, NetstatConfig, NetworkConfig
+from agent.core.errors import CollectorError, NoData
+from agent.core.paths import Paths
 from bench.scaled_tree import FIXTURES, build_scaled_tree
 
 COLLECTORS = (

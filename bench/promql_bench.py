@@ -1,4 +1,4 @@
-"""Rule-evaluation cost of agent.promql: N alert-style expressions over M series with 15 min of 1 s history.
+"""Rule-evaluation cost of agent.engine.promql: N alert-style expressions over M series with 15 min of 1 s history.
 
     python bench/promql_bench.py                       # 50/500/5000 rules x 2,000/20,000 series
     python bench/promql_bench.py --rules 500 --series 2000 --history 900
@@ -18,9 +18,9 @@ import math
 import statistics
 import time
 
-from agent.metrics import Sample
-from agent.promql import compile_expr
-from agent.store import Store
+from agent.core.metrics import Sample
+from agent.engine.promql import compile_expr
+from agent.engine.store import Store
 
 FAMILY = 16
 TEMPLATES = [

@@ -21,11 +21,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agent.alerts import Alert
-from agent.journal import Journal
-from agent.policy import load_policy_text
-from agent.remediator import Remediator
-from remediations.base import Outcome, ParamsModel, Plan
+from agent.core.alerts import Alert
+from agent.core.plugin import Outcome, ParamsModel, Plan
+from agent.remediation.journal import Journal
+from agent.remediation.policy import load_policy_text
+from agent.remediation.remediator import Remediator
 
 
 class ProbeParams(ParamsModel):
@@ -130,9 +130,9 @@ def main() -> None:
 
 def pipeline(state: str, n: int = 100) -> list[float]:
     """Store + RuleEngine (a ``for: 0s`` rule) + Remediator: from the sample to apply starting, same tick."""
-    from agent.metrics import Sample
-    from agent.rules import RuleEngine
-    from agent.store import Store
+    from agent.core.metrics import Sample
+    from agent.engine.rules import RuleEngine
+    from agent.engine.store import Store
 
     rules = os.path.join(state, "bench-rules.yml")
     with open(rules, "w") as f:

@@ -19,10 +19,10 @@ import statistics
 import time
 from pathlib import Path
 
-from agent.config import DEFAULT_RULE_FILES
-from agent.metrics import Sample
-from agent.rules import RuleEngine
-from agent.store import Store
+from agent.core.config import DEFAULT_RULE_FILES
+from agent.core.metrics import Sample
+from agent.engine.rules import RuleEngine
+from agent.engine.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_GAUGES = [

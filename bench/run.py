@@ -20,10 +20,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.config import Config  # noqa: E402
+from agent.core.config import Config  # noqa: E402
+from agent.core.metrics import MetricSpec, Sample  # noqa: E402
 from agent.daemon import Daemon, build_collectors  # noqa: E402
-from agent.metrics import MetricSpec, Sample  # noqa: E402
-from agent.web import Server  # noqa: E402
+from agent.serve.web import Server  # noqa: E402
 from bench.scaled_tree import build_scaled_tree  # noqa: E402
 
 
@@ -189,7 +189,7 @@ def main() -> None:
     ap.add_argument("--pad", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        from agent import logs
+        from agent.core import logs
 
         logs.setup("error", "json", sys.stderr)
         print(json.dumps(bench_nodewarden(Path(args.child), args.ticks, args.scrapes, args.pad)))

@@ -36,10 +36,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent.alerts import Alert
-from agent.errors import RemediationError
-from agent.metrics import MetricSpec, Sample
-from remediations.base import Entry, Outcome, ParamsModel, Plan
+from agent.core.alerts import Alert
+from agent.core.errors import RemediationError
+from agent.core.metrics import MetricSpec, Sample
+from agent.core.plugin import Entry, Outcome, ParamsModel, Plan
 from remediations.safecopy import TMP_PREFIX, Move, SafeMover, StepLog, Writers, make_parents
 
 NAME = "migrate"

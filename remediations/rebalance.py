@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.alerts import Alert
-from agent.paths import Paths
-from remediations.base import REASON_RE, Entry, Outcome, ParamsModel, Plan, check_gpu, check_node
+from agent.core.alerts import Alert
+from agent.core.paths import Paths
+from agent.core.plugin import REASON_RE, Entry, Outcome, ParamsModel, Plan, check_gpu, check_node
 
 NAME = "rebalance"
 PREFIX = "nodewarden:"

@@ -39,12 +39,12 @@ from typing import Annotated, Any, Protocol
 import structlog
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from agent.alerts import Alert
-from agent.durations import parse_duration
-from agent.errors import NodewardenError, RemediationError
-from agent.manifest import DEFAULT_NAME, check_rel, load
-from agent.metrics import MetricSpec, Sample
-from remediations.base import Entry, Outcome, ParamsModel, Plan
+from agent.core.alerts import Alert
+from agent.core.durations import parse_duration
+from agent.core.errors import NodewardenError, RemediationError
+from agent.core.metrics import MetricSpec, Sample
+from agent.core.plugin import Entry, Outcome, ParamsModel, Plan
+from remediations.manifest import DEFAULT_NAME, check_rel, load
 from remediations.safecopy import SafeMover, StepLog, Writers, hash_file, make_parents
 from remediations.scrub import METRICS as SCRUB_METRICS
 from remediations.scrub import Scrubber, integrity_samples

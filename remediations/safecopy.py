@@ -40,8 +40,8 @@ from typing import Any, Literal
 
 import blake3
 
-from agent.errors import RemediationError
-from agent.paths import Paths
+from agent.core.errors import RemediationError
+from agent.core.paths import Paths
 
 TMP_PREFIX = ".nwtmp."
 CHUNK = 1 << 20

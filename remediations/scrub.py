@@ -18,8 +18,8 @@ from typing import Protocol
 
 import blake3
 
-from agent.manifest import ManifestEntry, load
-from agent.metrics import MetricSpec, Sample
+from agent.core.metrics import MetricSpec, Sample
+from remediations.manifest import ManifestEntry, load
 from remediations.safecopy import CHUNK, Throttle
 
 STATES = ("ok", "missing", "corrupt")

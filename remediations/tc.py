@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from agent.errors import RemediationError
+from agent.core.errors import RemediationError
 
 TC_H_ROOT = 0xFFFFFFFF
 

@@ -30,12 +30,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent.alerts import Alert
-from agent.durations import format_duration, parse_duration
-from agent.errors import RemediationError
-from agent.metrics import MetricSpec, Sample
-from agent.paths import Paths
-from remediations.base import Entry, Outcome, ParamsModel, Plan
+from agent.core.alerts import Alert
+from agent.core.durations import format_duration, parse_duration
+from agent.core.errors import RemediationError
+from agent.core.metrics import MetricSpec, Sample
+from agent.core.paths import Paths
+from agent.core.plugin import Entry, Outcome, ParamsModel, Plan
 from remediations.tc import ClassSpec, FilterSpec, Netlink, Qdisc
 
 NAME = "throttle"

@@ -20,9 +20,9 @@ if __name__ == "__main__":  # run as a script: make the checkout importable
 
 import contextlib
 
-from agent.alerts import Alert
-from agent.errors import RemediationError
-from remediations.base import Entry, Outcome, ParamsModel, Plan, default_recover
+from agent.core.alerts import Alert
+from agent.core.errors import RemediationError
+from agent.core.plugin import Entry, Outcome, ParamsModel, Plan, default_recover
 
 
 class MarkerParams(ParamsModel):
@@ -102,9 +102,9 @@ routes:
 
 def driver(state_dir: str, mark_dir: str, phase: str) -> int:
     """One daemon life: recover, then tick with a firing alert until the action finishes (or we are killed)."""
-    from agent.journal import Journal
-    from agent.policy import load_policy_text
-    from agent.remediator import Remediator
+    from agent.remediation.journal import Journal
+    from agent.remediation.policy import load_policy_text
+    from agent.remediation.remediator import Remediator
 
     policy = load_policy_text(POLICY)
     marker = Marker(MarkerConfig(dir=mark_dir, crash_delay=0 if phase == "recover" else 60,

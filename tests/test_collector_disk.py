@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from agent.collectors.disk import DEFAULT_DEVICE_EXCLUDE, DiskCollector, DiskStats, parse_diskstats
-from agent.config import DiskConfig
-from agent.errors import CollectorError, NoData
-from agent.metrics import Collector
-from agent.paths import Paths
+from agent.core.config import DiskConfig
+from agent.core.errors import CollectorError, NoData
+from agent.core.metrics import Collector
+from agent.core.paths import Paths
 from tests.expo import parse_exposition, sample_key
 from tests.nodeexp import scrape_node_exporter
 

@@ -12,10 +12,10 @@ import pytest
 import structlog
 
 from agent.collectors.filesystem import FilesystemCollector, Mount, parse_mountinfo
-from agent.config import FilesystemConfig
-from agent.errors import CollectorError, NoData
-from agent.metrics import Collector
-from agent.paths import Paths
+from agent.core.config import FilesystemConfig
+from agent.core.errors import CollectorError, NoData
+from agent.core.metrics import Collector
+from agent.core.paths import Paths
 from tests.expo import parse_exposition, sample_key
 from tests.nodeexp import scrape_node_exporter
 

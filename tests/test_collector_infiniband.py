@@ -11,10 +11,10 @@ import pytest
 
 from agent.collectors.common import read_attr
 from agent.collectors.infiniband import InfinibandCollector, parse_rate, parse_state
-from agent.config import InfinibandConfig
-from agent.errors import NoData
-from agent.metrics import catalogue
-from agent.paths import Paths
+from agent.core.config import InfinibandConfig
+from agent.core.errors import NoData
+from agent.core.metrics import catalogue
+from agent.core.paths import Paths
 from tests.expo import parse_exposition
 from tests.nodeexp import scrape_node_exporter
 from tests.trees import build_scaled_tree

@@ -12,10 +12,10 @@ import pytest
 from agent.collectors.common import read_attr
 from agent.collectors.netstat import NetstatCollector, parse_snmp
 from agent.collectors.network import NetworkCollector, parse_net_dev, parse_speed
-from agent.config import NetstatConfig, NetworkConfig
-from agent.errors import CollectorError
-from agent.metrics import catalogue
-from agent.paths import Paths
+from agent.core.config import NetstatConfig, NetworkConfig
+from agent.core.errors import CollectorError
+from agent.core.metrics import catalogue
+from agent.core.paths import Paths
 from tests.expo import parse_exposition, parse_types
 from tests.nodeexp import scrape_node_exporter
 from tests.trees import build_scaled_tree

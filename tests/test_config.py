@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from agent import config
-from agent.durations import format_duration, parse_duration
-from agent.errors import ConfigError
+from agent.core import config
+from agent.core.durations import format_duration, parse_duration
+from agent.core.errors import ConfigError
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

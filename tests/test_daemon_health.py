@@ -8,9 +8,9 @@ import time
 import urllib.error
 import urllib.request
 
-from agent.config import Config
+from agent.core.config import Config
 from agent.daemon import Daemon
-from agent.systemd import Notifier
+from agent.serve.systemd import Notifier
 
 
 def _get(port: int, path: str) -> tuple[int, str]:

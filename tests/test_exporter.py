@@ -2,9 +2,9 @@
 
 import math
 
-from agent.exporter import Exporter, format_value
-from agent.metrics import MetricSpec, Sample
-from agent.store import ABSENT_NAN, Store
+from agent.core.metrics import MetricSpec, Sample
+from agent.engine.store import ABSENT_NAN, Store
+from agent.serve.exporter import Exporter, format_value
 
 
 def test_render_families_escaping_and_staleness():

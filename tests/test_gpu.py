@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from agent import simulate
+from agent.collectors import simulate
+from agent.collectors.fakenvml import FakeNvml
 from agent.collectors.gpu import METRICS, GpuCollector, PartialFailure
 from agent.collectors.nvml import load_module
-from agent.config import GpuConfig
-from agent.errors import ConfigError, NoData
-from agent.fakenvml import FakeNvml
-from agent.paths import Paths
+from agent.core.config import GpuConfig
+from agent.core.errors import ConfigError, NoData
+from agent.core.paths import Paths
 
 
 class Clock:

@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from agent.journal import FILENAME, Journal, JournalError
-from remediations.base import Plan
+from agent.core.plugin import Plan
+from agent.remediation.journal import FILENAME, Journal, JournalError
 
 PLAN = Plan(action="rebalance", target="node/a", params={"node": "a"}, changes=["drain a"], reversible=True,
             scope="node")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import Journal
-from agent.policy import Policy
-from agent.remediator import Remediator
+from agent.remediation.journal import Journal
+from agent.remediation.policy import Policy
+from agent.remediation.remediator import Remediator
 from remediations.migrate import (
     Candidate,
     Config,
@@ -372,7 +372,7 @@ def test_kill9_at_random_points_loses_nothing(tmp_path):
 
 def test_progress_bar_and_entry_points():
     from agent.commands.migrate import render_bar
-    from agent.plugins import discover
+    from agent.core.discovery import discover
 
     assert render_bar(0, 0, 0.0, 10).startswith("[##########] 100%")
     line = render_bar(250_000_000, 1_000_000_000, 2.0, 20)

@@ -1,4 +1,4 @@
-"""Compile-time behaviour of agent.promql: rejections name the construct; selectors are listed."""
+"""Compile-time behaviour of agent.engine.promql: rejections name the construct; selectors are listed."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from agent.errors import RuleError
-from agent.promql import PromQLError, Selector, compile_expr
-from agent.promql.regex import RegexError, compile_anchored, translate
+from agent.core.errors import RuleError
+from agent.engine.promql import PromQLError, Selector, compile_expr
+from agent.engine.promql.regex import RegexError, compile_anchored, translate
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Differential tests: agent.promql against the real promtool (Prometheus 2.42) on tests/promql_corpus.yml.
+"""Differential tests: agent.engine.promql against the real promtool (Prometheus 2.42) on tests/promql_corpus.yml.
 
 For every (expr, eval time) of the corpus we evaluate with our engine and write OUR result as a promtool
 ``promql_expr_test`` (``exp_samples``); ``promtool test rules`` must then pass. When we raise an evaluation
@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from agent.durations import parse_duration
-from agent.promql import PromQLEvalError, Scalar, compile_expr
-from agent.promql.series_notation import load_series
-from agent.store import Store
+from agent.core.durations import parse_duration
+from agent.engine.promql import PromQLEvalError, Scalar, compile_expr
+from agent.engine.promql.series_notation import load_series
+from agent.engine.store import Store
 from tests.conftest import require_binary
 
 CORPUS = Path(__file__).with_name("promql_corpus.yml")
@@ -169,7 +169,7 @@ def test_promtool_agrees_with_our_values(corpus_cases: Any, tmp_path: Path) -> N
     path = tmp_path / "promql_diff_test.yml"
     path.write_text(render(tests))
     proc = run_promtool(path)
-    assert proc.returncode == 0, f"promtool disagrees with agent.promql:\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0, f"promtool disagrees with agent.engine.promql:\n{proc.stdout}\n{proc.stderr}"
     assert "SUCCESS" in proc.stdout + proc.stderr
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from agent.metrics import Sample
-from agent.promql import Scalar, Vector, compile_expr
-from agent.store import ABSENT_NAN, Store
+from agent.core.metrics import Sample
+from agent.engine.promql import Scalar, Vector, compile_expr
+from agent.engine.store import ABSENT_NAN, Store
 
 EXPRS = [
     "m",
@@ -124,7 +124,7 @@ def test_fused_multiply_add_rounds_once() -> None:
     import random
     from fractions import Fraction
 
-    from agent.promql.values import _fma
+    from agent.engine.promql.values import _fma
 
     rng = random.Random(7)
     for _ in range(3000):

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from agent.durations import parse_duration
-from agent.promql import PromQLError, compile_expr
+from agent.core.durations import parse_duration
+from agent.engine.promql import PromQLError, compile_expr
 from tests.test_promql_differential import build, go_duration, render, run_promtool
 
 NAMES = ["a", "b", "c_total"]
@@ -159,7 +159,7 @@ def test_random_expressions_agree_with_promtool(seed: int, tmp_path: Path) -> No
     path = tmp_path / "fuzz.yml"
     path.write_text(render(tests))
     proc = run_promtool(path)
-    assert proc.returncode == 0, f"seed {seed}: promtool disagrees with agent.promql:\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0, f"seed {seed}: promtool disagrees with the engine:\n{proc.stdout}\n{proc.stderr}"
     if not errors:
         return
     wanted = {(e, t) for e, t, _ in errors}

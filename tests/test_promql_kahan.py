@@ -1,4 +1,4 @@
-"""The fast Kahan-sum paths of agent.promql.functions equal Prometheus' loops bit for bit.
+"""The fast Kahan-sum paths of agent.engine.promql.functions equal Prometheus' loops bit for bit.
 
 The reference below is promql/functions.go (2.42) kahanSumInc / linearRegression transcribed literally; the
 engine's fast paths (sum() on Python >= 3.12, an exactness certificate + math.fsum on 3.11) must return the
@@ -13,8 +13,8 @@ import struct
 
 import pytest
 
-from agent.promql import functions as fn
-from agent.promql.values import go_div
+from agent.engine.promql import functions as fn
+from agent.engine.promql.values import go_div
 
 
 def kahan_inc(inc: float, total: float, c: float) -> tuple[float, float]:

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from agent.promql import PromQLError
-from agent.promql.series_notation import load_series, parse_series, parse_values
-from agent.store import Store, is_absent, is_stale
+from agent.engine.promql import PromQLError
+from agent.engine.promql.series_notation import load_series, parse_series, parse_values
+from agent.engine.store import Store, is_absent, is_stale
 
 
 @pytest.mark.parametrize(

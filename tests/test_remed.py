@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from agent.alerts import Alert
-from agent.journal import Journal
-from agent.policy import load_policy_text
-from agent.remediator import Remediator
+from agent.core.alerts import Alert
+from agent.remediation.journal import Journal
+from agent.remediation.policy import load_policy_text
+from agent.remediation.remediator import Remediator
 from tests.remed_support import Marker, MarkerConfig
 
 BASE = """

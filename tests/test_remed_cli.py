@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from agent.alerts import Alert
 from agent.commands import act, history, pause, resume
-from agent.journal import Journal
-from agent.policy import load_policy_text
-from agent.remediator import Remediator
+from agent.core.alerts import Alert
+from agent.remediation.journal import Journal
+from agent.remediation.policy import load_policy_text
+from agent.remediation.remediator import Remediator
 from tests.remed_support import Marker, MarkerConfig
 
 POLICY = """

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import Journal
+from agent.remediation.journal import Journal
 
 SUPPORT = Path(__file__).with_name("remed_support.py")
 

@@ -6,11 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.alerts import Alert
-from agent.journal import Journal
-from agent.plugins import build
-from agent.policy import load_policy_text
-from agent.remediator import Remediator
+from agent.core.alerts import Alert
+from agent.core.discovery import build
+from agent.remediation.journal import Journal
+from agent.remediation.policy import load_policy_text
+from agent.remediation.remediator import Remediator
 from remediations.rebalance import Rebalance
 
 

@@ -17,11 +17,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import kubernetes  # noqa: F401  (a declared dependency: fail, do not skip, when missing)
 import pytest
 
-from agent.alerts import Alert
-from agent.journal import Journal
-from agent.plugins import load_remediations
-from agent.policy import load_policy_text
-from agent.remediator import Remediator
+from agent.core.alerts import Alert
+from agent.core.discovery import load_remediations
+from agent.remediation.journal import Journal
+from agent.remediation.policy import load_policy_text
+from agent.remediation.remediator import Remediator
 
 
 def _node(name, unschedulable=False, taints=None):
@@ -242,7 +242,7 @@ def test_pod_uid_from_cgroup_both_drivers():
 
 
 def _rebalance(api, nvml, procfs):
-    from agent.paths import Paths
+    from agent.core.paths import Paths
     from remediations.rebalance import Config, Params, Rebalance
 
     cfg = Config.model_validate({"backend": "kubernetes", "node_name": "nw1",

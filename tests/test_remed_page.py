@@ -9,10 +9,10 @@ import urllib.request
 
 import pytest
 
-from agent.alerts import Alert
-from agent.journal import Journal
-from agent.policy import load_policy_text
-from agent.remediator import Remediator
+from agent.core.alerts import Alert
+from agent.remediation.journal import Journal
+from agent.remediation.policy import load_policy_text
+from agent.remediation.remediator import Remediator
 from tests.conftest import free_port, require_binary
 from tests.remed_support import Marker, MarkerConfig
 

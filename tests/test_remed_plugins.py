@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.plugins import GROUP, discover, load_remediations
+from agent.core.discovery import GROUP, discover, load_remediations
 
 TEST_GROUP = "nodewarden.remediations.test"
 

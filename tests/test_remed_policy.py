@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from agent.alerts import Alert
-from agent.errors import ConfigError
-from agent.plugins import classes
-from agent.policy import NoDataGate, check_policy_file, load_policy, load_policy_text, parse_matcher, render
+from agent.core.alerts import Alert
+from agent.core.discovery import classes
+from agent.core.errors import ConfigError
+from agent.remediation.policy import NoDataGate, check_policy_file, load_policy, load_policy_text, parse_matcher, render
 from remediations.rebalance import Rebalance
 
 

@@ -15,10 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import Journal
-from agent.manifest import DEFAULT_NAME, ManifestEntry, ManifestError, create, escape, parse, render, unescape, write
-from agent.policy import Policy
-from agent.remediator import Remediator
+from agent.remediation.journal import Journal
+from agent.remediation.policy import Policy
+from agent.remediation.remediator import Remediator
+from remediations.manifest import (
+    DEFAULT_NAME,
+    ManifestEntry,
+    ManifestError,
+    create,
+    escape,
+    parse,
+    render,
+    unescape,
+    write,
+)
 from remediations.restore import Config, LocalSource, Params, Restore
 from remediations.safecopy import TMP_PREFIX, StepLog
 from remediations.scrub import METRICS, Scrubber, integrity_samples

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent.commands import check_rules
-from agent.metrics import MetricSpec
-from agent.rules import parse_rule_text
+from agent.core.metrics import MetricSpec
+from agent.engine.rules import parse_rule_text
 from tests.conftest import REPO
 
 CORPUS = REPO / "tests" / "rules_corpus"
@@ -105,7 +105,7 @@ def test_test_rules_missing_file_fails() -> None:
 
 @pytest.mark.parametrize("name", ["gpu", "storage", "network"])
 def test_default_library_loads_in_the_engine(name: str) -> None:
-    from agent.rules import RuleEngine
+    from agent.engine.rules import RuleEngine
 
     eng = RuleEngine(None)
     eng.load([str(REPO / "rules" / f"{name}.yml")])

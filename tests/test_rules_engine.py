@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import RuleError
-from agent.rules import RuleEngine, parse_rule_text
-from agent.store import Store
+from agent.core.errors import RuleError
+from agent.engine.rules import RuleEngine, parse_rule_text
+from agent.engine.store import Store
 
 
 class ScriptError(Exception):

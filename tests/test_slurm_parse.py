@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.errors import RemediationError
+from agent.core.errors import RemediationError
 from remediations.backends.slurm import parse_gpu_jobs, parse_node, parse_reasons
 from remediations.rebalance import Params
 

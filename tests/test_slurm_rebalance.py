@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.alerts import Alert
-from agent.journal import Journal
-from agent.plugins import load_remediations
-from agent.policy import load_policy_text
-from agent.remediator import Remediator
+from agent.core.alerts import Alert
+from agent.core.discovery import load_remediations
+from agent.remediation.journal import Journal
+from agent.remediation.policy import load_policy_text
+from agent.remediation.remediator import Remediator
 from tests.conftest import free_port, require_binary, require_root
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
@@ -318,13 +318,13 @@ class _Clock:
 
 def test_xid79_scenario_fires_the_default_rule_and_the_default_route_drains(tmp_path, slurm_env):
     """Fake NVML scenario -> GPU collector -> store -> default GPU rules -> default policy (enforce) -> Slurm."""
-    from agent import simulate
+    from agent.collectors import simulate
+    from agent.collectors.fakenvml import FakeNvml
     from agent.collectors.gpu import GpuCollector, PartialFailure
-    from agent.config import GpuConfig
-    from agent.fakenvml import FakeNvml
-    from agent.paths import Paths
-    from agent.rules import RuleEngine
-    from agent.store import Store
+    from agent.core.config import GpuConfig
+    from agent.core.paths import Paths
+    from agent.engine.rules import RuleEngine
+    from agent.engine.store import Store
     from tests.conftest import REPO
 
     clock = _Clock()

@@ -1,7 +1,7 @@
 """Store: ring buffers, staleness, lookback."""
 
-from agent.metrics import Sample
-from agent.store import ABSENT_NAN, Store
+from agent.core.metrics import Sample
+from agent.engine.store import ABSENT_NAN, Store
 
 L = (("device", "sda"),)
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from agent.templates import TemplateError, parse
+from agent.engine.templates import TemplateError, parse
 
 TMPL = ('{{ $value }}|{{ humanize $value }}|{{ $value | humanize1024 }}|{{ humanizePercentage $value }}|'
         '{{ humanizeDuration $value }}|{{ printf "%.2f" $value }}|{{ if gt $value 5.0 }}big{{ else }}small{{ end }}|'

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import Journal
+from agent.remediation.journal import Journal
 from remediations.throttle import Throttle
 from tests.conftest import require_binary, require_root
 

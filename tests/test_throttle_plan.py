@@ -8,7 +8,7 @@ import struct
 import pytest
 from pydantic import ValidationError
 
-from agent.policy import load_policy_text, validate_params
+from agent.remediation.policy import load_policy_text, validate_params
 from remediations.tc import Qdisc, U32Filter, _u32_keys
 from remediations.throttle import (
     ETH_P_IP,
@@ -228,7 +228,7 @@ def test_params_flat_form_and_validation():
 
 
 def test_config_and_link_speed_from_sysfs(tmp_path):
-    from agent.paths import Paths
+    from agent.core.paths import Paths
 
     for name, text in (("eth0", "100000\n"), ("veth0", "-1\n"), ("lo", "garbage")):
         d = tmp_path / "class" / "net" / name
@@ -269,7 +269,7 @@ def test_the_policy_in_the_docs_validates():
     assert validate_params(policy, {"throttle": Throttle}, filename="docs/throttle.md") == ([], [])
     config = Config.model_validate(policy.plugins["throttle"])
     step = policy.routes[0].steps[0]
-    from agent.policy import render
+    from agent.remediation.policy import render
 
     params = Params.model_validate(render(step.params, {"device": "ens1f0"}))
     assert params.device == "ens1f0" and [c.name for c in params.classes] == ["checkpoint", "dataset", "bulk-dscp"]
@@ -278,7 +278,7 @@ def test_the_policy_in_the_docs_validates():
 
 
 def test_expired_counts_from_the_journaled_start():
-    from remediations.base import Entry, Plan
+    from agent.core.plugin import Entry, Plan
 
     def entry(eid: int, ts: float, expires: float, action: str = "throttle") -> Entry:
         params = {"device": "eth0", "tree": {}, "expires_after": expires}

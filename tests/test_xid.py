@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent import xid
+from agent.collectors import xid
 
 
 def test_dmesg_fixture_three_digit_xids(gpud_fixtures):

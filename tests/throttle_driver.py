@@ -100,7 +100,7 @@ def _tc(*argv: str) -> str:
 
 
 def _rows(journal) -> list[dict]:
-    from agent.journal import to_json
+    from agent.remediation.journal import to_json
 
     return [to_json(e) for e in journal]
 
@@ -117,8 +117,8 @@ def main(argv: list[str]) -> int:
     import structlog
 
     structlog.configure(logger_factory=lambda *_: structlog.PrintLogger(sys.stderr))  # stdout is for JSON
-    from agent.errors import RemediationError
-    from remediations.base import Plan
+    from agent.core.errors import RemediationError
+    from agent.core.plugin import Plan
     from remediations.throttle import Params, Refused
 
     if cmd in ("plan", "apply", "apply-plan", "revert"):
@@ -143,9 +143,9 @@ def main(argv: list[str]) -> int:
             _out({"refused": err.reason, "error": str(err)})
         return 0
 
-    from agent.journal import Journal
-    from agent.policy import Policy
-    from agent.remediator import Remediator
+    from agent.remediation.journal import Journal
+    from agent.remediation.policy import Policy
+    from agent.remediation.remediator import Remediator
 
     if cmd == "act":
         journal = Journal(args[0])
@@ -179,11 +179,11 @@ def main(argv: list[str]) -> int:
 
 def route(state: str, policy_path: str) -> int:
     """A firing alert drives the route's throttle step; once resolved for revert_after it is reverted."""
-    from agent.alerts import Alert
-    from agent.journal import Journal
-    from agent.plugins import classes, load_remediations
-    from agent.policy import load_policy
-    from agent.remediator import Remediator
+    from agent.core.alerts import Alert
+    from agent.core.discovery import classes, load_remediations
+    from agent.remediation.journal import Journal
+    from agent.remediation.policy import load_policy
+    from agent.remediation.remediator import Remediator
 
     now = [1_000_000.0]
     policy = load_policy(policy_path, classes().plugins)

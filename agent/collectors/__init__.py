@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
 
-from agent.errors import PluginLoadError
+from agent.core.errors import PluginLoadError
 
 GROUP = "nodewarden.collectors"
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from agent.collectors.common import DeviceFilter
-from agent.config import DiskConfig
-from agent.errors import CollectorError, NoData
-from agent.metrics import Labels, MetricSpec, Sample
-from agent.paths import Paths
+from agent.core.config import DiskConfig
+from agent.core.errors import CollectorError, NoData
+from agent.core.metrics import Labels, MetricSpec, Sample
+from agent.core.paths import Paths
 
 NAME = "disk"
 

@@ -25,10 +25,10 @@ from typing import Any, NamedTuple
 import structlog
 
 from agent.collectors.common import DeviceFilter
-from agent.config import FilesystemConfig
-from agent.errors import CollectorError, NoData
-from agent.metrics import Labels, MetricSpec, Sample
-from agent.paths import Paths
+from agent.core.config import FilesystemConfig
+from agent.core.errors import CollectorError, NoData
+from agent.core.metrics import Labels, MetricSpec, Sample
+from agent.core.paths import Paths
 
 NAME = "filesystem"
 log = structlog.get_logger(NAME)

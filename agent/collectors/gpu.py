@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from agent import xid as xidlib
+from agent.collectors import xid as xidlib
 from agent.collectors.nvml import (
     UNSUPPORTED,
     GpuLost,
@@ -33,9 +33,9 @@ from agent.collectors.nvml import (
     load_module,
     unavailable_reason,
 )
-from agent.errors import CollectorError, NoData
-from agent.metrics import Labels, MetricSpec, Sample
-from agent.paths import Paths
+from agent.core.errors import CollectorError, NoData
+from agent.core.metrics import Labels, MetricSpec, Sample
+from agent.core.paths import Paths
 
 NAME = "gpu"
 log = structlog.get_logger("nodewarden.gpu")

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from agent.collectors.common import DeviceFilter, Reader, read_attr
-from agent.config import InfinibandConfig
-from agent.errors import CollectorError, NoData
-from agent.metrics import Labels, MetricSpec, Sample
-from agent.paths import Paths
+from agent.core.config import InfinibandConfig
+from agent.core.errors import CollectorError, NoData
+from agent.core.metrics import Labels, MetricSpec, Sample
+from agent.core.paths import Paths
 
 NAME = "infiniband"
 P = "node_infiniband_"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from agent.collectors.common import read_all
-from agent.config import NetstatConfig
-from agent.errors import CollectorError
-from agent.metrics import MetricSpec, Sample
-from agent.paths import Paths
+from agent.core.config import NetstatConfig
+from agent.core.errors import CollectorError
+from agent.core.metrics import MetricSpec, Sample
+from agent.core.paths import Paths
 
 NAME = "netstat"
 

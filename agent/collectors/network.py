@@ -10,10 +10,10 @@ import os
 from collections.abc import Callable
 
 from agent.collectors.common import DeviceFilter, Reader, read_all, read_attr
-from agent.config import NetworkConfig
-from agent.errors import CollectorError
-from agent.metrics import Labels, MetricSpec, Sample
-from agent.paths import Paths
+from agent.core.config import NetworkConfig
+from agent.core.errors import CollectorError
+from agent.core.metrics import Labels, MetricSpec, Sample
+from agent.core.paths import Paths
 
 NAME = "network"
 DEFAULT_EXCLUDE = "lo"  # fully anchored, i.e. node_exporter's ^lo$

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from agent.errors import CollectorError, NoData
+from agent.core.errors import CollectorError, NoData
 
 T = TypeVar("T")
 
@@ -67,7 +67,7 @@ class _Abandoned(Exception):
 def load_module(simulate: str | None = None, clock: Callable[[], float] = time.monotonic) -> Any:
     """``pynvml``, or a fake NVML module for the simulation scenario ``simulate``."""
     if simulate:
-        from agent import fakenvml
+        from agent.collectors import fakenvml
 
         return fakenvml.load(simulate, clock)
     try:

@@ -7,8 +7,8 @@ import os
 import sys
 from typing import Any
 
-from agent import config as config_mod
-from agent.errors import ConfigError
+from agent.core import config as config_mod
+from agent.core.errors import ConfigError
 
 DEFAULT_POLICY = "rules/remediations.yml"
 PAUSE_FILE = "paused"
@@ -47,7 +47,7 @@ def print_entry(entry: Any, as_json: bool) -> int:
     """Print a journal entry (plan changes, outcome) as text or JSON; exit status 0 when planned/succeeded."""
     import json
 
-    from agent.journal import to_json
+    from agent.remediation.journal import to_json
 
     if as_json:
         print(json.dumps(to_json(entry), indent=1))

@@ -11,10 +11,10 @@ import argparse
 import sys
 
 from agent.commands._remed import add_common, pause_path, print_entry, report, state_dir
-from agent.errors import ConfigError, RemediationError
-from agent.journal import Journal
-from agent.plugins import classes, load_remediations
-from agent.policy import Policy, load_policy
+from agent.core.discovery import classes, load_remediations
+from agent.core.errors import ConfigError, RemediationError
+from agent.remediation.journal import Journal
+from agent.remediation.policy import Policy, load_policy
 
 HELP = "plan (and with --apply run) one remediation by hand, or --revert one"
 
@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     """Plan, apply or revert; exit 0 on success, 1 when refused or failed, 2 on bad input."""
     import structlog
 
-    from agent.remediator import Remediator
+    from agent.remediation.remediator import Remediator
 
     # Logs go to stderr (looked up at each write), stdout stays for the plan / JSON.
     structlog.configure(logger_factory=lambda *_: structlog.PrintLogger(sys.stderr))

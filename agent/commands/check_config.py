@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agent import config
-from agent.errors import ConfigError
+from agent.core import config
+from agent.core.errors import ConfigError
 
 HELP = "validate a config file (exit 0 valid, 2 invalid)"
 

@@ -16,10 +16,10 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from agent import rules as rulesmod
-from agent.errors import ConfigError, RuleError
-from agent.metrics import MetricSpec
-from agent.policy import looks_like_policy
+from agent.core.errors import ConfigError, RuleError
+from agent.core.metrics import MetricSpec
+from agent.engine import rules as rulesmod
+from agent.remediation.policy import looks_like_policy
 
 HELP = "validate rule files like promtool (exit 0 valid, 1 invalid) and warn about metrics no collector produces"
 ENTRY_POINT_GROUP = "nodewarden.collectors"
@@ -56,7 +56,7 @@ def known_catalogue(enabled: Iterable[str] | None = None) -> tuple[dict[str, Met
             continue
         for spec in specs:
             catalogue[spec.name] = spec
-    from agent.plugins import classes  # remediation plugins export metrics too (e.g. the restore scrubber)
+    from agent.core.discovery import classes  # remediation plugins export metrics too (e.g. the restore scrubber)
 
     for cls in classes().plugins.values():
         for spec in getattr(cls, "metrics", None) or []:
@@ -65,7 +65,7 @@ def known_catalogue(enabled: Iterable[str] | None = None) -> tuple[dict[str, Met
 
 
 def _enabled_collectors(path: str) -> list[str]:
-    from agent import config
+    from agent.core import config
 
     cfg = config.load_file(path)
     names = [ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
@@ -132,14 +132,14 @@ def catalogue_warnings(groups: list[rulesmod.GroupDef], catalogue: dict[str, Met
 def _daemon_metrics() -> set[str]:
     try:
         from agent.daemon import SELF_METRICS
-        from agent.remediator import METRICS as REMEDIATION_METRICS
+        from agent.remediation.remediator import METRICS as REMEDIATION_METRICS
     except Exception:  # the daemon module is optional for this check
         return set()
     return {s.name for s in (*SELF_METRICS, *REMEDIATION_METRICS)}
 
 
 def _pos(text: str, filename: str, gi: int, ri: int) -> str:
-    from agent import yamlpos
+    from agent.core import yamlpos
 
     try:
         tree = yamlpos.load(text, filename)
@@ -210,8 +210,8 @@ def main(args: argparse.Namespace) -> int:
 
 def _check_policy(path: str, alert_names: set[str] | None) -> tuple[bool, bool]:
     """Validate a remediation policy (plugins, params, routes vs the loaded rules); (valid, warned)."""
-    from agent.plugins import classes
-    from agent.policy import check_policy_file
+    from agent.core.discovery import classes
+    from agent.remediation.policy import check_policy_file
 
     print(f"Checking {path} (remediation policy)", flush=True)
     errors, warnings = check_policy_file(path, classes().plugins, alert_names)

@@ -8,9 +8,9 @@ import os
 import time
 
 from agent.commands._remed import add_common, report, state_dir
-from agent.durations import parse_duration
-from agent.errors import ConfigError
-from agent.journal import FILENAME, Journal, to_json
+from agent.core.durations import parse_duration
+from agent.core.errors import ConfigError
+from agent.remediation.journal import FILENAME, Journal, to_json
 
 HELP = "show remediation decisions and outcomes from the journal"
 

@@ -11,8 +11,8 @@ import os
 import sys
 import time
 
-from agent.errors import NodewardenError
-from agent.manifest import DEFAULT_NAME, create, write
+from agent.core.errors import NodewardenError
+from remediations.manifest import DEFAULT_NAME, create, write
 
 HELP = "write the checksum manifest (blake3, size, path) of a dataset directory"
 

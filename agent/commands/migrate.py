@@ -16,7 +16,7 @@ import time
 from typing import TextIO
 
 from agent.commands._remed import add_common, pause_path, print_entry, report, state_dir
-from agent.errors import ConfigError, PluginLoadError, RemediationError
+from agent.core.errors import ConfigError, PluginLoadError, RemediationError
 
 HELP = "plan (default) or --apply moving files between storage tiers (demote, promote, evacuate)"
 
@@ -74,10 +74,10 @@ def main(args: argparse.Namespace) -> int:
     import structlog
 
     from agent.commands.act import _params
-    from agent.journal import Journal
-    from agent.plugins import build, classes
-    from agent.policy import load_policy
-    from agent.remediator import Remediator
+    from agent.core.discovery import build, classes
+    from agent.remediation.journal import Journal
+    from agent.remediation.policy import load_policy
+    from agent.remediation.remediator import Remediator
     from remediations.migrate import NAME, Migrate
 
     if not structlog.is_configured():

@@ -7,7 +7,7 @@ import os
 import time
 
 from agent.commands._remed import add_common, pause_path, report, state_dir
-from agent.errors import ConfigError
+from agent.core.errors import ConfigError
 
 HELP = "pause all remediation actions until `nodewarden resume`"
 

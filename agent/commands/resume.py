@@ -6,7 +6,7 @@ import argparse
 import os
 
 from agent.commands._remed import add_common, pause_path, report, state_dir
-from agent.errors import ConfigError
+from agent.core.errors import ConfigError
 
 HELP = "resume remediation after `nodewarden pause`"
 

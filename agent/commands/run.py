@@ -7,9 +7,9 @@ import sys
 
 import structlog
 
-from agent import config as configmod
-from agent import logs
-from agent.errors import ConfigError, RuleError
+from agent.core import config as configmod
+from agent.core import logs
+from agent.core.errors import ConfigError, RuleError
 
 HELP = "run the agent in the foreground"
 
@@ -44,7 +44,7 @@ def apply_simulate(cfg: configmod.Config, scenario: str | None) -> configmod.Con
     """``--simulate``: enable the GPU collector against the named scenario."""
     if not scenario:
         return cfg
-    from agent import simulate
+    from agent.collectors import simulate
 
     simulate.load(scenario)  # a bad scenario is a usage error (exit 2), not a silently GPU-less agent
     gpu = cfg.collectors.gpu.model_copy(update={"enabled": True, "simulate": scenario})

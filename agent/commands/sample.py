@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 
+from agent.collectors.runner import CollectorRunner
 from agent.commands import run as runcmd
-from agent.errors import ConfigError
-from agent.runner import CollectorRunner
+from agent.core.errors import ConfigError
 
 HELP = "sample every collector once and print the values"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agent import simulate
-from agent.errors import ConfigError
+from agent.collectors import simulate
+from agent.core.errors import ConfigError
 
 HELP = "list, show or check GPU simulation scenarios for `nodewarden run --simulate NAME|FILE`"
 

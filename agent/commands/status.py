@@ -9,8 +9,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from agent import config as configmod
-from agent.errors import ConfigError
+from agent.core import config as configmod
+from agent.core.errors import ConfigError
 
 HELP = "show the running agent's health, collectors and pending/firing alerts"
 

@@ -20,13 +20,13 @@ from typing import Any
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from agent import yamlpos
-from agent.durations import format_duration, parse_duration
-from agent.errors import ConfigError, RuleError
-from agent.promql import PromQLError
-from agent.promql.series_notation import parse_series
-from agent.rules import RuleEngine, go_float_e
-from agent.store import ABSENT_NAN, STALE_NAN, Store
+from agent.core import yamlpos
+from agent.core.durations import format_duration, parse_duration
+from agent.core.errors import ConfigError, RuleError
+from agent.engine.promql import PromQLError
+from agent.engine.promql.series_notation import parse_series
+from agent.engine.rules import RuleEngine, go_float_e
+from agent.engine.store import ABSENT_NAN, STALE_NAN, Store
 
 HELP = "run rule unit tests in promtool's test-file format (exit 0 passed, 1 failed)"
 
@@ -247,7 +247,7 @@ def run_file(filename: str, run: re.Pattern[str] | None = None) -> list[str]:
 
 def _run_group(tg: Any, root: Any, filename: str, loc: list[Any], eval_interval: float, order: dict[str, int],
                rule_files: list[str]) -> list[str]:
-    from agent.promql import compile_expr
+    from agent.engine.promql import compile_expr
 
     interval = _duration(tg.get("interval"), root, filename, [*loc, "interval"])
     name = str(tg.get("name") or "")

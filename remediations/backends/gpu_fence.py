@@ -11,8 +11,8 @@ from __future__ import annotations
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from agent.errors import RemediationError
-from remediations.base import Entry, Outcome, Plan, check_gpu, check_node, default_recover
+from agent.core.errors import RemediationError
+from agent.core.plugin import Entry, Outcome, Plan, check_gpu, check_node, default_recover
 
 MODE_NAMES = {0: "DEFAULT", 1: "EXCLUSIVE_THREAD", 2: "PROHIBITED", 3: "EXCLUSIVE_PROCESS"}
 

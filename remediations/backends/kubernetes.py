@@ -19,9 +19,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from agent.errors import RemediationError
-from agent.paths import Paths
-from remediations.base import Entry, Outcome, Plan, check_node, default_recover
+from agent.core.errors import RemediationError
+from agent.core.paths import Paths
+from agent.core.plugin import Entry, Outcome, Plan, check_node, default_recover
 
 _POD_UID = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from agent.errors import RemediationError
-from remediations.base import Entry, Outcome, Plan, Runner, check_node, default_recover, run_argv
+from agent.core.errors import RemediationError
+from agent.core.plugin import Entry, Outcome, Plan, Runner, check_node, default_recover, run_argv
 
 PREFIX = "nodewarden:"
 

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 
-from agent.metrics import MetricSpec, Sample
+from agent.core.metrics import MetricSpec, Sample
 
 
 class HangCollector:

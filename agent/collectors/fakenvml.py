@@ -1,4 +1,4 @@
-"""A fake ``pynvml`` driven by a simulation scenario (:mod:`agent.simulate`).
+"""A fake ``pynvml`` driven by a simulation scenario (:mod:`agent.collectors.simulate`).
 
 :class:`FakeNvml` instances look like the ``pynvml`` module for the calls nodewarden makes: same function
 names, same constants and the very same ``NVMLError`` classes (taken from ``pynvml``, which imports without
@@ -17,8 +17,8 @@ from typing import Any
 
 import pynvml
 
-from agent import simulate
-from agent.simulate import CLOCK_EVENT_REASONS, Scenario, Step
+from agent.collectors import simulate
+from agent.collectors.simulate import CLOCK_EVENT_REASONS, Scenario, Step
 
 NVMLError = pynvml.NVMLError
 MIB = 1024 * 1024

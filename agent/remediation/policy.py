@@ -17,10 +17,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from agent import yamlpos
-from agent.alerts import Alert
-from agent.durations import parse_duration
-from agent.errors import ConfigError
+from agent.core import yamlpos
+from agent.core.alerts import Alert
+from agent.core.durations import parse_duration
+from agent.core.errors import ConfigError
 
 PAGE = "page"  # the reserved action name of a paging step
 

@@ -12,7 +12,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
-from agent.errors import ConfigError
+from agent.core.errors import ConfigError
 
 
 def load(text: str, filename: str) -> Any:

@@ -14,7 +14,7 @@ import operator
 import sys
 from collections.abc import Callable, Iterable
 
-from agent.promql.values import go_div
+from agent.engine.promql.values import go_div
 
 _EXACT = 2.0**53
 Times = list[float]

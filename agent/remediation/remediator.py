@@ -32,12 +32,12 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from agent.alerts import Alert
-from agent.errors import NodewardenError, RemediationError
-from agent.journal import Journal
-from agent.metrics import MetricSpec, Sample
-from agent.policy import PAGE, Guards, Policy, Route, load_policy, render
-from remediations.base import Cluster, Entry, Plan, Remediation
+from agent.core.alerts import Alert
+from agent.core.errors import NodewardenError, RemediationError
+from agent.core.metrics import MetricSpec, Sample
+from agent.core.plugin import Cluster, Entry, Plan, Remediation
+from agent.remediation.journal import Journal
+from agent.remediation.policy import PAGE, Guards, Policy, Route, load_policy, render
 
 __all__ = ["Remediator", "load_policy"]
 

@@ -20,8 +20,8 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from agent.errors import NodewardenError
-from remediations.base import Entry, Plan
+from agent.core.errors import NodewardenError
+from agent.core.plugin import Entry, Plan
 
 FILENAME = "remediations.sqlite"
 DEFAULT_RETENTION = 90 * 86400.0

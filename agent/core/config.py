@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent import yamlpos
-from agent.durations import parse_duration
-from agent.errors import ConfigError
-from agent.paths import Paths
+from agent.core import yamlpos
+from agent.core.durations import parse_duration
+from agent.core.errors import ConfigError
+from agent.core.paths import Paths
 
 DEFAULT_LISTEN = "127.0.0.1:9842"
 # The default rule library (top-level rules/); rules/remediations.yml is the policy, not a rule file.
@@ -144,7 +144,7 @@ class PathsConfig(Model):
     rootfs: str = "/"
 
     def roots(self) -> Paths:
-        """The :class:`agent.paths.Paths` collectors and plugins take."""
+        """The :class:`agent.core.paths.Paths` collectors and plugins take."""
         return Paths(self.procfs, self.sysfs, self.devfs, self.rootfs)
 
 

@@ -11,9 +11,9 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from agent.promql import functions as fn
-from agent.promql.regex import RegexError, RegexUnsupported, compile_anchored
-from agent.promql.values import (
+from agent.engine.promql import functions as fn
+from agent.engine.promql.regex import RegexError, RegexUnsupported, compile_anchored
+from agent.engine.promql.values import (
     NAME,
     LabelDict,
     PromQLError,
@@ -28,7 +28,7 @@ from agent.promql.values import (
     go_pow,
     labels_key,
 )
-from agent.store import is_absent, is_stale
+from agent.engine.store import is_absent, is_stale
 
 LOOKBACK = 300.0
 _EPS = 1e-4  # store timestamps are float seconds; Prometheus' windows are closed at the start (2.42)

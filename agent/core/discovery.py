@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from agent.errors import PluginLoadError
+from agent.core.errors import PluginLoadError
 
 GROUP = "nodewarden.remediations"
 log = structlog.get_logger("nodewarden.plugins")

@@ -8,7 +8,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import NamedTuple
 
-from agent.errors import RuleError
+from agent.core.errors import RuleError
 
 NAME = "__name__"
 

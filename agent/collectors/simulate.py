@@ -1,6 +1,6 @@
 """GPU simulation scenarios: YAML files describing GPUs, their fields over time and injected faults.
 
-A scenario drives :mod:`agent.fakenvml`. Built-in scenarios ship in ``agent/data/scenarios/NAME.yml``;
+A scenario drives :mod:`agent.collectors.fakenvml`. Built-in scenarios ship in ``agent/data/scenarios/NAME.yml``;
 any other path to a ``.yml`` file works too. Problems are reported as ``file:line:column: message``.
 See docs/gpu.md for the format.
 """
@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent import yamlpos
-from agent.durations import parse_duration
-from agent.errors import ConfigError
+from agent.core import yamlpos
+from agent.core.durations import parse_duration
+from agent.core.errors import ConfigError
 
 # Numeric per-GPU fields, in the units nodewarden exports (the fake converts to NVML's units).
 NUMERIC_FIELDS: dict[str, str] = {

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import promql_parser as pp
 
-from agent.metrics import Sample
-from agent.promql.values import NAME, PromQLError
-from agent.store import ABSENT_NAN, Store
+from agent.core.metrics import Sample
+from agent.engine.promql.values import NAME, PromQLError
+from agent.engine.store import ABSENT_NAN, Store
 
 Value = float | None | Literal["stale"]
 

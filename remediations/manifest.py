@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from agent.errors import NodewardenError
+from agent.core.errors import NodewardenError
 
 HEADER = "# nodewarden-manifest v1 blake3"
 DEFAULT_NAME = ".nodewarden.manifest"

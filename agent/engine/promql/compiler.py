@@ -7,9 +7,9 @@ from typing import Any
 
 import promql_parser as pp
 
-from agent.promql import nodes
-from agent.promql.regex import RegexError, RegexUnsupported, compile_anchored
-from agent.promql.values import NAME, PromQLError, PromQLEvalError, Scalar, Selector, Vector
+from agent.engine.promql import nodes
+from agent.engine.promql.regex import RegexError, RegexUnsupported, compile_anchored
+from agent.engine.promql.values import NAME, PromQLError, PromQLEvalError, Scalar, Selector, Vector
 
 AGGREGATIONS = {
     "sum", "avg", "min", "max", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values", "group",

@@ -26,8 +26,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from agent.alerts import Alert
-from agent.errors import RemediationError
+from agent.core.alerts import Alert
+from agent.core.errors import RemediationError
 
 Scope = Literal["node", "gpu", "local"]
 

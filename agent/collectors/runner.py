@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent.errors import NoData
-from agent.metrics import Collector, Sample
+from agent.core.errors import NoData
+from agent.core.metrics import Collector, Sample
 
 Status = Literal["ok", "nodata", "error", "timeout", "hung"]
 

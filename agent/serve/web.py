@@ -21,9 +21,9 @@ from typing import Literal
 import bcrypt
 import structlog
 
-from agent import yamlpos
-from agent.config import Model
-from agent.errors import ConfigError
+from agent.core import yamlpos
+from agent.core.config import Model
+from agent.core.errors import ConfigError
 
 log = structlog.get_logger("web")
 

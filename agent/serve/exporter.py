@@ -10,8 +10,8 @@ import gzip
 import math
 import threading
 
-from agent.metrics import MetricSpec
-from agent.store import Series, Store, is_absent
+from agent.core.metrics import MetricSpec
+from agent.engine.store import Series, Store, is_absent
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _FALLBACK_HELP = "Series without a catalogue entry (e.g. a recording rule)."

@@ -29,12 +29,13 @@ from typing import Any
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from agent import templates, yamlpos
-from agent.alerts import Alert
-from agent.durations import parse_duration
-from agent.errors import ConfigError, RuleError
-from agent.metrics import Labels, MetricSpec, Sample
-from agent.store import ABSENT_NAN
+from agent.core import yamlpos
+from agent.core.alerts import Alert
+from agent.core.durations import parse_duration
+from agent.core.errors import ConfigError, RuleError
+from agent.core.metrics import Labels, MetricSpec, Sample
+from agent.engine import templates
+from agent.engine.store import ABSENT_NAN
 
 RESOLVED_RETENTION = 15 * 60.0  # Prometheus keeps resolved alerts this long (rules/alerting.go)
 METRIC_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -47,7 +48,7 @@ Compiler = Callable[[str], Any]
 
 
 def _default_compiler(text: str) -> Any:
-    from agent.promql import compile_expr
+    from agent.engine.promql import compile_expr
 
     return compile_expr(text)
 

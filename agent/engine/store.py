@@ -21,7 +21,7 @@ import threading
 from array import array
 from collections.abc import Iterable, Iterator
 
-from agent.metrics import Labels, Sample
+from agent.core.metrics import Labels, Sample
 
 STALE_NAN = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
 ABSENT_NAN = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000003))[0]

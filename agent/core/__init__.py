@@ -1,0 +1,1 @@
+"""Core: errors, paths, durations, YAML positions, config models, and the collector/plugin protocols."""

@@ -1,0 +1,1 @@
+"""Engine: the store of recent history, PromQL, rule loading/evaluation/alert state, templates."""

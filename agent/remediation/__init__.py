@@ -1,0 +1,1 @@
+"""Remediation: policy, router, guard rails, executor, pager, journal."""

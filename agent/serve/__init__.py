@@ -1,0 +1,1 @@
+"""Serving: HTTP endpoint, exposition, systemd notification."""
