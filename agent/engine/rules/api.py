@@ -1,0 +1,72 @@
+"""The Prometheus HTTP API shapes of rules and alerts (``/api/v1/rules``, ``/api/v1/alerts``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.engine.rules.alerting import ActiveAlert
+from agent.engine.rules.evaluate import GroupState
+
+
+def rfc3339(t: float | None) -> str:
+    """Go's RFC 3339 with microseconds; the zero time for None."""
+    if t is None:
+        return "0001-01-01T00:00:00Z"
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def go_float_e(v: float) -> str:
+    """strconv.FormatFloat(v, 'e', -1, 64): how the Prometheus API prints alert values."""
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    r = repr(float(v))
+    mant = r.split("e")[0].lstrip("-").replace(".", "").lstrip("0").rstrip("0") or "0"
+    m, e = format(v, f".{max(len(mant) - 1, 0)}e").split("e")
+    exp = int(e)
+    return f"{m}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+
+
+def api_alert(a: ActiveAlert) -> dict[str, Any]:
+    """One alert as the API prints it."""
+    d = {"labels": dict(a.labels), "annotations": dict(a.annotations), "state": a.state,
+         "activeAt": rfc3339(a.active_at), "value": go_float_e(a.value)}
+    if a.keep_firing_since is not None:
+        d["keepFiringSince"] = rfc3339(a.keep_firing_since)
+    return d
+
+
+def api_alerts(groups: Iterable[GroupState]) -> dict[str, Any]:
+    """``GET /api/v1/alerts`` body."""
+    alerts = [api_alert(a) for gs in groups for rs in gs.rules for a in rs.active.values() if a.state != "inactive"]
+    return {"status": "success", "data": {"alerts": alerts}}
+
+
+def api_rules(groups: Iterable[GroupState]) -> dict[str, Any]:
+    """``GET /api/v1/rules`` body."""
+    out = []
+    for gs in groups:
+        rules = []
+        for rs in gs.rules:
+            r = rs.rule
+            health = {"ok": "ok", "err": "err", "nodata": "err"}.get(rs.health, "unknown")
+            common = {"name": r.name, "query": r.expr, "labels": dict(r.labels), "health": health,
+                      "lastError": rs.last_error, "evaluationTime": rs.eval_duration,
+                      "lastEvaluation": rfc3339(rs.last_eval)}
+            if r.kind == "recording":
+                rules.append({**common, "type": "recording"})
+                continue
+            live = [a for a in rs.active.values() if a.state != "inactive"]
+            state = "firing" if any(a.state == "firing" for a in live) else (
+                "pending" if live else "inactive")
+            rules.append({"state": state, **common, "duration": r.for_, "keepFiringFor": r.keep_firing_for,
+                          "annotations": dict(r.annotations), "alerts": [api_alert(a) for a in live],
+                          "type": "alerting"})
+        out.append({"name": gs.group.name, "file": gs.group.file, "rules": rules,
+                    "interval": gs.group.interval or 0.0, "limit": gs.group.limit,
+                    "evaluationTime": gs.duration, "lastEvaluation": rfc3339(gs.last_eval)})
+    return {"status": "success", "data": {"groups": out}}
