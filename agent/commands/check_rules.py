@@ -98,9 +98,12 @@ def catalogue_warnings(groups: list[rulesmod.GroupDef], catalogue: dict[str, Met
     produced = {r.name for g in groups for r in g.rules if r.kind == "recording"}
     self_metrics = {s.name for s in rulesmod.METRICS} | {"ALERTS", "ALERTS_FOR_STATE"} | _daemon_metrics()
     known = set(catalogue) | produced | self_metrics
+    ordered = sorted(known)
+    close_cache: dict[str, list[str]] = {}
     out: list[str] = []
-    for gi, g in enumerate(groups):
-        for ri, r in enumerate(g.rules):
+    for g in groups:
+        for r in g.rules:
+            where = f"{filename}:{r.expr_pos[0]}:{r.expr_pos[1]}"
             selectors = getattr(r.query, "selectors", None) or []
             seen: set[str] = set()
             for sel in selectors:
@@ -108,11 +111,11 @@ def catalogue_warnings(groups: list[rulesmod.GroupDef], catalogue: dict[str, Met
                 if not name or name in seen:
                     continue
                 seen.add(name)
-                where = None
                 if name not in known:
-                    close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+                    if name not in close_cache:
+                        close_cache[name] = difflib.get_close_matches(name, ordered, n=3, cutoff=0.6)
+                    close = close_cache[name]
                     hint = f"; closest known: {', '.join(close)}" if close else ""
-                    where = where or _pos(text, filename, gi, ri)
                     out.append(f"{where}: warning: group {g.name!r}, rule {r.name!r}: no enabled collector produces "
                                f"{name} (the rule can never match on this node){hint}")
                     continue
@@ -123,7 +126,6 @@ def catalogue_warnings(groups: list[rulesmod.GroupDef], catalogue: dict[str, Met
                     lname, op, value = _matcher(m)
                     if lname == "__name__" or lname in spec.labels or _matches_empty(op, value):
                         continue
-                    where = where or _pos(text, filename, gi, ri)
                     out.append(f"{where}: warning: group {g.name!r}, rule {r.name!r}: {name} never carries label "
                                f"{lname!r} (it has: {', '.join(spec.labels) or 'no labels'})")
     return out
@@ -137,16 +139,6 @@ def _daemon_metrics() -> set[str]:
         return set()
     return {s.name for s in (*SELF_METRICS, *REMEDIATION_METRICS)}
 
-
-def _pos(text: str, filename: str, gi: int, ri: int) -> str:
-    from agent.core import yamlpos
-
-    try:
-        tree = yamlpos.load(text, filename)
-    except ConfigError:
-        return f"{filename}:1:1"
-    line, col = yamlpos.position(tree, ["groups", gi, "rules", ri, "expr"])
-    return f"{filename}:{line}:{col}"
 
 
 def main(args: argparse.Namespace) -> int:

@@ -18,8 +18,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-
 from agent.core import yamlpos
 from agent.core.durations import format_duration, parse_duration
 from agent.core.errors import ConfigError, RuleError
@@ -147,7 +145,7 @@ def load_input_series(items: list[Any], interval: float) -> list[InputSeries]:
 def _strict(node: Any, keys: set[str], what: str, root: Any, filename: str, loc: list[Any]) -> None:
     if node is None:
         return
-    if not isinstance(node, CommentedMap):
+    if not isinstance(node, yamlpos.Map):
         line, col = yamlpos.position(root, loc)
         raise TestFileError(f"{filename}:{line}:{col}: {what} must be a mapping")
     for k in node:
@@ -159,7 +157,7 @@ def _strict(node: Any, keys: set[str], what: str, root: Any, filename: str, loc:
 def _seq(node: Any, root: Any, filename: str, loc: list[Any]) -> list[Any]:
     if node is None:
         return []
-    if not isinstance(node, CommentedSeq):
+    if not isinstance(node, yamlpos.Seq):
         line, col = yamlpos.position(root, loc)
         raise TestFileError(f"{filename}:{line}:{col}: expected a list")
     return list(node)
@@ -209,7 +207,7 @@ def run_file(filename: str, run: re.Pattern[str] | None = None) -> list[str]:
     except ConfigError as err:
         return [str(err)]
     if root is None:
-        root = CommentedMap()
+        root = yamlpos.Map()
     try:
         validate_structure(root, filename)
         eval_interval = _duration(root.get("evaluation_interval"), root, filename, ["evaluation_interval"]) or 60.0
@@ -234,7 +232,7 @@ def run_file(filename: str, run: re.Pattern[str] | None = None) -> list[str]:
         print(w, file=sys.stderr)
     errs: list[str] = []
     for ti, tg in enumerate(_seq(root.get("tests"), root, filename, ["tests"])):
-        tg = tg or CommentedMap()
+        tg = tg or yamlpos.Map()
         name = str(tg.get("name") or "")
         if run is not None and not run.search(name):
             continue

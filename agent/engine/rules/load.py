@@ -12,8 +12,6 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-
 from agent.core import yamlpos
 from agent.core.durations import parse_duration
 from agent.core.errors import ConfigError, RuleError
@@ -84,6 +82,11 @@ def _value_offset(p: _Problems, loc: list[str | int], offset: int) -> tuple[int,
 
 def parse_rule_text(text: str, filename: str, compiler: Compiler | None = None) -> tuple[list[GroupDef], list[str]]:
     """Parse and validate one rule file's text; returns (groups, problems)."""
+    with yamlpos.paused_gc():
+        return _parse_rule_text(text, filename, compiler)
+
+
+def _parse_rule_text(text: str, filename: str, compiler: Compiler | None) -> tuple[list[GroupDef], list[str]]:
     compiler = compiler or _default_compiler
     try:
         root = yamlpos.load(text, filename)
@@ -92,7 +95,7 @@ def parse_rule_text(text: str, filename: str, compiler: Compiler | None = None) 
     if root is None:
         return [], []
     p = _Problems(filename, root, text)
-    if not isinstance(root, CommentedMap):
+    if not isinstance(root, yamlpos.Map):
         p.add([], "rule file must be a mapping with a 'groups' list")
         return [], p.items
     for k in root:
@@ -101,14 +104,14 @@ def parse_rule_text(text: str, filename: str, compiler: Compiler | None = None) 
     groups_node = root.get("groups")
     if groups_node is None:
         return [], p.items
-    if not isinstance(groups_node, CommentedSeq):
+    if not isinstance(groups_node, yamlpos.Seq):
         p.add(["groups"], "'groups' must be a list")
         return [], p.items
     groups: list[GroupDef] = []
     seen: set[str] = set()
     for gi, g in enumerate(groups_node):
         loc: list[str | int] = ["groups", gi]
-        if not isinstance(g, CommentedMap):
+        if not isinstance(g, yamlpos.Map):
             p.add(loc, "a group must be a mapping")
             continue
         for k in g:
@@ -140,7 +143,7 @@ def parse_rule_text(text: str, filename: str, compiler: Compiler | None = None) 
         rules_node = g.get("rules")
         if rules_node is None:
             rules_node = []
-        if not isinstance(rules_node, CommentedSeq):
+        if not isinstance(rules_node, yamlpos.Seq):
             p.add([*loc, "rules"], "'rules' must be a list")
             rules_node = []
         for ri, r in enumerate(rules_node):
@@ -165,7 +168,7 @@ def _duration(p: _Problems, loc: list[str | int], value: Any) -> float:
 def _labels(p: _Problems, loc: list[str | int], node: Any, what: str, prefix: str = "") -> dict[str, str]:
     if node is None:
         return {}
-    if not isinstance(node, CommentedMap):
+    if not isinstance(node, yamlpos.Map):
         p.add(loc, f"{prefix}{what}s must be a mapping of name: value")
         return {}
     out: dict[str, str] = {}
@@ -183,7 +186,7 @@ def _labels(p: _Problems, loc: list[str | int], node: Any, what: str, prefix: st
 
 def _parse_rule(p: _Problems, loc: list[str | int], r: Any, group: str, index: int,
                 compiler: Compiler) -> RuleDef | None:
-    if not isinstance(r, CommentedMap):
+    if not isinstance(r, yamlpos.Map):
         p.add(loc, f'group "{group}", rule {index}: a rule must be a mapping')
         return None
     for k in r:
@@ -236,6 +239,7 @@ def _parse_rule(p: _Problems, loc: list[str | int], r: Any, group: str, index: i
         keep_firing_for=kff, labels=tuple(sorted(labels.items())), annotations=tuple(sorted(annotations.items())),
         label_tmpls=tuple(sorted(label_tmpls, key=lambda kv: kv[0])),
         annotation_tmpls=tuple(sorted(ann_tmpls, key=lambda kv: kv[0])),
+        expr_pos=yamlpos.position(p.root, [*loc, "expr"]),
     )
 
 

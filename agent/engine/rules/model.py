@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.engine import templates
@@ -25,6 +25,7 @@ class RuleDef:
     annotations: tuple[tuple[str, str], ...] = ()
     label_tmpls: tuple[tuple[str, templates.Template], ...] = ()
     annotation_tmpls: tuple[tuple[str, templates.Template], ...] = ()
+    expr_pos: tuple[int, int] = field(default=(1, 1), compare=False)  # (line, column) of expr in its file
 
     @property
     def identity(self) -> tuple:
