@@ -104,6 +104,8 @@ def load(path: str) -> dict[str, ManifestEntry]:
             text = f.read()
     except OSError as err:
         raise ManifestError(f"cannot read manifest {path}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: manifest is not UTF-8: {err.reason}") from err
     return parse(text, path)
 
 

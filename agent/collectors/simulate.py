@@ -360,9 +360,6 @@ def load(name_or_path: str) -> Scenario:
     """A built-in scenario by name, or a scenario file by path."""
     if name_or_path.endswith((".yml", ".yaml")) or "/" in name_or_path:
         path = Path(name_or_path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise ConfigError(f"{path}:1:1: cannot read scenario: {err.strerror}") from err
+        text = yamlpos.read_text(path, "scenario")
         return load_text(text, str(path))
     return load_text(builtin_text(name_or_path), f"{name_or_path}.yml")

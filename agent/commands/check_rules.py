@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+from agent.core import yamlpos
 from agent.core.errors import ConfigError, RuleError
 from agent.core.metrics import MetricSpec
 from agent.engine import rules as rulesmod
@@ -162,11 +163,10 @@ def main(args: argparse.Namespace) -> int:
     for path in args.file:
         print(f"Checking {path}", flush=True)
         try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except (OSError, UnicodeDecodeError) as err:
+            text = yamlpos.read_text(path, "rule file")
+        except ConfigError as err:
             print("  FAILED:", file=sys.stderr)
-            print(f"{path}:1:1: cannot read rule file: {getattr(err, 'strerror', None) or err}", file=sys.stderr)
+            print(err, file=sys.stderr)
             print()
             status = 1
             continue

@@ -204,6 +204,8 @@ def run_file(filename: str, run: re.Pattern[str] | None = None) -> list[str]:
         root = yamlpos.load(text, filename)
     except OSError as err:
         return [f"open {filename}: {err.strerror}"]
+    except UnicodeDecodeError as err:
+        return [f"{filename}:1:1: test file is not UTF-8: {err.reason}"]
     except ConfigError as err:
         return [str(err)]
     if root is None:

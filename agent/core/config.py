@@ -10,7 +10,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent.core import yamlpos
 from agent.core.durations import parse_duration
@@ -39,8 +48,27 @@ def _regex(value: Any) -> str:
     return value
 
 
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
+
+
+def _label_name(value: str) -> str:
+    if not _LABEL_NAME.match(value):
+        raise ValueError(f"{value!r} is not a valid label name (letters, digits and _, not starting with a digit)")
+    if value.startswith("__"):
+        raise ValueError(f"label name {value!r} is reserved (names starting with __ are internal)")
+    return value
+
+
+def _hostname(value: str | None) -> str | None:
+    if value is not None and not _HOSTNAME.match(value):
+        raise ValueError(f"not a valid hostname: {value!r} (letters, digits, '.', '-', '_'; at most 253 characters)")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(_duration)]
 Regex = Annotated[str, BeforeValidator(_regex)]
+LabelName = Annotated[str, AfterValidator(_label_name)]
 
 
 class Model(BaseModel):
@@ -163,12 +191,12 @@ class Config(Model):
     mode: Literal["observe", "enforce"] = "observe"
     interval: Duration = 5.0
     retention: Duration = 900.0
-    hostname: str | None = None
+    hostname: Annotated[str | None, AfterValidator(_hostname)] = None
     web_config_file: str | None = None
     rule_files: list[str] = Field(
         default_factory=lambda: list(DEFAULT_RULE_FILES),
         description="Prometheus rule files (globs), relative to the config file's directory")
-    external_labels: dict[str, str] = Field(default_factory=dict, description="$externalLabels in templates")
+    external_labels: dict[LabelName, str] = Field(default_factory=dict, description="$externalLabels in templates")
     remediation_policy: str | None = Field(
         DEFAULT_POLICY, description="remediation policy file (relative to the config file's directory); null: none")
     paths: PathsConfig = PathsConfig()
@@ -211,10 +239,7 @@ def load_text(text: str, filename: str = "<config>") -> Config:
 
 def load_file(path: str | Path) -> Config:
     """Read and validate a config file; relative rule_files are resolved against its directory."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{path}:1:1: cannot read config: {err.strerror}") from err
+    text = yamlpos.read_text(path, "config")  # size-limited; a non-UTF-8 byte is a located error
     cfg = load_text(text, str(path))
     base = Path(path).resolve().parent
     if "rule_files" in cfg.model_fields_set:

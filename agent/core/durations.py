@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 _UNITS = {"y": 365 * 86400.0, "w": 7 * 86400.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_MS = {u: round(v * 1000) for u, v in _UNITS.items()}
+MAX_MS = (2**63 - 1) // 1_000_000  # Go's time.Duration (int64 nanoseconds), as Prometheus's model.ParseDuration
 _RE = re.compile(r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
 
 
@@ -17,7 +19,10 @@ def parse_duration(text: str) -> float:
     m = _RE.match(text)
     if not text or m is None or not any(m.groups()):
         raise ValueError(f"not a valid duration string: {text!r} (use e.g. 30s, 5m, 1h30m)")
-    return sum(int(g) * _UNITS[u] for g, u in zip(m.groups(), _UNITS, strict=True) if g)
+    ms = sum(int(g) * _MS[u] for g, u in zip(m.groups(), _UNITS, strict=True) if g)
+    if ms > MAX_MS:
+        raise ValueError(f"duration out of range: {text!r} (at most about 292 years)")
+    return ms / 1000.0
 
 
 def format_duration(seconds: float) -> str:

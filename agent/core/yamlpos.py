@@ -177,7 +177,7 @@ class _Builder:
                 parent.item_pos.append(vpos)
             elif frame[2] is _NOKEY:
                 if isinstance(value, (dict, list)):
-                    raise _error(self.filename, ev.start_mark, "mapping keys must be scalars")
+                    raise ConfigError(f"{self.filename}:{vpos[0]}:{vpos[1]}: YAML error: mapping keys must be scalars")
                 frame[2], frame[3] = value, vpos
             else:
                 key, kmark = frame[2], frame[3]
@@ -303,7 +303,10 @@ def validation_problems(err: Any, root: Any, filename: str, rename: dict[str, st
     for e in errors[:MAX_PROBLEMS]:
         loc = tuple((rename or {}).get(p, p) if isinstance(p, str) else p for p in e["loc"])
         extra = e["type"] == "extra_forbidden"
-        line, col = position(root, loc, key=extra)
+        bad_key = bool(loc) and loc[-1] == "[key]"  # a dict key failed its own validator: point at the key
+        if bad_key:
+            loc = loc[:-1]
+        line, col = position(root, loc, key=extra or bad_key)
         where = ".".join(str(p) for p in loc) or "(top level)"
         msg = f"unknown key {loc[-1]!r}" if extra else e["msg"].removeprefix("Value error, ")
         problems.append(f"{filename}:{line}:{col}: {where}: {msg}")

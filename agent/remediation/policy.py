@@ -267,12 +267,31 @@ class Policy(Model):
 
 def validate_params(policy: Policy, plugins: Mapping[str, Any], root: Any = None, filename: str = "<policy>",
                     known_alerts: set[str] | None = None) -> tuple[list[str], list[str]]:
-    """(errors, warnings): unknown plugins, params failing a plugin's schema, routes matching no known alert.
+    """(errors, warnings): unknown plugins, plugin settings (``plugins:``) failing a plugin's ``Config`` model,
+    params failing a plugin's schema, routes matching no known alert.
 
     Templated params are checked with every referenced label set to ``0``.
     """
     errors: list[str] = []
     warnings: list[str] = []
+    for name, settings in policy.plugins.items():
+        plugin = plugins.get(name)
+        if plugin is None:
+            line, col = yamlpos.position(root, ("plugins", name), key=True)
+            errors.append(f"{filename}:{line}:{col}: plugins.{name}: unknown plugin {name!r} "
+                          f"(known: {', '.join(sorted(plugins)) or 'none'})")
+            continue
+        model = getattr(plugin, "Config", None)
+        if model is None or not hasattr(model, "model_validate"):
+            continue
+        try:
+            model.model_validate(dict(settings or {}))
+        except ValidationError as err:
+            for e in err.errors():
+                loc = ("plugins", name, *e["loc"])
+                line, col = yamlpos.position(root, loc, key=e["type"] == "extra_forbidden")
+                where = ".".join(str(p) for p in loc)
+                errors.append(f"{filename}:{line}:{col}: {where}: {e['msg'].removeprefix('Value error, ')}")
     for i, route in enumerate(policy.routes):
         for j, step in enumerate(route.steps):
             if step.action == PAGE:
@@ -303,11 +322,31 @@ def validate_params(policy: Policy, plugins: Mapping[str, Any], root: Any = None
 def load_policy_text(text: str, filename: str = "<policy>", plugins: Mapping[str, Any] | None = None) -> Policy:
     """Parse and validate; ConfigError lists every problem as ``file:line:column: message``."""
     policy, root = yamlpos.load_model(Policy, text, filename, "policy", rename={"continue_": "continue"})
+    errors = route_problems(policy, root, filename)
     if plugins is not None:
-        errors, _ = validate_params(policy, plugins, root, filename)
-        if errors:
-            raise ConfigError("\n".join(errors), errors)
+        errors += validate_params(policy, plugins, root, filename)[0]
+    if errors:
+        raise ConfigError("\n".join(errors), errors)
     return policy
+
+
+def route_problems(policy: Policy, root: Any, filename: str) -> list[str]:
+    """Route names must be unique: the journal and the guard rails key on them."""
+    errors = []
+    seen: dict[str, int] = {}
+    for i in range(len(policy.routes)):
+        name = policy.route_name(i)
+        if name in seen:
+            line, col = yamlpos.position(root, ("routes", i, "name"))
+            errors.append(f"{filename}:{line}:{col}: routes.{i}.name: route name {name!r} is already used by "
+                          f"routes.{seen[name]} (the journal keys on route names)")
+        seen.setdefault(name, i)
+    return errors
+
+
+def used_plugins(policy: Policy) -> set[str]:
+    """Plugins the policy names: in ``plugins:`` settings or as a step's action."""
+    return set(policy.plugins) | {s.action for r in policy.routes for s in r.steps if s.action != PAGE}
 
 
 def looks_like_policy(text: str) -> bool:
@@ -320,20 +359,15 @@ def check_policy_file(path: str | Path, plugins: Mapping[str, Any],
                       known_alerts: set[str] | None = None) -> tuple[list[str], list[str]]:
     """For ``nodewarden check rules``: (errors, warnings) of a policy file, with positions."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-        root = yamlpos.load(text, str(path))
-        policy = load_policy_text(text, str(path))
-    except OSError as err:
-        return [f"{path}:1:1: cannot read policy: {err.strerror}"], []
+        text = yamlpos.read_text(path, "policy")
+        policy, root = yamlpos.load_model(Policy, text, str(path), "policy", rename={"continue_": "continue"})
     except ConfigError as err:
         return err.problems, []
-    return validate_params(policy, plugins, root, str(path), known_alerts)
+    errors, warnings = validate_params(policy, plugins, root, str(path), known_alerts)
+    return route_problems(policy, root, str(path)) + errors, warnings
 
 
 def load_policy(path: str | Path, plugins: Mapping[str, Any] | None = None) -> Policy:
     """Read and validate a policy file; with ``plugins`` (name -> plugin class or instance) params too."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{path}:1:1: cannot read policy: {err.strerror}") from err
+    text = yamlpos.read_text(path, "policy")
     return load_policy_text(text, str(path), plugins)

@@ -15,7 +15,6 @@ import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Literal
 
 import bcrypt
@@ -63,10 +62,7 @@ class WebConfig(Model):
 
 def load_web_config(path: str) -> WebConfig:
     """Read and validate a web config file; ConfigError with file:line:column problems."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{path}:1:1: cannot read web config: {err.strerror}") from err
+    text = yamlpos.read_text(path, "web config")  # size-limited; a non-UTF-8 byte is a located error
     cfg = yamlpos.load_model(WebConfig, text, path, "web config")[0]
     for user, hashed in cfg.basic_auth_users.items():
         if not hashed.startswith(("$2a$", "$2b$", "$2y$")):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 import promql_parser as pp
 
+from agent.core.durations import parse_duration
 from agent.engine.promql import nodes
 from agent.engine.promql.regex import RegexError, RegexUnsupported, compile_anchored
 from agent.engine.promql.values import NAME, PromQLError, PromQLEvalError, Scalar, Selector, Vector
@@ -258,6 +260,25 @@ def _prescan(text: str) -> None:
     m = _UNITLESS.search("".join(code))
     if m:
         raise PromQLError(f"duration {m.group(2)!r} has no unit (e.g. 5m); not valid in Prometheus 2.42", m.start(2))
+    _check_ranges("".join(code))
+
+
+_BIG_NUMBER = re.compile(r"(?<![\w.])((?:\d+\.?\d*|\.\d+)[eE]\+?\d{3,})(?![\w.])")
+_DURATION = re.compile(r"(?<![\w.])((?:\d+(?:ms|[smhdwy]))+)(?![\w.])")
+
+
+def _check_ranges(code: str) -> None:
+    """Reject what Prometheus's lexer rejects but promql-parser turns into Inf or a wrapped duration: number
+    literals out of float64 range and durations out of Go's time.Duration range."""
+    for m in _BIG_NUMBER.finditer(code):
+        if math.isinf(float(m.group(1))):
+            raise PromQLError(f"error parsing number: strconv.ParseFloat: parsing {m.group(1)!r}: value out of range"
+                              .replace("'", '"'), m.start(1))
+    for m in _DURATION.finditer(code):
+        try:
+            parse_duration(m.group(1))
+        except ValueError:
+            raise PromQLError("duration out of range", m.start(1)) from None
 
 
 def compile_expr(text: str) -> Query:

@@ -160,8 +160,11 @@ def _duration(p: _Problems, loc: list[str | int], value: Any) -> float:
         if text is None:
             raise ValueError("a duration must be a string like 30s or 5m")
         return parse_duration(text)
-    except ValueError:
-        p.add(loc, f"not a valid duration string: {text!r}".replace("'", '"'))
+    except ValueError as err:
+        if "out of range" in str(err):  # promtool's wording
+            p.add(loc, f"duration out of range: {text!r}".replace("'", '"'))
+        else:
+            p.add(loc, f"not a valid duration string: {text!r}".replace("'", '"'))
         return 0.0
 
 
@@ -260,13 +263,9 @@ def load_files(files: Iterable[str], compiler: Compiler | None = None) -> list[G
     problems: list[str] = []
     for path in files:
         try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as err:
-            problems.append(f"{path}:1:1: cannot read rule file: {err.strerror}")
-            continue
-        except UnicodeDecodeError as err:
-            problems.append(f"{path}:1:1: rule file is not UTF-8: {err.reason}")
+            text = yamlpos.read_text(path, "rule file")
+        except ConfigError as err:
+            problems.extend(err.problems)
             continue
         g, errs = parse_rule_text(text, path, compiler)
         groups.extend(g)
