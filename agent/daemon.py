@@ -27,12 +27,13 @@ from agent.core.config import Config
 from agent.core.discovery import classes as plugin_classes
 from agent.core.discovery import load_remediations
 from agent.core.errors import ConfigError, PluginLoadError, RuleError
+from agent.core.instance import StateLock
 from agent.core.metrics import Collector, MetricSpec, Sample
 from agent.core.paths import Paths
 from agent.engine.rules import RuleEngine
 from agent.engine.store import Store
 from agent.remediation.journal import Journal
-from agent.remediation.policy import Policy, load_policy
+from agent.remediation.policy import Policy, load_policy, used_plugins
 from agent.remediation.remediator import Remediator
 from agent.serve.exporter import CONTENT_TYPE, Exporter
 from agent.serve.systemd import Notifier
@@ -54,6 +55,9 @@ SELF_METRICS = [
     MetricSpec("nodewarden_config_last_reload_successful", "gauge", "1 when the last config reload succeeded."),
     MetricSpec("nodewarden_config_last_reload_success_timestamp_seconds", "gauge",
                "Unix time of the last successful config load."),
+    MetricSpec("nodewarden_remediation_recovering", "gauge",
+               "1 while actions a crash interrupted are being recovered in the background (no new remediation "
+               "starts meanwhile; sampling, rules and HTTP go on)."),
 ]
 
 
@@ -138,16 +142,21 @@ class Daemon:
         self._warned: set[str] = set()
         self.server: Server | None = None
         self.scheduler: BackgroundScheduler | None = None
+        self.state_lock = StateLock(cfg.state_dir)
+        self._recovery: threading.Thread | None = None
+        self._pending: tuple[tuple, Policy, dict[str, Any]] | None = None  # a reload's remediator, built when idle
         self.rules = RuleEngine(os.path.join(cfg.state_dir, "alerts.json"), dict(cfg.external_labels), clock=wall)
         self.rules.restore_state()
         self.rules.load(configmod.rule_paths(cfg))  # RuleError: the caller reports it (exit 2)
-        self.remediator = self._remediator(cfg, self._policy(cfg))  # ConfigError: exit 2
+        policy = self._policy(cfg)  # ConfigError: exit 2
+        self._remediator_key = self._key(cfg, policy)
+        self.remediator = self._remediator(cfg, policy, self._plugins(cfg, policy))
         self.components = self._build(cfg)
         self.web = self._web_config(cfg)
 
     # -- construction ------------------------------------------------------------------------
-    def _build(self, cfg: Config) -> Components:
-        built, failed = self.collector_factory(cfg)
+    def _build(self, cfg: Config, collectors: tuple[list[Collector], dict[str, str]] | None = None) -> Components:
+        built, failed = collectors if collectors is not None else self.collector_factory(cfg)
         runners = []
         for coll in built:
             starter = getattr(coll, "start", None)
@@ -178,11 +187,62 @@ class Daemon:
         path = configmod.policy_path(cfg)
         return load_policy(path, plugin_classes().plugins) if path else Policy()
 
-    def _remediator(self, cfg: Config, policy: Policy) -> Remediator:
+    @staticmethod
+    def _plugins(cfg: Config, policy: Policy) -> dict[str, Any]:
+        """Construct the plugins; ConfigError when one the policy names (settings or a step) cannot load."""
         loaded = load_remediations(policy.plugins, paths=cfg.paths.roots(), state_dir=cfg.state_dir)
+        bad = [f"{configmod.policy_path(cfg) or 'policy'}: plugin {name!r} cannot load: {loaded.errors[name]}"
+               for name in sorted(used_plugins(policy) & set(loaded.errors))]
+        if bad:
+            raise ConfigError("\n".join(bad), bad)
+        return loaded.plugins
+
+    def _remediator(self, cfg: Config, policy: Policy, plugins: dict[str, Any]) -> Remediator:
         journal = Journal(cfg.state_dir, policy.journal.retention, policy.journal.max_rows)
-        return Remediator(policy, journal, loaded.plugins, mode=cfg.mode, clock=self.wall,
+        return Remediator(policy, journal, plugins, mode=cfg.mode, clock=self.wall,
                           pause_flag_path=os.path.join(cfg.state_dir, "paused"))
+
+    @staticmethod
+    def _key(cfg: Config, policy: Policy) -> tuple:
+        """What a remediator is built from: a reload that leaves it equal keeps the running remediator."""
+        return (policy, cfg.mode, cfg.state_dir, cfg.paths)
+
+    @property
+    def recovering(self) -> bool:
+        """True while the journal's interrupted actions are being recovered in the background."""
+        return self._recovery is not None and self._recovery.is_alive()
+
+    def _start_recovery(self, rem: Remediator) -> None:
+        """Recover ``rem``'s journal (finish or roll back what a crash left started), then start its plugins'
+        background work, on a thread: the agent serves and ticks meanwhile; remediation waits for it."""
+        def work() -> None:
+            start = self.mono()
+            try:
+                rem.recover()
+            except Exception as err:  # a failure is data: logged, remediation goes on with what it has
+                log.error("recovery_failed", error=f"{type(err).__name__}: {err}")
+            rem.start_plugins()
+            log.info("recovery_done", seconds=round(self.mono() - start, 3))
+
+        self._recovery = threading.Thread(target=work, name="recovery", daemon=True)
+        self._recovery.start()
+
+    def _swap_remediator(self) -> None:
+        """Put a reload's new remediator in force once no action of the old one runs (never two movers on one
+        plan, never a journal closed under a worker); its recovery then runs in the background."""
+        if self._pending is None or self.recovering or self.remediator.in_progress():
+            return
+        key, policy, plugins = self._pending
+        self._pending = None
+        cfg = self.config
+        old = self.remediator
+        old.close(timeout=0.5)
+        old.journal.close()
+        self.remediator = self._remediator(cfg, policy, plugins)
+        self._remediator_key = key
+        self.exporter.register([*self.remediator.metrics, *self.remediator.plugin_metrics()])
+        log.info("remediator_reloaded", plugins=sorted(plugins))
+        self._start_recovery(self.remediator)
 
     @staticmethod
     def _web_config(cfg: Config) -> WebConfig:
@@ -282,6 +342,8 @@ class Daemon:
             self_samples.append(Sample("nodewarden_collector_duration_seconds", lbl, 0.0))
         if self.store.tick % 60 == 59:
             self.store.gc()
+        self._swap_remediator()
+        remediating = not self.recovering  # the remediator is not touched while its recovery runs
         self_samples += [
             Sample("nodewarden_tick_lag_seconds", (), round(self._lag, 6)),
             Sample("nodewarden_tick_duration_seconds", (), round(self._tick_duration, 6)),
@@ -290,15 +352,18 @@ class Daemon:
             Sample("nodewarden_store_bytes", (), float(self.store.nbytes())),
             Sample("nodewarden_config_last_reload_successful", (), self.reload_ok),
             Sample("nodewarden_config_last_reload_success_timestamp_seconds", (), round(self.reload_ok_at, 3)),
+            Sample("nodewarden_remediation_recovering", (), 0.0 if remediating else 1.0),
         ]
         self.store.add(self_samples)
         # Everything rules may read must be in this tick before evaluation: a series not yet written in the
         # current tick reads as stale. Remediation/plugin samples (e.g. integrity scrub results) go in first,
         # and again after on_tick so /metrics shows this tick's decisions.
-        self.store.add(self.remediator.samples())
+        if remediating:
+            self.store.add(self.remediator.samples())
         self.store.add(self.rules.evaluate(self.store, now))  # recording rules, ALERTS, engine metrics
-        self.remediator.on_tick(self.rules.alerts(), now)  # decides and journals; actions run off this thread
-        self.store.add(self.remediator.samples())
+        if remediating:
+            self.remediator.on_tick(self.rules.alerts(), now)  # decides and journals; actions run off this thread
+            self.store.add(self.remediator.samples())
         self._tick_duration = self.mono() - start
         self.exporter.render(self.store)
         first = self.health.ticks == 0
@@ -326,8 +391,9 @@ class Daemon:
         """Bind the HTTP endpoint and start sampling (first tick immediately)."""
         cfg = self.config
         os.makedirs(cfg.state_dir, exist_ok=True)
-        self.remediator.recover()  # actions a crash left 'started' are finished or rolled back first
-        self.remediator.start_plugins()  # background work of plugins (e.g. restore's scrubber)
+        self.state_lock.acquire()  # StateDirLocked (names the holder's PID) before anything touches the journal
+        # Actions a crash left 'started' are finished or rolled back in the background; then plugins start.
+        self._start_recovery(self.remediator)
         host, port = configmod.parse_listen(cfg.listen)
         self.server = Server(host, port, self.routes(), self.web, gzip_body=self.exporter.gzipped)
         self.server.start()
@@ -350,49 +416,78 @@ class Daemon:
                 self.notifier.watchdog()
 
     def reload(self) -> bool:
-        """Re-read the config file; a bad file keeps everything as it was. Returns success."""
+        """Re-read the config file and everything it names; a bad input of any kind keeps everything as it was.
+
+        The slow part (reading and validating config, web config, policy and rule files, constructing plugins
+        and collectors) runs outside the tick lock, so ticks and /healthz go on; the swap under it is quick.
+        Running actions are left alone: a changed policy takes over once none runs. Returns success.
+        """
         self.notifier.reloading()
         try:
-            if self.config_path:
-                cfg = configmod.with_overrides(configmod.load_file(self.config_path), **self.overrides)
-            else:
-                cfg = self.config
-            web = self._web_config(cfg)
-            policy = self._policy(cfg)
-        except ConfigError as err:
-            return self._reload_failed(err.problems, "configuration")
+            cfg, web, pending, defs, files = self._load_for_reload()
+        except (ConfigError, RuleError) as err:
+            return self._reload_failed(err.problems, "configuration and rules")
+        except Exception as err:  # any failure of the load phase: report it, keep the old state
+            where = self.config_path or "configuration"
+            return self._reload_failed([f"{where}: reload failed: {type(err).__name__}: {err}"],
+                                       "configuration and rules")
+        try:
+            built, failed = self.collector_factory(cfg)
+        except Exception as err:
+            return self._reload_failed([f"collectors: reload failed: {type(err).__name__}: {err}"],
+                                       "configuration and rules")
         with self._tick_lock:
             try:
-                self.rules.load(configmod.rule_paths(cfg))  # all-or-nothing; keeps state of unchanged rules
-            except RuleError as err:
-                return self._reload_failed(err.problems, "configuration and rules")
-            self.rules.external_labels = dict(cfg.external_labels)
-            self.remediator.close(timeout=2.0)
-            self.remediator.journal.close()
-            self.remediator = self._remediator(cfg, policy)
-            self.remediator.recover()
-            self.remediator.start_plugins()
-            old = self.components
-            for r in old.runners:
-                r.close()
-            if (cfg.interval, cfg.retention) != (old.config.interval, old.config.retention):
-                self.store = Store(cfg.retention, cfg.interval)
-                log.warning("store_reset", reason="interval or retention changed")
-            self.components = self._build(cfg)
-            self.health.interval = cfg.interval
-            if self.scheduler and cfg.interval != old.config.interval:
-                self.scheduler.reschedule_job("tick", trigger="interval", seconds=cfg.interval)
-            if self.server and (web != self.web or cfg.listen != old.config.listen):
-                self.server.stop()
-                host, port = configmod.parse_listen(cfg.listen)
-                self.server = Server(host, port, self.routes(), web, gzip_body=self.exporter.gzipped)
-                self.server.start()
-            self.web = web
+                self._swap(cfg, web, pending, defs, files, built, failed)
+            except Exception as err:  # e.g. the new listen address is taken; the daemon stays up
+                return self._reload_failed([f"reload could not be applied: {type(err).__name__}: {err}"],
+                                           "state where the swap stopped")
         self.reload_ok = 1.0
         self.reload_ok_at = self.wall()
-        log.info("reloaded", collectors=[r.name for r in self.components.runners])
+        log.info("reloaded", collectors=[r.name for r in self.components.runners],
+                 remediator="reloading when idle" if self._pending else "unchanged")
         self.notifier.ready("reloaded")
         return True
+
+    def _load_for_reload(self) -> tuple[Config, WebConfig, Any, list[Any], list[str]]:
+        """Everything a reload needs, read and validated; raises on the first bad input."""
+        if self.config_path:
+            cfg = configmod.with_overrides(configmod.load_file(self.config_path), **self.overrides)
+        else:
+            cfg = self.config
+        if cfg.state_dir != self.config.state_dir:
+            raise ConfigError(f"{self.config_path}:1:1: state_dir cannot change on reload "
+                              f"({self.config.state_dir} -> {cfg.state_dir}); restart the agent")
+        web = self._web_config(cfg)
+        policy = self._policy(cfg)
+        key = self._key(cfg, policy)
+        pending = None if key == self._remediator_key else (key, policy, self._plugins(cfg, policy))
+        files = configmod.rule_paths(cfg)
+        defs = self.rules.prepare(files)  # all-or-nothing; outside the tick lock
+        return cfg, web, pending, defs, files
+
+    def _swap(self, cfg: Config, web: WebConfig, pending: Any, defs: list[Any], files: list[str],
+              built: list[Collector], failed: dict[str, str]) -> None:
+        """Put a loaded reload in force (under the tick lock)."""
+        self.rules.swap(defs, files)  # keeps the state of unchanged rules
+        self.rules.external_labels = dict(cfg.external_labels)
+        self._pending = pending  # None: the policy is unchanged and the remediator keeps running as it is
+        old = self.components
+        for r in old.runners:
+            r.close()
+        if (cfg.interval, cfg.retention) != (old.config.interval, old.config.retention):
+            self.store = Store(cfg.retention, cfg.interval)
+            log.warning("store_reset", reason="interval or retention changed")
+        self.components = self._build(cfg, (built, failed))
+        self.health.interval = cfg.interval
+        if self.scheduler and cfg.interval != old.config.interval:
+            self.scheduler.reschedule_job("tick", trigger="interval", seconds=cfg.interval)
+        if self.server and (web != self.web or cfg.listen != old.config.listen):
+            self.server.stop()
+            host, port = configmod.parse_listen(cfg.listen)
+            self.server = Server(host, port, self.routes(), web, gzip_body=self.exporter.gzipped)
+            self.server.start()
+        self.web = web
 
     def _reload_failed(self, problems: list[str], kept: str) -> bool:
         self.reload_ok = 0.0
@@ -425,11 +520,17 @@ class Daemon:
             for r in self.components.runners:
                 r.close()
             self.rules.save_state()
-            self.remediator.close(timeout=max(0.0, timeout - 2.0))
-            self.remediator.journal.close()
+            if self._recovery is not None:
+                self._recovery.join(max(0.0, timeout - 2.0))
+            if self.recovering:  # a plugin's recover() is still at work: it is recovered again at the next start
+                log.warning("stopping_during_recovery", note="journal left open for the recovery thread")
+            else:
+                self.remediator.close(timeout=max(0.0, timeout - 2.0))
+                self.remediator.journal.close()
         finally:
             if acquired:
                 self._tick_lock.release()
+            self.state_lock.release()
         log.info("stopped")
 
     def run_forever(self) -> int:

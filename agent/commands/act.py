@@ -13,6 +13,7 @@ import sys
 from agent.commands._remed import add_common, pause_path, print_entry, report, state_dir
 from agent.core.discovery import classes, load_remediations
 from agent.core.errors import ConfigError, RemediationError
+from agent.core.instance import StateDirLocked, StateLock
 from agent.remediation.journal import Journal
 from agent.remediation.policy import Policy, load_policy
 
@@ -59,9 +60,16 @@ def main(args: argparse.Namespace) -> int:
     loaded = load_remediations(policy.plugins, state_dir=directory)
     for name, error in loaded.errors.items():
         print(f"warning: plugin {name} disabled: {error}", file=sys.stderr)
+    lock = StateLock(directory)
+    try:
+        lock.acquire()  # one process per state dir: never settle or repeat an action a running agent owns
+    except StateDirLocked as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     journal = Journal(directory, policy.journal.retention, policy.journal.max_rows)
     rem = Remediator(policy, journal, loaded.plugins, mode="enforce", pause_flag_path=pause_path(directory))
     try:
+        rem.recover()  # like the daemon and migrate: what a crash left started is finished or rolled back first
         entry = rem.revert_entry(args.revert) if args.revert is not None else \
             rem.act(args.plugin, _params(args.params), apply=args.apply)
     except RemediationError as err:
@@ -69,4 +77,5 @@ def main(args: argparse.Namespace) -> int:
         return 2
     finally:
         journal.close()
+        lock.release()
     return print_entry(entry, args.json)

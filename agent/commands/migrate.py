@@ -75,6 +75,7 @@ def main(args: argparse.Namespace) -> int:
 
     from agent.commands.act import _params
     from agent.core.discovery import build, classes
+    from agent.core.instance import StateDirLocked, StateLock
     from agent.remediation.journal import Journal
     from agent.remediation.policy import load_policy
     from agent.remediation.remediator import Remediator
@@ -94,6 +95,12 @@ def main(args: argparse.Namespace) -> int:
     except (PluginLoadError, RemediationError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    lock = StateLock(directory)
+    try:
+        lock.acquire()  # one process per state dir: never settle or repeat an action a running agent owns
+    except StateDirLocked as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     journal = Journal(directory, policy.journal.retention, policy.journal.max_rows)
     rem = Remediator(policy, journal, {NAME: plugin}, mode="enforce", pause_flag_path=pause_path(directory))
     try:
@@ -106,4 +113,5 @@ def main(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
         journal.close()
+        lock.release()
     return print_entry(entry, args.json)

@@ -10,6 +10,7 @@ import structlog
 from agent.core import config as configmod
 from agent.core import logs
 from agent.core.errors import ConfigError, RuleError
+from agent.core.instance import StateDirLocked
 
 HELP = "run the agent in the foreground"
 
@@ -70,6 +71,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         return daemon.run_forever()
+    except StateDirLocked as err:  # another agent (or act/migrate) works on this state dir
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except OSError as err:
         structlog.get_logger("run").error("startup_failed", error=str(err))
         return 1

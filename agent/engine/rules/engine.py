@@ -66,11 +66,19 @@ class RuleEngine:
     # -- loading ---------------------------------------------------------------------------
     def load(self, files: list[str]) -> None:
         """Load rule files all-or-nothing; unchanged rules keep their pending/firing state."""
+        self.swap(self.prepare(files), files)
+
+    def prepare(self, files: list[str]) -> list[GroupDef]:
+        """Read, parse and validate rule files without touching the engine (no lock: the slow part of a reload
+        runs while ticks go on); RuleError lists every problem and marks the reload failed."""
         try:
-            defs = load_files(files, self.compiler)
+            return load_files(files, self.compiler)
         except RuleError:
             self.reload_ok = 0.0
             raise
+
+    def swap(self, defs: list[GroupDef], files: list[str]) -> None:
+        """Put prepared groups in force; unchanged rules keep their pending/firing state."""
         with self.lock:
             old: dict[tuple, list[RuleState]] = {}
             for gs in self.groups:
