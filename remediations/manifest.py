@@ -100,12 +100,14 @@ def render(entries: Iterable[ManifestEntry]) -> str:
 def load(path: str) -> dict[str, ManifestEntry]:
     """Read and parse a manifest file."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
+        text = raw.decode("utf-8")
     except OSError as err:
         raise ManifestError(f"cannot read manifest {path}: {err.strerror}") from err
     except UnicodeDecodeError as err:
-        raise ManifestError(f"{path}: manifest is not UTF-8: {err.reason}") from err
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ManifestError(f"{path}:{line}: manifest is not UTF-8: {err.reason}") from err
     return parse(text, path)
 
 
