@@ -26,6 +26,9 @@ def main(args: argparse.Namespace) -> int:
             for problem in err.problems:
                 print(problem, file=sys.stderr)
             status = 2
+        except Exception as err:  # a bug, not the file's fault: still one located line, never a traceback
+            print(f"{path}:1:1: internal error while checking: {type(err).__name__}: {err}", file=sys.stderr)
+            status = 2
         else:
             print(f"{path}: SUCCESS")
     return status

@@ -174,7 +174,10 @@ def main(args: argparse.Namespace) -> int:
             policies.append(path)
             print("  remediation policy: checked after the rule files\n", flush=True)
             continue
-        groups, problems = rulesmod.parse_rule_text(text, path)
+        try:
+            groups, problems = rulesmod.parse_rule_text(text, path)
+        except Exception as err:  # a bug, not the file's fault: still one located line, never a traceback
+            groups, problems = [], [f"{path}:1:1: internal error while checking: {type(err).__name__}: {err}"]
         if problems:
             print()
             print("  FAILED:", file=sys.stderr)
