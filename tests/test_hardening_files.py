@@ -233,6 +233,11 @@ def test_policy_with_bad_plugin_settings_fails_to_load() -> None:
 # ---------------------------------------------------------------- the fast YAML path keeps YAML 1.2 semantics
 
 
+def test_yaml_float_out_of_range_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^c\.yml:1:11: YAML error: number 1e999999 is out of range"):
+        config.load_text("interval: 1e999999\n", "c.yml")
+
+
 def test_scalars_resolve_as_yaml_1_2() -> None:
     root = yamlpos.load("a: yes\nb: on\nc: 0x1F\nd: 1e3\ne: '1'\nf: ~\ng: true\nh: !!str 5\ni: .inf\nj: 2024-01-01\n",
                         "f.yml")

@@ -91,7 +91,10 @@ def _scalar(ev: Any, filename: str) -> Any:
         if low in _SPECIAL:
             return _SPECIAL[low]
         if _FLOAT.match(v):
-            return float(v.replace("_", ""))
+            f = float(v.replace("_", ""))
+            if math.isinf(f):  # Go's strconv.ParseFloat: "value out of range"; only .inf spells infinity
+                raise _error(filename, ev.start_mark, f"number {v} is out of range (use .inf for infinity)")
+            return f
     if kind is None:
         return v
     raise _error(filename, ev.start_mark, f"cannot decode {v!r} as !!{kind}")
