@@ -211,6 +211,15 @@ def run_file(filename: str, run: re.Pattern[str] | None = None) -> list[str]:
     if root is None:
         root = yamlpos.Map()
     try:
+        return _run_loaded(root, filename, run)
+    except TestFileError as err:
+        return [str(err)]
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as err:  # a shape the checks missed
+        return [f"{filename}:1:1: malformed test file: {type(err).__name__}: {err}"]
+
+
+def _run_loaded(root: Any, filename: str, run: re.Pattern[str] | None) -> list[str]:
+    try:
         validate_structure(root, filename)
         eval_interval = _duration(root.get("evaluation_interval"), root, filename, ["evaluation_interval"]) or 60.0
         order: dict[str, int] = {}
@@ -242,6 +251,9 @@ def run_file(filename: str, run: re.Pattern[str] | None = None) -> list[str]:
             errs.extend(_run_group(tg, root, filename, ["tests", ti], eval_interval, order, rule_files))
         except TestFileError as err:
             errs.append(str(err))
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError) as err:  # a shape the checks missed
+            line, col = yamlpos.position(root, ["tests", ti])
+            errs.append(f"{filename}:{line}:{col}: malformed test group: {type(err).__name__}: {err}")
     return errs
 
 
