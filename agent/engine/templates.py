@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.core.formatting import go_float, special
+
 
 class TemplateError(Exception):
     """A template that cannot be parsed; ``offset`` is the character position in the template text."""
@@ -33,38 +35,9 @@ class _ExecError(Exception):
     """Raised while rendering; becomes ``<error expanding template: ...>``."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Go value formatting
-# ---------------------------------------------------------------------------------------------
-def _special(v: float) -> str | None:
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return None
-
-
-def go_float(v: float) -> str:
-    """Go's ``%v`` for a float64: shortest digits, exponent form below 1e-4 and from 1e6 on (``1e+06``)."""
-    s = _special(v)
-    if s is not None:
-        return s
-    if v == 0:
-        return "-0" if math.copysign(1.0, v) < 0 else "0"
-    r = repr(float(v))
-    mant = r.split("e")[0].lstrip("-").replace(".", "").lstrip("0").rstrip("0") or "0"
-    nd = len(mant)
-    e = format(v, f".{nd - 1}e")
-    exp = int(e.split("e")[1])
-    if exp < -4 or exp >= 6:
-        m = e.split("e")[0]
-        return f"{m}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
-    return format(v, f".{max(nd - exp - 1, 0)}f")
-
-
 def _g4(v: float) -> str:
     """Go's ``%.4g``."""
-    return _special(v) or format(v, ".4g")
+    return special(v) or format(v, ".4g")
 
 
 def _to_float(v: Any) -> float:
@@ -231,7 +204,7 @@ def _format_one(a: Any, verb: str, spec: str, flags: str, width: str | None, pre
     if verb in "feEgG":
         if not isinstance(a, float):
             return bad
-        sp = _special(a)
+        sp = special(a)
         if sp is not None:
             return _pad(sp, flags, width)
         if verb in "gG" and prec is None:
