@@ -21,7 +21,7 @@ from typing import Any
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from agent.core import yamlpos
-from agent.core.durations import format_duration, parse_duration
+from agent.core.durations import format_duration, parse_prometheus_duration
 from agent.core.errors import ConfigError, RuleError
 from agent.core.formatting import go_float
 from agent.engine.promql import PromQLError
@@ -165,10 +165,10 @@ def _duration(node: Any, root: Any, filename: str, loc: list[Any]) -> float:
     if node is None:
         return 0.0
     try:
-        return parse_duration(str(node))
+        return parse_prometheus_duration(str(node))
     except ValueError as err:
         line, col = yamlpos.position(root, loc)
-        raise TestFileError(f"{filename}:{line}:{col}: not a valid duration string: {str(node)!r}") from err
+        raise TestFileError(f"{filename}:{line}:{col}: {err}") from err
 
 
 def validate_structure(root: Any, filename: str) -> None:

@@ -30,7 +30,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from agent.core import yamlpos
 from agent.core.alerts import Alert
-from agent.core.durations import parse_duration
+from agent.core.durations import parse_prometheus_duration
 from agent.core.errors import ConfigError, RuleError
 from agent.core.formatting import go_float, rfc3339
 from agent.core.metrics import Labels, MetricSpec, Sample
@@ -216,13 +216,10 @@ def parse_rule_text(text: str, filename: str, compiler: Compiler | None = None) 
 
 
 def _duration(p: _Problems, loc: list[str | int], value: Any) -> float:
-    text = _scalar_str(value)
     try:
-        if text is None:
-            raise ValueError("a duration must be a string like 30s or 5m")
-        return parse_duration(text)
-    except ValueError:
-        p.add(loc, f"not a valid duration string: {text!r}".replace("'", '"'))
+        return parse_prometheus_duration(_scalar_str(value))
+    except ValueError as err:
+        p.add(loc, str(err))
         return 0.0
 
 

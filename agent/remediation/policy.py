@@ -15,23 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
 from agent.core import yamlpos
 from agent.core.alerts import Alert
-from agent.core.durations import parse_duration
 from agent.core.errors import ConfigError
+from agent.core.model import Duration, Model
 
 PAGE = "page"  # the reserved action name of a paging step
 
-
-def _duration(value: Any) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        raise ValueError(f"duration must be a string like 30s or 5m, got {value!r}")
-    return parse_duration(value)
-
-
-Duration = Annotated[float, BeforeValidator(_duration)]
 
 # ---------------------------------------------------------------- matchers
 
@@ -133,12 +125,6 @@ def _walk_templates(obj: Any) -> None:
             _walk_templates(v)
 
 # ---------------------------------------------------------------- models
-
-
-class Model(BaseModel):
-    """Frozen, strict, unknown keys rejected."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
 
 
 class RateLimit(Model):
