@@ -38,6 +38,7 @@ class _Field:
     root: str  # "labels" | "externalLabels" | "value" | "externalURL"
     key: str | None
     offset: int
+    text: str = ""  # as written: "$labels.gpu", ".Labels.gpu", "$value"
 
 
 @dataclass
@@ -198,10 +199,10 @@ class _ActionParser:
         if kind in ("value", "externalURL"):
             if rest:
                 raise TemplateError(f"can't evaluate field {rest[0]} of {root}", off)
-            return _Field(kind, None, off)
+            return _Field(kind, None, off, text)
         if len(rest) > 1:
             raise TemplateError(f"can't evaluate field {rest[1]} of a label value", off)
-        return _Field(kind, rest[0] if rest else None, off)
+        return _Field(kind, rest[0] if rest else None, off, text)
 
 
 _ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.DOTALL)
@@ -214,6 +215,19 @@ class Template:
         self.text = text
         self.nodes = _parse(text)
         self.is_static = len(self.nodes) <= 1 and all(isinstance(n, str) for n in self.nodes)
+
+    def references(self) -> list[str] | None:
+        """The field references as written (``$labels.gpu``, ``$value``) when the template is nothing but text
+        and bare references (no function, pipeline, literal or ``if``); None otherwise."""
+        out = []
+        for node in self.nodes:
+            if isinstance(node, str):
+                continue
+            if not isinstance(node, _Pipe) or len(node.cmds) != 1 or node.cmds[0].func is not None \
+                    or not isinstance(node.cmds[0].args[0], _Field):
+                return None
+            out.append(node.cmds[0].args[0].text)
+        return out
 
     def render(self, labels: Mapping[str, str], value: float, external_labels: Mapping[str, str] | None = None,
                external_url: str = "") -> str:
