@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from agent.core.errors import ConfigError, RuleError
-from agent.core.metrics import MetricSpec
+from agent.core.metrics import Catalogued, MetricSpec
 from agent.engine import rules as rulesmod
 from agent.remediation.policy import looks_like_policy
 
@@ -50,7 +50,7 @@ def known_catalogue(enabled: Iterable[str] | None = None) -> tuple[dict[str, Met
         except Exception as err:  # a broken plugin disables only its own check
             notes.append(f"collector {ep.name!r} could not be loaded ({err}); its metrics are not known")
             continue
-        specs = getattr(cls, "metrics", None)
+        specs = cls.metrics if isinstance(cls, Catalogued) else None
         if not isinstance(specs, (list, tuple)) or not all(isinstance(s, MetricSpec) for s in specs):
             notes.append(f"collector {ep.name!r} has no class-level metrics catalogue; its metrics are not known")
             continue
@@ -59,7 +59,7 @@ def known_catalogue(enabled: Iterable[str] | None = None) -> tuple[dict[str, Met
     from agent.core.discovery import classes  # remediation plugins export metrics too (e.g. the restore scrubber)
 
     for cls in classes().plugins.values():
-        for spec in getattr(cls, "metrics", None) or []:
+        for spec in (cls.metrics if isinstance(cls, Catalogued) else None) or []:
             catalogue[spec.name] = spec
     return catalogue, notes
 

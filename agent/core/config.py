@@ -13,7 +13,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 
 from agent.core import yamlpos
 from agent.core.errors import ConfigError
-from agent.core.model import Duration, Model, Regex
+from agent.core.model import Configurable, Duration, Model, Regex
 from agent.core.paths import Paths
 
 DEFAULT_LISTEN = "127.0.0.1:9842"
@@ -77,7 +77,7 @@ def section_model(name: str) -> type[CollectorConfig]:
     from agent.core import discovery
 
     cls = discovery.collector_class(name)
-    model = getattr(cls, "Config", None) if cls is not None else None
+    model = cls.Config if isinstance(cls, Configurable) else None
     return model if isinstance(model, type) and issubclass(model, CollectorConfig) else CollectorConfig
 
 

@@ -1,10 +1,11 @@
-"""The base of every settings model (agent config, web config, remediation policy) and the field types they
-share: :data:`Duration` (a Prometheus duration string, in seconds) and :data:`Regex` (a valid regex string)."""
+"""The base of every settings model (agent config, web config, remediation policy), the field types they
+share (:data:`Duration`, a Prometheus duration string in seconds; :data:`Regex`, a valid regex string), and the
+:class:`Configurable` hook of collectors and plugins that declare their own settings model."""
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
@@ -36,3 +37,12 @@ def _regex(value: Any) -> str:
 
 Duration = Annotated[float, BeforeValidator(_duration)]
 Regex = Annotated[str, BeforeValidator(_regex)]
+
+
+@runtime_checkable
+class Configurable(Protocol):
+    """Optional, on a collector or remediation plugin class: ``Config``, the pydantic model of its settings
+    section (``collectors.NAME`` in the config, a ``CollectorConfig`` subclass; ``plugins.NAME`` in the policy).
+    Without it a collector gets ``CollectorConfig`` and a plugin a plain dict."""
+
+    Config: type[BaseModel]
