@@ -35,7 +35,7 @@ from agent.core.durations import format_duration, parse_duration
 from agent.core.errors import RemediationError
 from agent.core.metrics import MetricSpec, Sample
 from agent.core.paths import Paths
-from agent.core.plugin import Entry, Outcome, ParamsModel, Plan
+from agent.core.plugin import Entry, Outcome, ParamsModel, Plan, Refused
 from remediations.tc import ClassSpec, FilterSpec, Netlink, Qdisc
 
 NAME = "throttle"
@@ -54,14 +54,6 @@ IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")  # IFNAMSIZ is 16 
 CLASS_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
 RATE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(%|bit|kbit|mbit|gbit|tbit)?\s*$", re.IGNORECASE)
 _UNITS = {None: 1, "bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12}
-
-
-class Refused(RemediationError):
-    """The plan is refused on purpose (foreign qdisc, default route, ...): ``reason`` is a short token."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
 
 
 # ---------------------------------------------------------------- pure helpers

@@ -160,9 +160,19 @@ class Remediation(Protocol):
 @runtime_checkable
 class Refusal(Protocol):
     """Optional, on an error ``plan()`` raises: ``reason``, a short token (``foreign_qdisc``). The step is
-    journaled as skipped with reason ``refused:<reason>`` and the message as output (throttle)."""
+    journaled as skipped with reason ``refused:<reason>`` and the message as output (throttle; raise
+    :class:`Refused`)."""
 
     reason: str
+
+
+class Refused(RemediationError):
+    """Raise from ``plan()`` to refuse on purpose (foreign qdisc, default route, ...): a :class:`Refusal` whose
+    ``reason`` is a short token; the message says why in words."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
 
 
 @runtime_checkable
