@@ -25,6 +25,18 @@ def parse_duration(text: str) -> float:
     return ms / 1000.0
 
 
+def parse_prometheus_duration(text: str | None) -> float:
+    """:func:`parse_duration` failing the way Prometheus's ``model.ParseDuration`` does in rule and test files:
+    ValueError ``not a valid duration string: "5 minutes"`` (``text`` None: a YAML mapping or list)."""
+    try:
+        if text is None:
+            raise ValueError(text)
+        return parse_duration(text)
+    except ValueError as err:
+        what = "duration out of range" if "out of range" in str(err) else "not a valid duration string"
+        raise ValueError(f"{what}: {text!r}".replace("'", '"')) from None
+
+
 def format_duration(seconds: float) -> str:
     """The shortest Prometheus duration string for ``seconds`` (millisecond precision)."""
     ms = round(seconds * 1000)

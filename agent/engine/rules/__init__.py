@@ -17,9 +17,8 @@ Modules, lowest first: ``model`` (rule and group definitions), ``load`` (YAML ->
 ``persist`` (the alert state file), ``api`` (HTTP API shapes), ``engine`` (:class:`RuleEngine`).
 """
 
-from agent.engine.rules.api import go_float_e
 from agent.engine.rules.engine import METRICS, RuleEngine
 from agent.engine.rules.load import load_files, parse_rule_text
 from agent.engine.rules.model import Compiler, GroupDef, RuleDef
 
-__all__ = ["METRICS", "Compiler", "GroupDef", "RuleDef", "RuleEngine", "go_float_e", "load_files", "parse_rule_text"]
+__all__ = ["METRICS", "Compiler", "GroupDef", "RuleDef", "RuleEngine", "load_files", "parse_rule_text"]

@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
+from agent.core.formatting import go_float, rfc3339
 from agent.engine.rules.alerting import ActiveAlert
 from agent.engine.rules.evaluate import GroupState
-
-
-def rfc3339(t: float | None) -> str:
-    """Go's RFC 3339 with microseconds; the zero time for None."""
-    if t is None:
-        return "0001-01-01T00:00:00Z"
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def go_float_e(v: float) -> str:
-    """strconv.FormatFloat(v, 'e', -1, 64): how the Prometheus API prints alert values."""
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    r = repr(float(v))
-    mant = r.split("e")[0].lstrip("-").replace(".", "").lstrip("0").rstrip("0") or "0"
-    m, e = format(v, f".{max(len(mant) - 1, 0)}e").split("e")
-    exp = int(e)
-    return f"{m}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
 
 
 def api_alert(a: ActiveAlert) -> dict[str, Any]:
     """One alert as the API prints it."""
     d = {"labels": dict(a.labels), "annotations": dict(a.annotations), "state": a.state,
-         "activeAt": rfc3339(a.active_at), "value": go_float_e(a.value)}
+         "activeAt": rfc3339(a.active_at), "value": go_float(a.value, "e")}
     if a.keep_firing_since is not None:
         d["keepFiringSince"] = rfc3339(a.keep_firing_since)
     return d

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from agent.core import yamlpos
-from agent.core.durations import parse_duration
+from agent.core.durations import parse_prometheus_duration
 from agent.core.errors import ConfigError, RuleError
 from agent.engine import templates
 from agent.engine.rules.model import Compiler, GroupDef, RuleDef
@@ -155,16 +155,10 @@ def _parse_rule_text(text: str, filename: str, compiler: Compiler | None) -> tup
 
 
 def _duration(p: _Problems, loc: list[str | int], value: Any) -> float:
-    text = _scalar_str(value)
     try:
-        if text is None:
-            raise ValueError("a duration must be a string like 30s or 5m")
-        return parse_duration(text)
+        return parse_prometheus_duration(_scalar_str(value))
     except ValueError as err:
-        if "out of range" in str(err):  # promtool's wording
-            p.add(loc, f"duration out of range: {text!r}".replace("'", '"'))
-        else:
-            p.add(loc, f"not a valid duration string: {text!r}".replace("'", '"'))
+        p.add(loc, str(err))
         return 0.0
 
 
