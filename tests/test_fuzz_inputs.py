@@ -282,4 +282,6 @@ def test_mutated_reloads_keep_the_agent_up(tmp_path: Path) -> None:
                 agent.config_path.write_bytes(good_config)
 
         prop()
-        assert "Traceback" not in agent.log()
+        log = agent.log()
+        assert "Traceback" not in log
+        assert log.count("reload_failed") >= 1, "no mutated reload failed: the mutations did not bite"
