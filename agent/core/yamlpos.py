@@ -244,13 +244,13 @@ def _load(text: str, filename: str, max_nodes: int) -> Any:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         raise _error(filename, mark, str(err.problem or err.context)) from err
-    except yaml.YAMLError as err:  # reader errors (e.g. control characters) carry a position of their own
-        mark = getattr(err, "position", None)
-        line, col = (1, 1)
-        if isinstance(mark, int):
-            line = text.count("\n", 0, mark) + 1
-            col = mark - (text.rfind("\n", 0, mark) + 1) + 1
-        raise ConfigError(f"{filename}:{line}:{col}: YAML error: {getattr(err, 'reason', None) or err}") from err
+    except yaml.reader.ReaderError as err:  # e.g. control characters: a character offset of its own
+        at = err.position if isinstance(err.position, int) else 0
+        line = text.count("\n", 0, at) + 1
+        col = at - (text.rfind("\n", 0, at) + 1) + 1
+        raise ConfigError(f"{filename}:{line}:{col}: YAML error: {err.reason or err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{filename}:1:1: YAML error: {err}") from err
     except RecursionError as err:
         raise ConfigError(f"{filename}:1:1: YAML error: nesting too deep") from err
 

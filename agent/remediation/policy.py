@@ -22,7 +22,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from agent.core import yamlpos
 from agent.core.alerts import Alert
 from agent.core.errors import ConfigError
-from agent.core.model import Duration, Model
+from agent.core.model import Configurable, Duration, Model
 from agent.engine import templates
 
 PAGE = "page"  # the reserved action name of a paging step
@@ -286,7 +286,7 @@ def validate_params(policy: Policy, plugins: Mapping[str, Any], root: Any = None
             errors.append(f"{filename}:{line}:{col}: plugins.{name}: unknown plugin {name!r} "
                           f"(known: {', '.join(sorted(plugins)) or 'none'})")
             continue
-        model = getattr(plugin, "Config", None)
+        model = plugin.Config if isinstance(plugin, Configurable) else None
         if model is None or not hasattr(model, "model_validate"):
             continue
         try:
