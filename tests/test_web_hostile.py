@@ -303,3 +303,32 @@ def test_daemon_over_tls_serves_while_idle_and_slow_clients_hold_connections(tmp
     finally:
         close_all(socks)
         assert agent.stop() == 0
+
+
+def test_check_web_config_command(tmp_path):
+    crt, key = _cert(tmp_path)
+    good = write_yaml(tmp_path / "good.yml", {"tls_server_config": {"cert_file": crt.name, "key_file": key.name},
+                                              "basic_auth_users": {"prom": _hash(b"x", 4)}})
+    res = subprocess.run([*NODEWARDEN, "check", "web-config", str(good)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and f"{good}: SUCCESS" in res.stdout, res.stderr
+    bad = tmp_path / "bad.yml"
+    bad.write_text("tls_server_config:\n  cert_file: gone.pem\n  key_file: " + str(key) + "\n"
+                   "basic_auth_users:\n  prom: plain\nhttp_server_config:\n  headers:\n"
+                   "    X-Frame-Options: \"a\\nb\"\n")
+    res = subprocess.run([*NODEWARDEN, "check", "web-config", str(bad)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res
+    assert res.stderr.splitlines() == [
+        f"{bad}:5:9: basic_auth_users.prom: password must be a bcrypt hash",
+        f"{bad}:8:22: http_server_config.headers.X-Frame-Options: value of X-Frame-Options contains a control "
+        "character (CR, LF, ...)",
+        f"{bad}:2:14: tls_server_config.cert_file: cannot read {tmp_path}/gone.pem: No such file or directory",
+    ]
+    junk = tmp_path / "junk.yml"
+    junk.write_bytes(b"basic_auth_users:\n  \xff: x\n")
+    res = subprocess.run([*NODEWARDEN, "check", "web-config", str(junk)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.startswith(f"{junk}:1:1: ") and "Traceback" not in res.stderr
+    notpem = tmp_path / "notpem.yml"
+    notpem.write_text(f"tls_server_config:\n  cert_file: {junk}\n  key_file: {key}\n")
+    res = subprocess.run([*NODEWARDEN, "check", "web-config", str(notpem)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.startswith(f"{notpem}:2:14: tls_server_config.cert_file: cannot load "
+                                                         f"the certificate, key or CA ({junk}, {key}):"), res.stderr
