@@ -6,7 +6,6 @@ frozen models, unknown keys rejected). Every problem is reported as ``file:line:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,6 +15,7 @@ from agent.core import yamlpos
 from agent.core.durations import parse_duration
 from agent.core.errors import ConfigError
 from agent.core.paths import Paths
+from agent.core.regex import RegexError, compile_anchored
 
 DEFAULT_LISTEN = "127.0.0.1:9842"
 # The default rule library (top-level rules/); rules/remediations.yml is the policy, not a rule file.
@@ -33,8 +33,8 @@ def _regex(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a regular expression string")
     try:
-        re.compile(value)
-    except re.error as err:
+        compile_anchored(value)   # RE2 (Go regexp) syntax and linear-time matching, as node_exporter
+    except RegexError as err:
         raise ValueError(f"invalid regular expression {value!r}: {err}") from err
     return value
 
