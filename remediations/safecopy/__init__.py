@@ -20,7 +20,8 @@ no temporary file remains. The source is touched only after the verified copy is
 is still the same inode; a source open for writing (any process) is never moved.
 
 The package is split by concern; each module owns its state and imports only the ones listed before it:
-``errors`` -> ``fsops`` (names, durable directory ops, place, source action, quarantine) -> ``verify``
+``errors`` -> ``fsops`` (names, durable directory ops, place, source action, quarantine) -> ``owners``
+(can this process keep a file's owner) -> ``verify``
 (hashing, identity checks) -> ``writers`` (open-for-write scan) -> ``throttle`` -> ``steplog`` -> ``copy``
 (the :class:`Copier`) -> ``recover`` -> ``mover`` (:class:`SafeMover`, batches). Import from the package.
 """
@@ -28,9 +29,10 @@ The package is split by concern; each module owns its state and imports only the
 from __future__ import annotations
 
 from remediations.safecopy.copy import CHUNK, Copier, Progress
-from remediations.safecopy.errors import SafeCopyError
+from remediations.safecopy.errors import OwnershipRefused, SafeCopyError
 from remediations.safecopy.fsops import TMP_PREFIX, fsync_dir, make_parents, syncfs
 from remediations.safecopy.mover import BATCH_FILES, After, Move, Result, SafeMover
+from remediations.safecopy.owners import CanChown, can_chown, check_owners
 from remediations.safecopy.recover import Recovery
 from remediations.safecopy.steplog import FINAL_STEPS, OPEN_STEPS, StepLog
 from remediations.safecopy.throttle import Throttle
@@ -38,8 +40,8 @@ from remediations.safecopy.verify import BIG, hash_file
 from remediations.safecopy.writers import ProcWriters, Writers, flags_write, parse_fdinfo_flags, writers_in
 
 __all__ = [
-    "BATCH_FILES", "BIG", "CHUNK", "FINAL_STEPS", "OPEN_STEPS", "TMP_PREFIX", "After", "Copier", "Move",
-    "ProcWriters", "Progress", "Recovery", "Result", "SafeCopyError", "SafeMover", "StepLog", "Throttle",
-    "Writers", "flags_write", "fsync_dir", "hash_file", "make_parents", "parse_fdinfo_flags", "syncfs",
-    "writers_in",
+    "BATCH_FILES", "BIG", "CHUNK", "FINAL_STEPS", "OPEN_STEPS", "TMP_PREFIX", "After", "CanChown", "Copier", "Move",
+    "OwnershipRefused", "ProcWriters", "Progress", "Recovery", "Result", "SafeCopyError", "SafeMover", "StepLog",
+    "Throttle", "Writers", "can_chown", "check_owners", "flags_write", "fsync_dir", "hash_file", "make_parents",
+    "parse_fdinfo_flags", "syncfs", "writers_in",
 ]

@@ -132,11 +132,15 @@ class Copier:
 
 
 def copy_meta(sfd: int, tfd: int, st: os.stat_result, warnings: list[str]) -> None:
-    """Owner, mode, xattrs, then atime/mtime (last: the others would not change them, writes would)."""
+    """Owner, mode, xattrs, then atime/mtime (last: the others would not change them, writes would).
+    A copy that cannot have the source's owner is refused (:class:`Abort`): ownership is user data."""
     try:
-        os.fchown(tfd, st.st_uid, st.st_gid)
-    except PermissionError:
-        warnings.append("ownership not preserved (not permitted)")
+        tst = os.fstat(tfd)
+        if (tst.st_uid, tst.st_gid) != (st.st_uid, st.st_gid):   # (a no-op chown could still be filtered)
+            os.fchown(tfd, st.st_uid, st.st_gid)
+    except PermissionError as err:
+        raise Abort("failed", f"cannot keep the owner {st.st_uid}:{st.st_gid}: chown not permitted "
+                              f"({err.strerror}); file left as it was", err.errno or 0) from err
     os.fchmod(tfd, stat.S_IMODE(st.st_mode))
     try:
         names = os.listxattr(sfd)

@@ -15,3 +15,10 @@ class Abort(Exception):
     def __init__(self, status: str, reason: str, err: int = 0) -> None:
         super().__init__(reason)
         self.status, self.reason, self.errno = status, reason, err
+
+
+class OwnershipRefused(RemediationError):
+    """Files would not keep their owner (this process may not chown): nothing is moved. ``reason`` is the
+    short token the remediator journals (``refused:ownership``)."""
+
+    reason = "ownership"

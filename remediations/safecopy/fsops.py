@@ -156,10 +156,17 @@ def make_parents(src: str, dst: str) -> None:
         try:
             st = os.stat(s)
             os.mkdir(d, stat.S_IMODE(st.st_mode))
-            os.chown(d, st.st_uid, st.st_gid)
         except FileExistsError:
             continue
         except OSError as err:
             if not os.path.isdir(d):
                 raise RemediationError(f"cannot create {d}: {err.strerror}") from err
+            continue   # made by someone else meanwhile
+        try:
+            os.chown(d, st.st_uid, st.st_gid)
+        except OSError as err:   # a directory the source's owner might not be able to use: undo it
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+            raise RemediationError(f"cannot keep the owner {st.st_uid}:{st.st_gid} of {d}: chown failed "
+                                   f"({err.strerror})") from err
         fsync_dir(os.path.dirname(d))
