@@ -10,6 +10,8 @@ Peers: node_exporter with its defaults (``--web.max-requests=40``: 503 beyond 40
 
 - ``fleet``: ``--scrapers`` clients connect at once and each scrapes /metrics ``--rounds`` times on its
   keep-alive connection: errors (connect or read failures, non-200), latency p50/p99/max.
+- ``auth_flood`` (plain HTTP, bcrypt cost 10): ``--attackers`` clients each send a new wrong password per
+  request while one client scrapes with the right one: its latency p50/p99, what the attackers got.
 - ``hostile``: ``--idle`` connections that never send a byte (over TLS: never a ClientHello) and ``--slow``
   ones that trickle a request head one byte every 0.5 s are held open; meanwhile one client scrapes /metrics
   200 times (p50/p99). Server threads (``/proc/PID/status``) before and while held.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import resource
@@ -172,7 +175,81 @@ async def hostile(port: int, pid: int, ctx: ssl.SSLContext | None, n_idle: int, 
             "threads_before": before, "threads_while_held": during}
 
 
-def wait_up(port: int, ctx: ssl.SSLContext | None, timeout: float = 60) -> None:
+def _auth_request(user: str, password: str) -> bytes:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return (f"GET /metrics HTTP/1.1\r\nHost: bench\r\nAuthorization: Basic {token}\r\n\r\n").encode()
+
+
+async def auth_flood(port: int, attackers: int, seconds: float, good_scrapes: int) -> dict:
+    """``attackers`` clients send a new wrong password per request (each needs a bcrypt check) while a good
+    client (known before the flood) scrapes with the right one: its latency, what the attackers got, and how
+    many tries a client new during the flood needs."""
+    stop = asyncio.Event()
+    statuses: dict[int, int] = {}
+
+    async def attacker(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 30)
+            except (OSError, TimeoutError):
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                while not stop.is_set():
+                    writer.write(_auth_request("prom", f"wrong-{i}-{n}"))
+                    n += 1
+                    st = await asyncio.wait_for(_read_response(reader), 30)
+                    statuses[st] = statuses.get(st, 0) + 1
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+                pass
+            finally:
+                writer.close()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_auth_request("prom", "good"))        # Prometheus scraped before the flood: its password is known
+    warm = await asyncio.wait_for(_read_response(reader), 30)
+    tasks = [asyncio.create_task(attacker(i)) for i in range(attackers)]
+    await asyncio.sleep(1.0)           # the flood is on before the measured scrapes start
+    cold_attempts = 0                  # a client new during the flood (another address), retrying every 0.2 s
+    cold_started = time.perf_counter()
+    while cold_attempts < 100:
+        cold_attempts += 1
+        r2, w2 = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))  # another host
+        w2.write(_auth_request("prom2", "good2"))
+        st = await asyncio.wait_for(_read_response(r2), 30)
+        w2.close()
+        if st == 200:
+            break
+        await asyncio.sleep(0.2)
+    cold_s = time.perf_counter() - cold_started
+    lat: list[float] = []
+    errors: list[str] = [] if warm == 200 else [f"warm status {warm}"]
+    t_end = time.monotonic() + seconds
+    for _ in range(good_scrapes):
+        t0 = time.perf_counter()
+        writer.write(_auth_request("prom", "good"))
+        try:
+            st = await asyncio.wait_for(_read_response(reader), 30)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as err:
+            errors.append(type(err).__name__)
+            break
+        if st != 200:
+            errors.append(f"status {st}")
+        lat.append((time.perf_counter() - t0) * 1000)
+        if time.monotonic() > t_end:
+            break
+        await asyncio.sleep(0.02)
+    writer.close()
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {"attackers": attackers, "cold_client_attempts": cold_attempts, "cold_client_s": round(cold_s, 2),
+            "good_scrapes": len(lat), "good_errors": len(errors),
+            "good_p50_ms": pct(lat, 0.5), "good_p99_ms": pct(lat, 0.99), "good_max_ms": round(max(lat, default=0), 1),
+            "attacker_statuses": {str(k): v for k, v in sorted(statuses.items())}}
+
+
+def wait_up(port: int, ctx: ssl.SSLContext | None, timeout: float = 60, ok: tuple[int, ...] = (200,)) -> None:
     import http.client
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -180,7 +257,7 @@ def wait_up(port: int, ctx: ssl.SSLContext | None, timeout: float = 60) -> None:
             conn = (http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=2) if ctx
                     else http.client.HTTPConnection("127.0.0.1", port, timeout=2))
             conn.request("GET", "/metrics")
-            if conn.getresponse().status == 200:
+            if conn.getresponse().status in ok:
                 conn.close()
                 return
         except OSError:
@@ -228,6 +305,8 @@ def main() -> None:
     ap.add_argument("--slow", type=int, default=500)
     ap.add_argument("--scrapes", type=int, default=200)
     ap.add_argument("--no-tls", action="store_true")
+    ap.add_argument("--attackers", type=int, default=50)
+    ap.add_argument("--auth-only", action="store_true", help="only the wrong-password flood")
     args = ap.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -238,6 +317,22 @@ def main() -> None:
         web = tmp / "web.yml"
         web.write_text(f"tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n")
         ctx = ssl.create_default_context(cafile=str(crt))
+        import bcrypt
+        auth = tmp / "auth.yml"
+        auth.write_text("basic_auth_users:\n" + "".join(
+            f"  {u}: {bcrypt.hashpw(pw, bcrypt.gensalt(rounds=10)).decode()}\n" for u, pw in
+            (("prom", b"good"), ("prom2", b"good2"))))
+        for kind in ("nodewarden", "node_exporter_unlimited"):
+            proc, port = start_server(kind, tmp, auth)
+            try:
+                wait_up(port, None, ok=(401,))
+                out.setdefault("auth_flood", {})[kind] = asyncio.run(auth_flood(port, args.attackers, 10.0, 200))
+            finally:
+                proc.terminate()
+                proc.wait(15)
+        if args.auth_only:
+            print(json.dumps(out, indent=1))
+            return
         variants = [("http", None, None)] + ([] if args.no_tls else [("https", web, ctx)])
         for scheme, web_cfg, sctx in variants:
             for kind in ("nodewarden", "node_exporter", "node_exporter_unlimited"):

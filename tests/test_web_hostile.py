@@ -188,7 +188,7 @@ def _hash(password: bytes, rounds: int = 10) -> str:
 
 
 def test_failed_auth_is_cached_and_its_cost_bounded(monkeypatch):
-    cfg = WebConfig.model_validate({"basic_auth_users": {"prom": _hash(b"good")}})
+    cfg = WebConfig.model_validate({"basic_auth_users": {"prom": _hash(b"good"), "ops": _hash(b"second")}})
     calls = []
     real = bcrypt.checkpw
 
@@ -214,14 +214,26 @@ def test_failed_auth_is_cached_and_its_cost_bounded(monkeypatch):
                 n += 1
             return seen
 
+        def new_client_from_another_host() -> int:   # its password is not cached yet: it needs a bcrypt slot
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30, source_address=("127.0.0.2", 0))
+            try:
+                token = base64.b64encode(b"ops:second").decode()
+                conn.request("GET", "/metrics", headers={"Authorization": f"Basic {token}"})
+                return conn.getresponse().status
+            finally:
+                conn.close()
+
         with ThreadPoolExecutor(50) as pool:
             futs = [pool.submit(attacker, i) for i in range(50)]
             try:
+                time.sleep(0.5)
                 good = [get(srv.port, auth="prom:good")[0] for _ in range(20)]
+                other = new_client_from_another_host()
             finally:
                 stop.set()
             statuses = set().union(*(f.result() for f in futs))
         assert good == [200] * 20
+        assert other == 200, "a flood from one address took every bcrypt slot"
         assert statuses <= {401, 429} and 429 in statuses, statuses
 
 

@@ -253,6 +253,7 @@ class Limits:
     write_timeout: float = 30.0    # the whole response
     workers: int = 4               # threads running routes
     auth_waiting: int = 8          # uncached bcrypt checks allowed to wait for the lane; beyond: 429
+    auth_waiting_per_ip: int = 2   # of those, from one client address (a flood from one host leaves room)
     max_line: int = 16 << 10       # request line (414 beyond) and each header line (431)
     max_head: int = 64 << 10       # request line + headers (431 beyond)
     max_headers: int = 100
@@ -321,6 +322,7 @@ class Server:
         self.port = sock.getsockname()[1]
         self._conns: dict[_Conn, None] = {}          # insertion order: oldest first
         self._auth_waiting = 0
+        self._auth_by_ip: dict[str, int] = {}
         self._rejecting = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -404,6 +406,8 @@ class Server:
             return
         conn = _Conn(writer)
         self._conns[conn] = None
+        peername = writer.get_extra_info("peername")
+        peer = str(peername[0]) if peername else ""
         try:
             with contextlib.suppress(OSError):
                 writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -436,7 +440,7 @@ class Server:
                     return
                 if head is None:
                     return
-                data, keep = await self._handle(*head)
+                data, keep = await self._handle(*head, peer)
                 if not await self._write(writer, data) or not keep:
                     return
                 deadline = time.monotonic() + lim.idle_timeout
@@ -509,7 +513,7 @@ class Server:
             headers[name.lower()] = value.strip()
         return method, target, version, headers
 
-    async def _handle(self, method: str, target: str, version: str, headers: dict[str, str]
+    async def _handle(self, method: str, target: str, version: str, headers: dict[str, str], peer: str = ""
                       ) -> tuple[bytes, bool]:
         """The response bytes and whether the connection stays open."""
         tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
@@ -523,7 +527,7 @@ class Server:
         if method not in ("GET", "HEAD"):
             return self._simple(501, f"unsupported method ({method})\n", close=True), False
         if self.auth is not None:
-            denied = await self._authorize(headers.get("authorization"))
+            denied = await self._authorize(headers.get("authorization"), peer)
             if denied is not None:
                 return self._simple(*denied, close=not keep, head=head), keep
         path = target.split("?", 1)[0]
@@ -547,8 +551,9 @@ class Server:
             return status, ctype, self.gzip_body(), {"Content-Encoding": "gzip"}
         return status, ctype, body, {}
 
-    async def _authorize(self, header: str | None) -> tuple[int, str, dict[str, str]] | None:
-        """None when authorized; else (status, body, headers): 401, or 429 when too many checks wait."""
+    async def _authorize(self, header: str | None, peer: str = "") -> tuple[int, str, dict[str, str]] | None:
+        """None when authorized; else (status, body, headers): 401, or 429 when too many checks wait (in all,
+        or from this client address)."""
         assert self.auth is not None
         unauthorized = (401, "Unauthorized\n", {"WWW-Authenticate": 'Basic realm="nodewarden"'})
         creds = self.auth.parse(header)
@@ -556,13 +561,21 @@ class Server:
             return unauthorized
         got = self.auth.cached(*creds)
         if got is None:
-            if self._auth_waiting >= self.limits.auth_waiting:
+            lim = self.limits
+            if (self._auth_waiting >= lim.auth_waiting
+                    or self._auth_by_ip.get(peer, 0) >= lim.auth_waiting_per_ip):
                 return 429, "too many authentication attempts; retry later\n", {"Retry-After": "1"}
             self._auth_waiting += 1
+            self._auth_by_ip[peer] = self._auth_by_ip.get(peer, 0) + 1
             try:
                 got = await asyncio.get_running_loop().run_in_executor(self._auth_pool, self.auth.verify, *creds)
             finally:
                 self._auth_waiting -= 1
+                left = self._auth_by_ip[peer] - 1
+                if left:
+                    self._auth_by_ip[peer] = left
+                else:
+                    del self._auth_by_ip[peer]
         return None if got else unauthorized
 
     # ---------------------------------------------------------- responses
