@@ -29,6 +29,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -134,14 +135,17 @@ async def hostile(port: int, pid: int, ctx: ssl.SSLContext | None, n_idle: int, 
         s.setblocking(False)
         await asyncio.get_running_loop().sock_connect(s, ("127.0.0.1", port))
         raw.append(s)
-    for _ in range(n_slow):
+    async def slow_one() -> asyncio.StreamWriter | None:
         try:
             _, w = await asyncio.wait_for(asyncio.open_connection(
-                "127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1" if ctx else None), 30)
+                "127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1" if ctx else None), 20)
         except (OSError, TimeoutError):
-            continue
+            return None
         w.write(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
-        held.append(w)
+        return w
+
+    for i in range(0, n_slow, 100):     # 100 at a time, each bounded (a server may never accept them)
+        held += [w for w in await asyncio.gather(*(slow_one() for _ in range(min(100, n_slow - i)))) if w]
     stop = asyncio.Event()
 
     async def trickle() -> None:
@@ -168,7 +172,7 @@ async def hostile(port: int, pid: int, ctx: ssl.SSLContext | None, n_idle: int, 
         w.close()
     for s in raw:
         s.close()
-    return {"body_bytes": max(sizes, default=0), "idle": n_idle, "slow": len(held),
+    return {"body_bytes": max(sizes, default=0), "idle": n_idle, "slow_requested": n_slow, "slow": len(held),
             "slow_still_open_after": slow_open, "scrapes": len(lat),
             "errors": len(errors), "error_kinds": sorted(set(errors)), "p50_ms": pct(lat, 0.5),
             "p99_ms": pct(lat, 0.99), "max_ms": round(max(lat, default=0), 1),
@@ -266,7 +270,7 @@ def wait_up(port: int, ctx: ssl.SSLContext | None, timeout: float = 60, ok: tupl
     raise SystemExit(f"server on {port} did not come up")
 
 
-def start_server(kind: str, tmp: Path, web: Path | None) -> tuple[subprocess.Popen, int]:
+def start_server(kind: str, tmp: Path, web: Path | None, repo: Path = REPO) -> tuple[subprocess.Popen, int]:
     port = free_port()
     log = open(tmp / f"{kind}.log", "ab")  # noqa: SIM115 (closed with the process)
     if kind == "nodewarden":
@@ -274,8 +278,8 @@ def start_server(kind: str, tmp: Path, web: Path | None) -> tuple[subprocess.Pop
                 str(tmp / "state"), "--log-level", "warning"]
         if web:
             argv += ["--web.config.file", str(web)]
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        proc = subprocess.Popen(argv, cwd=repo, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(repo)})
     else:
         exe = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
         if exe is None:
@@ -307,7 +311,10 @@ def main() -> None:
     ap.add_argument("--no-tls", action="store_true")
     ap.add_argument("--attackers", type=int, default=50)
     ap.add_argument("--auth-only", action="store_true", help="only the wrong-password flood")
+    ap.add_argument("--repo", type=Path, default=REPO, help="the nodewarden checkout to run (e.g. an older one)")
+    ap.add_argument("--no-peer", action="store_true", help="nodewarden only (no node_exporter)")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the finally blocks: stop the servers
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     out: dict = {"nofile_client": hard}
@@ -322,8 +329,8 @@ def main() -> None:
         auth.write_text("basic_auth_users:\n" + "".join(
             f"  {u}: {bcrypt.hashpw(pw, bcrypt.gensalt(rounds=10)).decode()}\n" for u, pw in
             (("prom", b"good"), ("prom2", b"good2"))))
-        for kind in ("nodewarden", "node_exporter_unlimited"):
-            proc, port = start_server(kind, tmp, auth)
+        for kind in ("nodewarden",) if args.no_peer else ("nodewarden", "node_exporter_unlimited"):
+            proc, port = start_server(kind, tmp, auth, args.repo)
             try:
                 wait_up(port, None, ok=(401,))
                 out.setdefault("auth_flood", {})[kind] = asyncio.run(auth_flood(port, args.attackers, 10.0, 200))
@@ -335,8 +342,9 @@ def main() -> None:
             return
         variants = [("http", None, None)] + ([] if args.no_tls else [("https", web, ctx)])
         for scheme, web_cfg, sctx in variants:
-            for kind in ("nodewarden", "node_exporter", "node_exporter_unlimited"):
-                proc, port = start_server(kind, tmp, web_cfg)
+            kinds = ("nodewarden",) if args.no_peer else ("nodewarden", "node_exporter", "node_exporter_unlimited")
+            for kind in kinds:
+                proc, port = start_server(kind, tmp, web_cfg, args.repo)
                 try:
                     wait_up(port, sctx)
                     time.sleep(1.0)
@@ -351,6 +359,8 @@ def main() -> None:
                     except subprocess.TimeoutExpired:
                         proc.kill()
                         proc.wait(5)
+            if args.no_peer:
+                continue
             nw, ne = out[scheme]["nodewarden"], out[scheme]["node_exporter_unlimited"]
             out[scheme]["ratio_p99_hostile_node_exporter_over_nodewarden"] = round(
                 ne["hostile"]["p99_ms"] / nw["hostile"]["p99_ms"], 2) if nw["hostile"]["p99_ms"] else None

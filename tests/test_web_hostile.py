@@ -339,6 +339,12 @@ def test_check_web_config_command(tmp_path):
     junk.write_bytes(b"basic_auth_users:\n  \xff: x\n")
     res = subprocess.run([*NODEWARDEN, "check", "web-config", str(junk)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and res.stderr.startswith(f"{junk}:1:1: ") and "Traceback" not in res.stderr
+    order = tmp_path / "order.yml"
+    order.write_text(f"tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  min_version: TLS13\n"
+                     "  max_version: TLS12\n")
+    res = subprocess.run([*NODEWARDEN, "check", "web-config", str(order)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.startswith(f"{order}:5:16: tls_server_config.max_version: "
+                                                         "max_version TLS12 is below min_version TLS13"), res.stderr
     notpem = tmp_path / "notpem.yml"
     notpem.write_text(f"tls_server_config:\n  cert_file: {junk}\n  key_file: {key}\n")
     res = subprocess.run([*NODEWARDEN, "check", "web-config", str(notpem)], capture_output=True, text=True, timeout=60)

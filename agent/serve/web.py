@@ -131,6 +131,10 @@ def load_web_config(path: str) -> WebConfig:
                  if (v := getattr(tls, k))}
         tls = tls.model_copy(update=files)
         cfg = cfg.model_copy(update={"tls_server_config": tls})
+        order = list(_TLS_VERSIONS)
+        if tls.max_version and order.index(tls.max_version) < order.index(tls.min_version):
+            problems.append(f"{at('tls_server_config', 'max_version')}: max_version {tls.max_version} is below "
+                            f"min_version {tls.min_version}")
         if "Verify" in tls.client_auth_type and not tls.client_ca_file:
             problems.append(f"{at('tls_server_config', 'client_auth_type')}: client_ca_file is required for "
                             "client certificate verification")
@@ -145,7 +149,7 @@ def load_web_config(path: str) -> WebConfig:
         if not missing and not problems:
             try:
                 ssl_context(tls)
-            except (ssl.SSLError, OSError) as err:
+            except (ssl.SSLError, OSError, ValueError) as err:
                 problems.append(f"{at('tls_server_config', 'cert_file')}: cannot load the certificate, key or CA "
                                 f"({tls.cert_file}, {tls.key_file}): {getattr(err, 'reason', None) or err}")
     if problems:
