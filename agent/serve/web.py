@@ -422,6 +422,7 @@ class Server:
                 except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     return
             deadline = time.monotonic() + lim.header_timeout   # first request: its head counts from accept
+            first_request = True
             while conn in self._conns:
                 conn.idle = True
                 try:
@@ -431,8 +432,11 @@ class Server:
                     return
                 conn.idle = False
                 conn.since = time.monotonic()
+                if not first_request:               # keep-alive: the head counts from its first byte
+                    deadline = conn.since + lim.header_timeout
+                first_request = False
                 try:
-                    async with asyncio.timeout(lim.header_timeout):
+                    async with asyncio.timeout_at(_loop_time(deadline)):
                         head = await self._read_head(reader, first)
                 except TimeoutError:
                     await self._write(writer, self._simple(408, "request head not received in time\n", close=True))
