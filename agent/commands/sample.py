@@ -27,6 +27,7 @@ def _labels(labels: tuple[tuple[str, str], ...]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Run each collector once under its deadline and print what it returned."""
+    from agent.collectors.kmsg import start_readers
     from agent.daemon import build_collectors, collector_timeout
 
     try:
@@ -36,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(problem, file=sys.stderr)
         return 2
-    built, failed = build_collectors(cfg)
+    built, failed = build_collectors(cfg, kmsg_persist=False)
     if args.collector:
         built = [c for c in built if c.name in args.collector]
     results = []
@@ -44,6 +45,8 @@ def main(args: argparse.Namespace) -> int:
         starter = getattr(coll, "start", None)
         if callable(starter):
             starter()
+    start_readers(built)
+    for coll in built:
         runner = CollectorRunner(coll, collector_timeout(cfg, coll.name))
         out = runner.run_once()
         runner.close()
