@@ -1,0 +1,136 @@
+"""Host collectors against node_exporter: its golden e2e output on its fixture trees, family by family,
+and a live Debian node_exporter on the same trees; plus the pure parsers on literal strings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.collectors import cpu, loadavg, meminfo, pressure, stat, vmstat
+from agent.core.metrics import catalogue
+from agent.core.paths import Paths
+from tests.expo import parse_exposition, parse_types
+from tests.nodeexp import scrape_node_exporter
+
+
+def series(samples) -> dict:
+    return {(s.name, frozenset(s.labels)): s.value for s in samples}
+
+
+def fixture_paths(root: Path) -> Paths:
+    return Paths(procfs=str(root / "proc"), sysfs=str(root / "sys"))
+
+
+# node_exporter's e2e run flags, as our settings (end-to-end-test.sh)
+E2E_CONFIGS = {
+    "cpu": (cpu.CpuCollector, cpu.CpuConfig(info=True, flags_include="^(aes|avx.?|constant_tsc)$",
+                                            bugs_include="^(cpu_meltdown|spectre_.*|mds)$", vulnerabilities=True)),
+    "meminfo": (meminfo.MeminfoCollector, meminfo.MeminfoConfig()),
+    "loadavg": (loadavg.LoadavgCollector, loadavg.LoadavgConfig()),
+    "pressure": (pressure.PressureCollector, pressure.PressureConfig()),
+    "vmstat": (vmstat.VmstatCollector, vmstat.VmstatConfig()),
+    "stat": (stat.StatCollector, stat.StatConfig(softirq=True)),
+}
+# families each collector must produce on the fixture (every series node_exporter has, and nothing else)
+FAMILIES = {
+    "cpu": {"node_cpu_seconds_total", "node_cpu_guest_seconds_total", "node_cpu_info", "node_cpu_frequency_hertz",
+            "node_cpu_flag_info", "node_cpu_bug_info", "node_cpu_core_throttles_total",
+            "node_cpu_package_throttles_total", "node_cpu_isolated", "node_cpu_scaling_frequency_hertz",
+            "node_cpu_scaling_frequency_min_hertz", "node_cpu_scaling_frequency_max_hertz",
+            "node_cpu_scaling_governor", "node_cpu_vulnerabilities_info"},
+    "loadavg": {"node_load1", "node_load5", "node_load15"},
+    "pressure": {spec.name for spec in pressure.METRICS},
+    "vmstat": {f"node_vmstat_{f}" for f in vmstat.KNOWN},
+    "stat": {"node_intr_total", "node_context_switches_total", "node_forks_total", "node_boot_time_seconds",
+             "node_procs_running", "node_procs_blocked", "node_softirqs_total"},
+}
+
+
+@pytest.fixture(scope="module")
+def golden(node_exporter_fixtures: Path) -> tuple[dict, dict]:
+    text = (node_exporter_fixtures / "e2e-output.txt").read_text()
+    return parse_exposition(text), parse_types(text)
+
+
+@pytest.mark.parametrize("name", sorted(E2E_CONFIGS))
+def test_collector_matches_node_exporter_golden_output(name: str, node_exporter_fixtures: Path, golden) -> None:
+    expected, types = golden
+    cls, cfg = E2E_CONFIGS[name]
+    collector = cls(cfg, fixture_paths(node_exporter_fixtures))
+    ours = series(collector.collect())
+    assert ours
+    families = {n for n, _ in ours}
+    if name == "meminfo":  # node_memory_* but not node_memory_numa_* (meminfo_numa is another collector)
+        wanted = {n for n, _ in expected if n.startswith("node_memory_") and not n.startswith("node_memory_numa_")}
+    else:
+        wanted = FAMILIES[name]
+    assert families == wanted
+    for family in sorted(wanted):
+        theirs = {k: v for k, v in expected.items() if k[0] == family}
+        mine = {k: v for k, v in ours.items() if k[0] == family}
+        assert mine == theirs, family  # same label sets and values, series for series
+    specs = catalogue(collector.metrics)
+    for family in families:
+        assert family in specs, f"{family} missing from the catalogue"
+        assert types[family] == ("gauge" if specs[family].type == "info" else specs[family].type), family
+        assert set(specs[family].labels) == {k for key in ours if key[0] == family for k, _ in key[1]}, family
+
+
+def test_live_node_exporter_on_the_fixture_tree(node_exporter_fixtures: Path) -> None:
+    """Debian's node_exporter (1.5) on the same trees: every series both export is equal."""
+    flags = [f"--path.procfs={node_exporter_fixtures / 'proc'}", f"--path.sysfs={node_exporter_fixtures / 'sys'}",
+             "--collector.disable-defaults", "--collector.stat.softirq", "--collector.cpu.info",
+             "--collector.cpu.info.flags-include=^(aes|avx.?|constant_tsc)$",
+             "--collector.cpu.info.bugs-include=^(cpu_meltdown|spectre_.*|mds)$",
+             *(f"--collector.{c}" for c in ("cpu", "cpufreq", "meminfo", "loadavg", "pressure", "vmstat", "stat"))]
+    theirs = parse_exposition(scrape_node_exporter(*flags))
+    compared = 0
+    for name, (cls, cfg) in E2E_CONFIGS.items():
+        ours = series(cls(cfg, fixture_paths(node_exporter_fixtures)).collect())
+        for key, value in ours.items():
+            if key in theirs:
+                assert theirs[key] == value, key
+                compared += 1
+        shared = {n for n, _ in ours} & {n for n, _ in theirs}
+        for key in theirs:  # every series of a family we share, node_exporter 1.5 has and we have too
+            if key[0] in shared:
+                assert key in ours, (name, key)
+    assert compared > 150
+
+
+# --- pure parsers ---------------------------------------------------------------------------------------------
+
+
+def test_parse_cpu_times_and_backwards_guard(tmp_path: Path) -> None:
+    text = "cpu  1 2 3 4 5 6 7 8 9 10\ncpu0 44490 19 21045 1087069 220 1 3410 0 2 1\nintr 5\n"
+    assert cpu.parse_cpu_times(text) == {"0": [444.9, 0.19, 210.45, 10870.69, 2.2, 0.01, 34.1, 0.0, 0.02, 0.01]}
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    c = cpu.CpuCollector(cpu.CpuConfig(cpufreq=False), Paths(procfs=str(proc), sysfs=str(tmp_path / "sys")))
+
+    def user_idle(line: str) -> tuple[float, float]:
+        (proc / "stat").write_text(line)
+        got = series(c.collect())
+        return (got[("node_cpu_seconds_total", frozenset({("cpu", "0"), ("mode", "user")}))],
+                got[("node_cpu_seconds_total", frozenset({("cpu", "0"), ("mode", "idle")}))])
+
+    assert user_idle("cpu0 500 0 0 1000 0 0 0 0 0 0\n") == (5.0, 10.0)
+    assert user_idle("cpu0 400 0 0 1100 0 0 0 0 0 0\n") == (5.0, 11.0)  # user went back a little: held
+    assert user_idle("cpu0 100 0 0 100 0 0 0 0 0 0\n") == (1.0, 1.0)  # idle back 10 s: hotplug, start over
+
+
+def test_parse_helpers() -> None:
+    assert cpu.parse_cpu_list("1,3-5,9\n") == [1, 3, 4, 5, 9]
+    assert cpu.parse_vulnerability("Mitigation: PTI") == ("mitigation", "PTI")
+    assert cpu.parse_vulnerability("Not affected\n") == ("not affected", "")
+    assert loadavg.parse_loadavg("0.21 0.37 0.39 1/719 19737\n") == (0.21, 0.37, 0.39)
+    with pytest.raises(ValueError):
+        loadavg.parse_loadavg("")
+    assert meminfo.parse_meminfo("MemTotal:  15666184 kB\nHugePages_Total:       0\nActive(anon):  1 kB\n") == [
+        ("node_memory_MemTotal_bytes", 15666184 * 1024.0), ("node_memory_HugePages_Total", 0.0),
+        ("node_memory_Active_anon_bytes", 1024.0)]
+    assert pressure.parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=14036781\n"
+                                   "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n") == {"some": 14036781, "full": 0}
+    scalars, soft = stat.parse_stat("ctxt 38014093\nbtime 1418183276\nsoftirq 5 1 2 3 4 5 6 7 8 9 10\n")
+    assert scalars == {"ctxt": 38014093, "btime": 1418183276, "softirq": 5} and soft == list(range(1, 11))
