@@ -165,3 +165,41 @@ def test_parse_helpers() -> None:
                                    "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n") == {"some": 14036781, "full": 0}
     scalars, soft = stat.parse_stat("ctxt 38014093\nbtime 1418183276\nsoftirq 5 1 2 3 4 5 6 7 8 9 10\n")
     assert scalars == {"ctxt": 38014093, "btime": 1418183276, "softirq": 5} and soft == list(range(1, 11))
+
+
+# --- time and timex (live clock: compared with node_exporter on this machine) ------------------------------------
+
+
+def test_timex_matches_live_node_exporter() -> None:
+    from agent.collectors.timex import TimexCollector, TimexConfig
+
+    theirs = parse_exposition(scrape_node_exporter("--collector.disable-defaults", "--collector.timex"))
+    ours = series(TimexCollector(TimexConfig(), Paths()).collect())
+    assert {k[0] for k in ours} == {k[0] for k in theirs if k[0].startswith("node_timex_")}
+    for key, value in ours.items():
+        if key[0] in ("node_timex_maxerror_seconds", "node_timex_offset_seconds", "node_timex_estimated_error_seconds",
+                      "node_timex_frequency_adjustment_ratio"):
+            assert abs(theirs[key] - value) < 0.5, key  # the kernel updates these between the two reads
+        else:
+            assert theirs[key] == value, key
+
+
+def test_timex_conversions() -> None:
+    from agent.collectors.timex import STA_NANO, TIME_ERROR, timex_samples
+
+    tx = {"offset": 1500, "freq": 65536 * 10, "maxerror": 16000000, "esterror": 2000, "status": 0, "constant": 7,
+          "tick": 10000, "ppsfreq": 0, "jitter": 3000, "shift": 0, "stabil": 0, "jitcnt": 1, "calcnt": 2,
+          "errcnt": 3, "stbcnt": 4, "tai": 37}
+    got = {s.name: s.value for s in timex_samples(0, tx)}
+    assert got["node_timex_sync_status"] == 1 and got["node_timex_offset_seconds"] == 0.0015
+    assert got["node_timex_frequency_adjustment_ratio"] == 1.00001 and got["node_timex_tai_offset_seconds"] == 37
+    got = {s.name: s.value for s in timex_samples(TIME_ERROR, {**tx, "status": STA_NANO})}
+    assert got["node_timex_sync_status"] == 0 and got["node_timex_offset_seconds"] == 1.5e-06
+
+
+def test_time_offset_and_clock() -> None:
+    theirs = parse_exposition(scrape_node_exporter("--collector.disable-defaults", "--collector.time"))
+    ours = series(timec.TimeCollector(timec.TimeConfig(), Paths(), wall=lambda: 1700000000.25).collect())
+    assert ours[("node_time_seconds", frozenset())] == 1700000000.25
+    zone = {k: v for k, v in ours.items() if k[0] == "node_time_zone_offset_seconds"}
+    assert zone == {k: v for k, v in theirs.items() if k[0] == "node_time_zone_offset_seconds"}
