@@ -146,8 +146,8 @@ def _read(path: str) -> str | None:
         os.close(fd)
 
 
-def sensor_data(directory: str, data: dict[str, dict[str, str]]) -> None:
-    """Read every sensor file of a chip directory into {sensor: {property: text}}."""
+def sensor_files(directory: str, files: dict[str, list[tuple[str, str]]]) -> None:
+    """The sensor files of a chip directory: {sensor: [(property, path)]} (a later directory's file wins)."""
     try:
         names = sorted(os.listdir(directory))
     except OSError:
@@ -156,9 +156,9 @@ def sensor_data(directory: str, data: dict[str, dict[str, str]]) -> None:
         parts = explode(filename)
         if parts is None or parts[0] not in SENSOR_TYPES:
             continue
-        value = _read(os.path.join(directory, filename))
-        if value is not None:
-            data.setdefault(f"{parts[0]}{parts[1]}", {})[parts[2]] = value
+        props = files.setdefault(f"{parts[0]}{parts[1]}", [])
+        props[:] = [(p, path) for p, path in props if p != parts[2]]
+        props.append((parts[2], os.path.join(directory, filename)))
 
 
 def chip_name(directory: str) -> str | None:
@@ -206,14 +206,36 @@ class HwmonCollector:
     Config = HwmonConfig
     metrics = METRICS
 
-    def __init__(self, config: HwmonConfig, paths: Paths, **_deps: Any) -> None:
+    def __init__(self, config: HwmonConfig, paths: Paths, *, relist_every: int = 12, **_deps: Any) -> None:
         self.name = NAME
         self._base = paths.sys("class", "hwmon")
+        self._relist_every = max(1, relist_every)
+        self._calls = 0
+        # per chip: (chip, chip_names sample or None, [(sensor, type, [(property, path)])]); None = list again
+        self._layout: list[tuple[str, Sample | None, list[tuple[str, str, list[tuple[str, str]]]]]] | None = None
         self._chip = (_rx(config.chip_include), _rx(config.chip_exclude))
         self._sensor = (_rx(config.sensor_include), _rx(config.sensor_exclude))
 
     def collect(self) -> list[Sample]:
-        """One round; NoData without /sys/class/hwmon."""
+        """One round; NoData without /sys/class/hwmon. Chips and sensor files are listed every ``relist_every``."""
+        self._calls += 1
+        if self._layout is None or self._calls % self._relist_every == 0:
+            self._layout = self._list()
+        out: list[Sample] = []
+        for chip, names, sensors in self._layout:
+            if names is not None:
+                out.append(names)
+            for sensor, stype, files in sensors:
+                data = {}
+                for prop, path in files:
+                    value = _read(path)
+                    if value is not None:
+                        data[prop] = value
+                if data:
+                    out.extend(element_samples(chip, sensor, stype, data))
+        return out
+
+    def _list(self) -> list[tuple[str, Sample | None, list[tuple[str, str, list[tuple[str, str]]]]]]:
         try:
             names = sorted(os.listdir(self._base))
         except FileNotFoundError as err:
@@ -234,7 +256,7 @@ class HwmonCollector:
         for _, base, name_file in entries:
             chips[base] = chips.get(base, 0) + 1
             pairs[(base, name_file)] = pairs.get((base, name_file), 0) + 1
-        out: list[Sample] = []
+        layout = []
         for d, base, name_file in entries:
             chip = base
             if chips[base] > 1:
@@ -244,21 +266,19 @@ class HwmonCollector:
                 chip = f"{base}_{suffix}"
             if _ignored(chip, *self._chip):
                 continue
-            self._chip_samples(d, chip, out)
-        return out
-
-    def _chip_samples(self, d: str, chip: str, out: list[Sample]) -> None:
-        data: dict[str, dict[str, str]] = {}
-        sensor_data(d, data)
-        if os.path.isdir(os.path.join(d, "device")):
-            sensor_data(os.path.join(d, "device"), data)
-        text = _read(os.path.join(d, "name"))
-        if text:
-            human = clean_name(text)
-            if human:
-                out.append(Sample("node_hwmon_chip_names", (("chip", chip), ("chip_name", human)), 1.0))
-        for sensor, values in data.items():
-            if _ignored(f"{chip};{sensor}", *self._sensor):
-                continue
-            parts = explode(sensor)
-            out.extend(element_samples(chip, sensor, parts[0] if parts else sensor, values))
+            human = clean_name(name_file) if name_file else ""
+            names_sample = (Sample("node_hwmon_chip_names", (("chip", chip), ("chip_name", human)), 1.0)
+                            if human else None)
+            files: dict[str, list[tuple[str, str]]] = {}
+            for directory in (d, os.path.join(d, "device")):
+                if directory != d and not os.path.isdir(directory):
+                    continue
+                sensor_files(directory, files)
+            sensors = []
+            for sensor, props in files.items():
+                if _ignored(f"{chip};{sensor}", *self._sensor):
+                    continue
+                parts = explode(sensor)
+                sensors.append((sensor, parts[0] if parts else sensor, props))
+            layout.append((chip, names_sample, sensors))
+        return layout

@@ -142,6 +142,7 @@ class KernelCollector:
             raise
         self._paths = paths
         self._state_path = os.path.join(state_dir, CONDITIONS_FILE) if state_dir else None
+        self._persist = kmsg.persist if kmsg is not None else False
         self._boot_id = _read_boot_id(paths)
         self._own_reader = kmsg is None
         self.kmsg_reader = kmsg if kmsg is not None else KmsgReader(
@@ -159,7 +160,8 @@ class KernelCollector:
     def close(self) -> None:
         """Stop receiving records (the last consumer of a reader closes it)."""
         self.kmsg_reader.unsubscribe(self._record)
-        self._save()
+        if self.detector.active() != self._saved:
+            self._save()
 
     def describe(self) -> str:
         """Why there are no problem series (empty when the log is read)."""
@@ -195,7 +197,7 @@ class KernelCollector:
     def _save(self) -> None:
         active = self.detector.active()
         self._saved = active
-        if not self._state_path:
+        if not self._state_path or not self._persist:
             return
         tmp = f"{self._state_path}.tmp"
         try:

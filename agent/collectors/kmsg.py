@@ -114,6 +114,7 @@ class KmsgReader:
         self._boot_id_path = boot_id_path
         self._lookback = lookback
         self._persist = persist and self._state_path is not None
+        self.persist = persist  # consumers keeping their own state follow this (sample writes nothing)
         self._uptime = uptime
         self._consumers: list[Consumer] = []
         self._lock = threading.Lock()

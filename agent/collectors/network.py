@@ -6,7 +6,9 @@ counter per device (bytes, packets, errs, drop, fifo, frame, compressed, multica
 (carrier and its up/down changes, speed, mtu, flags, ifindex, link mode, tx queue length, ...,
 ``node_network_info`` with address, duplex, operstate, adminstate, ifalias). Attributes a device lacks or
 that fail to read (carrier on a down link: EINVAL) are left out, as node_exporter does.
-``netclass_attributes: false`` keeps only up, carrier changes and speed (fewer reads per tick).
+``netclass_attributes: false`` keeps only up, carrier changes and speed (fewer reads per tick). Attributes
+fixed for a device's life (ifindex, iflink, dev_id, type, assign types, group, address, broadcast) are read
+when devices are listed (every ``relist_every`` ticks and whenever /proc/net/dev's device set changes).
 Differences: ``node_network_receive_nohandler_total`` needs netlink (not in /proc/net/dev) and is absent.
 """
 
@@ -63,6 +65,9 @@ CLASS_ATTRS: tuple[tuple[str, str, str], ...] = (
     ("tx_queue_len", "node_network_transmit_queue_length", "gauge"),
     ("type", "node_network_protocol_type", "gauge"),
 )
+# Attributes fixed for the life of a device: read when devices are listed (every relist_every ticks), not per tick.
+STATIC_ATTRS = frozenset(("addr_assign_type", "dev_id", "ifindex", "iflink", "name_assign_type", "netdev_group",
+                          "type"))
 INFO = "node_network_info"
 INFO_LABELS = ("device", "address", "broadcast", "duplex", "operstate", "adminstate", "ifalias")
 UP = "node_network_up"
@@ -148,6 +153,7 @@ class NetworkCollector:
         # (labels, operstate, carrier_changes, speed, device dir) per wanted sysfs device; None = list again
         self._sys: list[tuple[Labels, str, str, str, str]] | None = None
         self._proc_names: frozenset[str] = frozenset()
+        self._static: dict[str, tuple[list[tuple[str, float]], str, str]] = {}
         self._calls = 0
 
     def _device_labels(self, dev: str) -> Labels:
@@ -205,6 +211,22 @@ class NetworkCollector:
                     )
                 )
         self._sys = devices
+        self._static = {base: self._read_static(base) for *_, base in devices}
+
+    def _read_static(self, base: str) -> tuple[list[tuple[str, float]], str, str]:
+        values = []
+        for fname, name, _ in CLASS_ATTRS:
+            if fname in STATIC_ATTRS:
+                value = _read_parsed(self._read, os.path.join(base, fname), parse_int)
+                if value is not None:
+                    values.append((name, float(value)))
+        return values, self._text(base, "address"), self._text(base, "broadcast")
+
+    def _text(self, base: str, fname: str) -> str:
+        try:
+            return self._read(os.path.join(base, fname)).decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
 
     def _collect_sys(self, out: list[Sample]) -> None:
         read = self._read
@@ -226,20 +248,20 @@ class NetworkCollector:
 
     def _class_attrs(self, labels: Labels, base: str, operstate: str, out: list[Sample]) -> None:
         read = self._read
+        static = self._static.get(base)
+        if static is None:
+            static = self._static[base] = self._read_static(base)
+        values, address, broadcast = static
         flags = None
         for fname, name, _ in CLASS_ATTRS:
+            if fname in STATIC_ATTRS:
+                continue
             value = _read_parsed(read, os.path.join(base, fname), parse_int)
             if value is not None:
                 out.append(Sample(name, labels, float(value)))
                 if fname == "flags":
                     flags = value
-
-        def text(fname: str) -> str:
-            try:
-                return read(os.path.join(base, fname)).decode("utf-8", "replace").strip()
-            except OSError:
-                return ""
-
-        out.append(Sample(INFO, (*labels, ("address", text("address")), ("broadcast", text("broadcast")),
-                                 ("duplex", text("duplex")), ("operstate", operstate),
-                                 ("adminstate", admin_state(flags)), ("ifalias", text("ifalias"))), 1.0))
+        out.extend(Sample(name, labels, value) for name, value in values)
+        out.append(Sample(INFO, (*labels, ("address", address), ("broadcast", broadcast),
+                                 ("duplex", self._text(base, "duplex")), ("operstate", operstate),
+                                 ("adminstate", admin_state(flags)), ("ifalias", self._text(base, "ifalias"))), 1.0))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -82,15 +84,23 @@ def timex_samples(state: int, tx: dict[str, int]) -> list[Sample]:
     return out
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+_NAMES = tuple(name for name, _ in Timex._fields_ if name != "_pad")
+
+
 def adjtimex() -> tuple[int, dict[str, int]]:
     """Read the kernel clock state (modes 0: changes nothing); OSError on failure."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = _libc()
     tx = Timex()
     state = libc.adjtimex(ctypes.byref(tx))
     if state < 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"adjtimex: {__import__('os').strerror(err)}")
-    return state, {name: getattr(tx, name) for name, _ in Timex._fields_ if name != "_pad"}
+        raise OSError(err, f"adjtimex: {os.strerror(err)}")
+    return state, {name: getattr(tx, name) for name in _NAMES}
 
 
 class TimexConfig(CollectorConfig):
