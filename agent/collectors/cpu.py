@@ -21,7 +21,7 @@ from pydantic import Field
 
 from agent.collectors.common import read_all, read_attr
 from agent.core.config import CollectorConfig, Regex
-from agent.core.errors import CollectorError
+from agent.core.errors import CollectorError, NoData
 from agent.core.metrics import Labels, MetricSpec, Sample
 from agent.core.paths import Paths
 
@@ -168,6 +168,8 @@ class CpuCollector:
         path = self._paths.proc("stat")
         try:
             times = parse_cpu_times(read_all(path).decode("ascii", "replace"))
+        except FileNotFoundError as err:  # not Linux, or a fixture tree without it
+            raise NoData(f"no {path}") from err
         except OSError as err:
             raise CollectorError(f"cannot read {path}: {err.strerror}") from err
         out: list[Sample] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from agent.collectors.common import read_all
 from agent.core.config import CollectorConfig
-from agent.core.errors import CollectorError
+from agent.core.errors import CollectorError, NoData
 from agent.core.metrics import MetricSpec, Sample
 from agent.core.paths import Paths
 
@@ -78,6 +78,8 @@ class MeminfoCollector:
         """One round."""
         try:
             text = read_all(self._path).decode("ascii", "replace")
+        except FileNotFoundError as err:  # not Linux, or a fixture tree without it
+            raise NoData(f"no {self._path}") from err
         except OSError as err:
             raise CollectorError(f"cannot read {self._path}: {err.strerror}") from err
         return [Sample(name, (), value) for name, value in parse_meminfo(text)]

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from agent.collectors.common import read_all
 from agent.core.config import CollectorConfig
-from agent.core.errors import CollectorError
+from agent.core.errors import CollectorError, NoData
 from agent.core.metrics import MetricSpec, Sample
 from agent.core.paths import Paths
 
@@ -72,6 +72,8 @@ class StatCollector:
         """One round."""
         try:
             scalars, softirq = parse_stat(read_all(self._path).decode("ascii", "replace"))
+        except FileNotFoundError as err:  # not Linux, or a fixture tree without it
+            raise NoData(f"no {self._path}") from err
         except OSError as err:
             raise CollectorError(f"cannot read {self._path}: {err.strerror}") from err
         out = [Sample(spec.name, (), float(scalars[key])) for key, spec in SCALARS if key in scalars]

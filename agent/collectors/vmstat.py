@@ -12,7 +12,7 @@ from pydantic import Field
 
 from agent.collectors.common import read_all
 from agent.core.config import CollectorConfig, Regex
-from agent.core.errors import CollectorError
+from agent.core.errors import CollectorError, NoData
 from agent.core.metrics import MetricSpec, Sample
 from agent.core.paths import Paths
 
@@ -59,6 +59,8 @@ class VmstatCollector:
         """One round."""
         try:
             text = read_all(self._path).decode("ascii", "replace")
+        except FileNotFoundError as err:  # not Linux, or a fixture tree without it
+            raise NoData(f"no {self._path}") from err
         except OSError as err:
             raise CollectorError(f"cannot read {self._path}: {err.strerror}") from err
         names = self._names
