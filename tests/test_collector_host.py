@@ -203,3 +203,29 @@ def test_time_offset_and_clock() -> None:
     assert ours[("node_time_seconds", frozenset())] == 1700000000.25
     zone = {k: v for k, v in ours.items() if k[0] == "node_time_zone_offset_seconds"}
     assert zone == {k: v for k, v in theirs.items() if k[0] == "node_time_zone_offset_seconds"}
+
+
+def test_sample_shows_the_host_collectors(fixture_tree: Path, tmp_path: Path) -> None:
+    """`nodewarden sample` on node_exporter's trees lists every host collector with its rows."""
+    import json
+    import subprocess
+
+    from tests.agentproc import NODEWARDEN, write_yaml
+
+    cfg = write_yaml(tmp_path / "c.yml", {"paths": {"procfs": str(fixture_tree / "proc"),
+                                                      "sysfs": str(fixture_tree / "sys"),
+                                                      "devfs": str(tmp_path / "dev")},
+                                            "state_dir": str(tmp_path / "state"),
+                                            "collectors": {"gpu": {"enabled": False}}})
+    res = subprocess.run([*NODEWARDEN, "sample", "--json", "--config", str(cfg)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    for name in ("cpu", "meminfo", "loadavg", "pressure", "vmstat", "stat", "hwmon", "thermal_zone", "edac", "nvme",
+                 "rapl", "time", "timex", "process", "kernel", "netstat"):
+        assert doc[name]["status"] == "ok" and doc[name]["samples"], name
+    assert {"node_load1", "node_load5", "node_load15"} == {s["name"] for s in doc["loadavg"]["samples"]}
+    assert not (tmp_path / "state" / "kmsg.json").exists()  # sample never moves the daemon's kernel-log position
+    res = subprocess.run([*NODEWARDEN, "sample", "--config", str(cfg), "--collector", "edac"], capture_output=True,
+                         text=True, timeout=120)
+    assert "node_edac_correctable_errors_total" in res.stdout and "edac: ok" in res.stdout

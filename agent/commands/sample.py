@@ -28,7 +28,10 @@ def _labels(labels: tuple[tuple[str, str], ...]) -> str:
 def main(args: argparse.Namespace) -> int:
     """Run each collector once under its deadline and print what it returned."""
     from agent.collectors.kmsg import start_readers
+    from agent.core import logs
     from agent.daemon import build_collectors, collector_timeout
+
+    logs.setup("warning", "console", sys.stderr)  # stdout is the table / JSON (kernel problems log warnings)
 
     try:
         cfg = runcmd.apply_simulate(runcmd.load(argparse.Namespace(
