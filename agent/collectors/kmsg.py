@@ -22,7 +22,7 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import structlog
 
@@ -296,11 +296,18 @@ class KmsgReader:
         self._save(force=True)
 
 
+@runtime_checkable
+class ReadsKernelLog(Protocol):
+    """Optional collector hook: the :class:`KmsgReader` it subscribed to (None when it reads no kernel log)."""
+
+    kmsg_reader: KmsgReader | None
+
+
 def start_readers(collectors: list[object]) -> None:
-    """Start each distinct reader the collectors share (``kmsg_reader`` attribute), after they subscribed."""
+    """Start each distinct reader the collectors share (:class:`ReadsKernelLog`), after they all subscribed."""
     seen: set[int] = set()
     for coll in collectors:
-        reader = getattr(coll, "kmsg_reader", None)
+        reader = coll.kmsg_reader if isinstance(coll, ReadsKernelLog) else None
         if isinstance(reader, KmsgReader) and id(reader) not in seen:
             seen.add(id(reader))
             reader.start()
