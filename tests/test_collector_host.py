@@ -27,7 +27,7 @@ def fixture_paths(root: Path) -> Paths:
 E2E_CONFIGS = {
     "cpu": (cpu.CpuCollector, cpu.CpuConfig(info=True, flags_include="^(aes|avx.?|constant_tsc)$",
                                             bugs_include="^(cpu_meltdown|spectre_.*|mds)$", vulnerabilities=True)),
-    "meminfo": (meminfo.MeminfoCollector, meminfo.MeminfoConfig()),
+    "meminfo": (meminfo.MeminfoCollector, meminfo.MeminfoConfig(numa=True)),
     "loadavg": (loadavg.LoadavgCollector, loadavg.LoadavgConfig()),
     "pressure": (pressure.PressureCollector, pressure.PressureConfig()),
     "vmstat": (vmstat.VmstatCollector, vmstat.VmstatConfig()),
@@ -83,8 +83,8 @@ def test_collector_matches_node_exporter_golden_output(name: str, fixture_tree: 
     if name in PREFIX:
         wanted = {n for n, _ in expected
                   if n.startswith(PREFIX[name]) and not (name == "time" and "clocksource" not in n)}
-    elif name == "meminfo":  # node_memory_* but not node_memory_numa_* (meminfo_numa is another collector)
-        wanted = {n for n, _ in expected if n.startswith("node_memory_") and not n.startswith("node_memory_numa_")}
+    elif name == "meminfo":  # node_memory_* and, with numa: true, node_exporter's meminfo_numa families
+        wanted = {n for n, _ in expected if n.startswith("node_memory_")}
     else:
         wanted = FAMILIES[name]
     assert families == wanted
@@ -107,8 +107,9 @@ def test_live_node_exporter_on_the_fixture_tree(fixture_tree: Path) -> None:
              "--collector.disable-defaults", "--collector.stat.softirq", "--collector.cpu.info",
              "--collector.cpu.info.flags-include=^(aes|avx.?|constant_tsc)$",
              "--collector.cpu.info.bugs-include=^(cpu_meltdown|spectre_.*|mds)$",
-             *(f"--collector.{c}" for c in ("cpu", "cpufreq", "meminfo", "loadavg", "pressure", "vmstat", "stat",
-                                            "hwmon", "thermal_zone", "edac", "nvme", "rapl", "time"))]
+             *(f"--collector.{c}" for c in ("cpu", "cpufreq", "meminfo", "meminfo_numa", "loadavg", "pressure",
+                                            "vmstat", "stat", "hwmon", "thermal_zone", "edac", "nvme", "rapl",
+                                            "time"))]
     theirs = parse_exposition(scrape_node_exporter(*flags))
     compared = 0
     configs = {**E2E_CONFIGS, "hwmon": (hwmon.HwmonCollector, hwmon.HwmonConfig())}  # 1.5 has no chip-include
