@@ -125,7 +125,7 @@ def test_network_matches_node_exporter_e2e_output(node_exporter_fixtures: Path, 
     cfg = NetworkConfig(device_include="lo", netclass_attributes=False)
     ours = series(NetworkCollector(cfg, Paths(procfs=str(procfs), sysfs=str(sysfs))).collect())
     dev = {k: v for k, v in expected.items() if k[0].startswith(("node_network_receive_", "node_network_transmit_"))
-           and k[0].endswith("_total") and k[0] != "node_network_receive_nohandler_total"}
+           and k[0].endswith("_total") and k[0] != "node_network_receive_nohandler_total"}  # netlink: live test
     assert len(dev) == 12 and all(ours[k] == v for k, v in dev.items())
 
 
@@ -272,6 +272,20 @@ def test_runs_on_this_machine() -> None:
     assert devices(samples, "node_network_receive_bytes_total") == expected
     names = {s.name for s in NetstatCollector(NetstatConfig(), paths).collect()}
     assert {"node_netstat_Tcp_RetransSegs", "node_netstat_Tcp_OutSegs", "node_netstat_TcpExt_ListenDrops"} <= names
+
+
+def test_netdev_matches_live_node_exporter_netlink_on_this_machine() -> None:
+    """node_exporter reads netdev over netlink (its default); ours from /proc/net/dev + sysfs rx_nohandler."""
+    if not os.path.exists("/sys/class/net/lo/statistics/rx_nohandler"):
+        pytest.skip("no rx_nohandler in sysfs here")
+    theirs = parse_exposition(scrape_node_exporter("--collector.disable-defaults", "--collector.netdev"))
+    ours = series(NetworkCollector(NetworkConfig(), Paths()).collect())  # both leave lo out here
+    nohandler = {k: v for k, v in ours.items() if k[0] == "node_network_receive_nohandler_total"}
+    assert nohandler
+    assert nohandler == {k: v for k, v in theirs.items() if k[0] == "node_network_receive_nohandler_total"}
+    quiet = [k for k in theirs if k[0].endswith(("_errs_total", "_fifo_total", "_frame_total", "_colls_total",
+                                                   "_carrier_total", "_compressed_total"))]
+    assert quiet and all(ours[k] == theirs[k] for k in quiet)  # error counters of an idle VM do not move
 
 
 def test_exposition_parser_used_by_the_oracles() -> None:

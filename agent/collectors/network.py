@@ -9,7 +9,8 @@ that fail to read (carrier on a down link: EINVAL) are left out, as node_exporte
 ``netclass_attributes: false`` keeps only up, carrier changes and speed (fewer reads per tick). Attributes
 fixed for a device's life (ifindex, iflink, dev_id, type, assign types, group, address, broadcast) are read
 when devices are listed (every ``relist_every`` ticks and whenever /proc/net/dev's device set changes).
-Differences: ``node_network_receive_nohandler_total`` needs netlink (not in /proc/net/dev) and is absent.
+``node_network_receive_nohandler_total`` (netlink in node_exporter, not in /proc/net/dev) is read from
+``/sys/class/net/<dev>/statistics/rx_nohandler`` where the kernel has it (with the netclass attributes).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ CLASS_ATTRS: tuple[tuple[str, str, str], ...] = (
 # Attributes fixed for the life of a device: read when devices are listed (every relist_every ticks), not per tick.
 STATIC_ATTRS = frozenset(("addr_assign_type", "dev_id", "ifindex", "iflink", "name_assign_type", "netdev_group",
                           "type"))
+NOHANDLER = "node_network_receive_nohandler_total"
 INFO = "node_network_info"
 INFO_LABELS = ("device", "address", "broadcast", "duplex", "operstate", "adminstate", "ifalias")
 UP = "node_network_up"
@@ -81,6 +83,8 @@ METRICS: list[MetricSpec] = [
     MetricSpec(SPEED, "gauge", "Link speed in bytes per second (absent when unknown).", ("device",)),
     *(MetricSpec(name, mtype, f"Network device property: {name[len('node_network_'):]}", ("device",))  # type: ignore[arg-type]
       for _, name, mtype in CLASS_ATTRS),
+    MetricSpec(NOHANDLER, "counter", "Received packets dropped because no protocol handler wanted them.",
+               ("device",)),
     MetricSpec(INFO, "gauge", "Non-numeric data from /sys/class/net/<iface>, value is always 1.", INFO_LABELS),
 ]
 
@@ -262,6 +266,9 @@ class NetworkCollector:
                 if fname == "flags":
                     flags = value
         out.extend(Sample(name, labels, value) for name, value in values)
+        nohandler = _read_parsed(read, os.path.join(base, "statistics", "rx_nohandler"), parse_int)
+        if nohandler is not None:
+            out.append(Sample(NOHANDLER, labels, float(nohandler)))
         out.append(Sample(INFO, (*labels, ("address", address), ("broadcast", broadcast),
                                  ("duplex", self._text(base, "duplex")), ("operstate", operstate),
                                  ("adminstate", admin_state(flags)), ("ifalias", self._text(base, "ifalias"))), 1.0))
