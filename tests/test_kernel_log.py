@@ -145,6 +145,32 @@ def test_multiline_pattern_spans_the_buffer_and_must_end_at_the_newest_line() ->
     assert m.push("something else") == []  # anchored at the end (\z), as NPD appends it
 
 
+# node-problem-detector's own log buffer tests (pkg/systemlogmonitor/log_buffer_test.go, TestMatch), as data:
+# (logs pushed into a 4-line buffer, pattern, the log lines NPD's Match returns).
+NPD_MATCH_CASES = [
+    (["a1", "b2"], "a1", []),  # not including the last line
+    (["a1", "b2"], "b1", []),
+    (["a1", "b2"], "b2", ["b2"]),
+    (["a1", "b2"], r"\w{2}", ["b2"]),
+    (["a1", "b2"], "a1\nb2", ["a1", "b2"]),  # including the last line
+    (["a1", "b2"], "a1b2", []),  # no newline
+    (["a1", "b2", "c3", "d4", "e5"], "(?s)a1.+", []),  # rotated out
+    (["a1", "b2", "c3", "d4", "e5"], "[a-z]\\d\n[a-z]\\d", ["d4", "e5"]),
+    (["a1", "b2", "c3", "d4", "e5"], "[a-z]\\d", ["e5"]),
+    (["a1", "b2"], "\n\na1\nb2", ["a1", "b2"]),  # NPD's ring starts with its empty slots until it is full
+]
+
+
+@pytest.mark.parametrize("logs,pattern,expected", NPD_MATCH_CASES)
+def test_npd_log_buffer_match_cases(logs: list[str], pattern: str, expected: list[str]) -> None:
+    m = npd.parse_config(json.dumps({"bufferSize": 4, "rules": [{"type": "temporary", "reason": "R",
+                                                                  "pattern": pattern}]}))
+    for line in logs[:-1]:
+        m.push(line)
+    problems = m.push(logs[-1])
+    assert [p.message.split("\n") for p in problems] == ([expected] if expected else [])
+
+
 def test_go_regexp_syntax() -> None:
     assert npd.compile_go("a\\z").search("ba")
     assert not npd.compile_go("a\\z").search("a\n")  # \z is the very end, unlike Python's $

@@ -221,7 +221,8 @@ class LogMonitor:
             return []
         buf = self._buffer
         buf.append(message)
-        joined = "\n".join(buf) if self._needs_join else message
+        # NPD joins its whole ring, empty slots included: a buffer not yet full starts with empty lines
+        joined = "\n" * (buf.maxlen - len(buf)) + "\n".join(buf) if self._needs_join else message
         out: list[Problem] = []
         for rule in self.rules:
             if rule.last_line is not None:
