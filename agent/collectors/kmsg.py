@@ -291,8 +291,8 @@ class KmsgReader:
             self._save()
             if regular:
                 self._stop.wait(0.1)
-            else:
-                poller.poll(500)
+            else:  # come back soon when a throttled save is still owed
+                poller.poll(100 if self._persist and self.last_sequence != self._last_saved else 500)
         self._save(force=True)
 
 
