@@ -1,9 +1,10 @@
 """One ``/dev/kmsg`` reader for every kernel-log consumer (GPU XIDs, the kernel problem detector).
 
 The reader remembers the sequence number of the last record it handed out, per boot, in the state directory
-(``kmsg.json``: ``{"boot_id": ..., "sequence": ...}``, written after each batch read, at most every 0.1 s). After a restart it reads the whole ring buffer again
-and passes on only records newer than that, so a fault logged while the agent was down (or in the first
-second after it started) is seen on the first tick, and a record is never delivered twice. Without a saved
+(``kmsg.json``: ``{"boot_id": ..., "sequence": ...}``, written after each batch read, at most every 0.1 s).
+After a restart it reads the whole ring buffer again and passes on only records newer than that, so a fault
+logged while the agent was down (or in the first second after it started) is seen on the first tick, and a
+record is never delivered twice (a ``kill -9`` within 0.1 s of a record excepted). Without a saved
 position for this boot (first start, or after a reboot) it passes on records from the last ``lookback``
 seconds, as node-problem-detector does.
 
