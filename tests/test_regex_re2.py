@@ -63,3 +63,13 @@ def test_byte_class_rejected_as_go_does():
     with pytest.raises(RegexError, match="invalid escape sequence"):
         compile_anchored("a\\C")
     assert fullmatch("\\Qa\\C\\E", "a\\C")           # literal inside \Q..\E
+
+
+def test_cpu_flag_filters_use_go_syntax_unanchored():
+    from agent.collectors.cpu import CpuCollector
+    from agent.core.paths import Paths
+
+    cfg = CpuCollector.Config.model_validate({"flags_include": "\\pL*512", "bugs_include": "spectre"})
+    c = CpuCollector(cfg, Paths())   # with Python's re, the Go-valid \pL failed here (re.error)
+    assert c._flags.search("avx512f") and not c._flags.search("sse2")   # Go MatchString: not anchored
+    assert c._bugs.search("spectre_v1")

@@ -75,6 +75,12 @@ def compile_anchored(pattern: str) -> Anchored:
         raise RegexError(msg.decode(errors="replace") if isinstance(msg, bytes) else str(msg)) from err
 
 
+@lru_cache(maxsize=1024)
+def compile_unanchored(pattern: str) -> Any:
+    """Compile ``pattern`` with Go RE2 semantics, not anchored (Go's ``MatchString``: use ``.search``)."""
+    return compile_anchored(pattern).regex
+
+
 def fullmatch(pattern: str, text: str) -> bool:
     """True when all of ``text`` matches ``pattern`` (compiled once, cached)."""
     return compile_anchored(pattern).match(text) is not None
