@@ -73,3 +73,12 @@ def test_cpu_flag_filters_use_go_syntax_unanchored():
     c = CpuCollector(cfg, Paths())   # with Python's re, the Go-valid \pL failed here (re.error)
     assert c._flags.search("avx512f") and not c._flags.search("sse2")   # Go MatchString: not anchored
     assert c._bugs.search("spectre_v1")
+
+
+@pytest.mark.timeout(60)
+def test_policy_route_matchers_are_linear_time_and_anchored():
+    from agent.remediation.policy import parse_matcher
+
+    m = parse_matcher('mountpoint=~"(a+)+b"')
+    assert not m.matches({"mountpoint": EVIL}) and m.matches({"mountpoint": "aab"})
+    assert not parse_matcher('job=~"a|b"').matches({"job": "ab"})   # anchored around the alternation

@@ -23,6 +23,7 @@ from agent.core import yamlpos
 from agent.core.alerts import Alert
 from agent.core.errors import ConfigError
 from agent.core.model import Duration, Model
+from agent.core.regex import RegexError, compile_anchored
 from agent.engine import templates
 
 PAGE = "page"  # the reserved action name of a paging step
@@ -41,7 +42,7 @@ class Matcher:
     name: str
     op: str
     value: str
-    regex: re.Pattern[str] | None = None
+    regex: Any = None   # an agent.core.regex.Anchored: RE2, fully anchored (as Alertmanager's Go matchers)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         """Does the label set satisfy this matcher (a missing label is the empty string)?"""
@@ -50,7 +51,7 @@ class Matcher:
             return v == self.value
         if self.op == "!=":
             return v != self.value
-        hit = self.regex.fullmatch(v) is not None  # type: ignore[union-attr]
+        hit = self.regex.match(v) is not None  # type: ignore[union-attr]
         return hit if self.op == "=~" else not hit
 
 
@@ -66,8 +67,8 @@ def parse_matcher(text: str) -> Matcher:
     regex = None
     if op in ("=~", "!~"):
         try:
-            regex = re.compile(value)
-        except re.error as err:
+            regex = compile_anchored(value)
+        except RegexError as err:
             raise ValueError(f"invalid regular expression {value!r}: {err}") from err
     return Matcher(name, op, value, regex)
 
