@@ -1,10 +1,12 @@
 """Ownership is user data: migrate and restore never re-own a user's file to root.
 
 The real thing, as root: a child process runs with exactly the capability bounding set of the shipped unit
-(``systemd/nodewarden.service``: no CAP_CHOWN), then with the shipped drop-in's added
-(``systemd/nodewarden.service.d/remediate-files.conf``). Without the drop-in the safe-copy core fails the file
-(left as it was) and the migrate route is refused and journaled with the reason; with it, files move with
-their owners. The drop-in's syscall allow-list is checked against systemd's own group definitions.
+(``systemd/nodewarden.service``: no CAP_CHOWN) and a seccomp filter that fails the chown family with EPERM
+(what its ``SystemCallFilter=~@privileged`` does), then with the shipped drop-in's capabilities added
+(``systemd/nodewarden.service.d/remediate-files.conf``), with and without that filter (x86_64 syscall
+numbers). Without the drop-in, or with its capabilities but still under the filter, the safe-copy core fails
+the file (left as it was) and the migrate route is refused and journaled with the reason; with it, files move
+with their owners. The drop-in's syscall allow-list is checked against systemd's own group definitions.
 """
 
 from __future__ import annotations
@@ -25,6 +27,20 @@ OWNER = (1234, 2345)
 
 CHILD = r"""
 import json, os, sys
+if sys.argv[2] == "filter-chown":      # what SystemCallFilter=~@privileged does to the chown family
+    import ctypes, struct
+    blocked = [92, 93, 94, 260]        # x86_64: chown, fchown, lchown, fchownat (systemd's @chown there)
+    prog = [(0x20, 0, 0, 4), (0x15, 1, 0, 0xC000003E), (0x06, 0, 0, 0x7FFF0000), (0x20, 0, 0, 0)]
+    for i, nr in enumerate(blocked):   # jump to the EPERM return when the syscall number is one of them
+        prog.append((0x15, len(blocked) - i, 0, nr))
+    prog += [(0x06, 0, 0, 0x7FFF0000), (0x06, 0, 0, 0x00050000 | 1)]   # ALLOW; ERRNO(EPERM)
+    buf = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *ins) for ins in prog))
+    fprog = struct.pack("HL", len(prog), ctypes.addressof(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    assert libc.prctl(38, 1, 0, 0, 0) == 0                      # PR_SET_NO_NEW_PRIVS (NoNewPrivileges=yes)
+    fp = ctypes.create_string_buffer(fprog)
+    assert libc.prctl(22, 2, ctypes.addressof(fp), 0, 0) == 0   # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
 from agent.core.alerts import Alert
 from agent.remediation.journal import Journal
 from agent.remediation.policy import load_policy_text
@@ -74,10 +90,10 @@ def caps(unit: Path) -> list[str]:
     return out
 
 
-def run_child(tmp: Path, bounding: list[str]) -> dict:
+def run_child(tmp: Path, bounding: list[str], syscalls: str = "filter-chown") -> dict:
     setpriv = require_binary("setpriv")
     argv = [setpriv, "--bounding-set", ",".join(["-all", *(f"+{c}" for c in bounding)]), "--inh-caps", "-all",
-            sys.executable, "-c", CHILD, str(tmp)]
+            sys.executable, "-c", CHILD, str(tmp), syscalls]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert res.returncode == 0, res.stderr
@@ -106,7 +122,7 @@ def owner(p: Path) -> tuple[int, int]:
 def test_without_the_drop_in_files_are_refused_not_reowned(tmp_path):
     require_root()
     files = tree(tmp_path)
-    got = run_child(tmp_path, caps(UNIT))
+    got = run_child(tmp_path, caps(UNIT))          # the unit's capabilities and its chown syscall filter
     status, reason = got["core"]
     assert status == "failed" and "cannot keep the owner 1234:2345: chown not permitted" in reason, got
     [[status, reason, output]] = got["route"]
@@ -121,10 +137,19 @@ def test_without_the_drop_in_files_are_refused_not_reowned(tmp_path):
     assert leftovers == []
 
 
+def test_capabilities_alone_are_not_enough_the_filter_is_seen(tmp_path):
+    require_root()
+    files = tree(tmp_path)
+    got = run_child(tmp_path, caps(UNIT) + caps(DROP_IN), "filter-chown")   # a drop-in without @chown
+    assert got["core"][0] == "failed" and "chown not permitted" in got["core"][1], got
+    assert [r[:2] for r in got["route"]] == [["skipped", "refused:ownership"]], got
+    assert all((tmp_path / rel).read_bytes() == data and owner(tmp_path / rel) == OWNER for rel, data in files.items())
+
+
 def test_with_the_drop_in_files_move_with_their_owners(tmp_path):
     require_root()
     files = tree(tmp_path)
-    got = run_child(tmp_path, caps(UNIT) + caps(DROP_IN))
+    got = run_child(tmp_path, caps(UNIT) + caps(DROP_IN), "allow-chown")   # the drop-in re-allows @chown
     assert got["core"] == ["done", ""], got
     assert [r[0] for r in got["route"]] == ["succeeded"], got
     moved = {"one/f.bin": "one-dst/f.bin", "cap/ckpt/a.pt": "fast/ckpt/a.pt", "cap/ckpt/b.pt": "fast/ckpt/b.pt"}
