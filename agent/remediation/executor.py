@@ -127,10 +127,14 @@ class Executor:
 
         ``undo_claim`` is called when apply or verify fails, so a failed action holds no claim.
         """
+        note = ""
         if before is not None:
-            reason, detail = before()
+            try:
+                reason, note = before()
+            except Exception as err:  # a gate that cannot decide refuses
+                reason, note = "gate_failed", str(err)
             if reason:
-                self.journal.finish(eid, "skipped", detail, reason=reason)
+                self.journal.finish(eid, "skipped", note, reason=reason)
                 self.report(Done(eid, key, "apply", "skipped", reason, plan))
                 return
         try:
@@ -141,13 +145,14 @@ class Executor:
         except Exception as err:  # a plugin failure is data: journal it and go on
             log.error("remediation_failed", id=eid, action=plan.action, error=str(err))
             self._undo_claim(undo_claim)
-            self.journal.finish(eid, "failed", str(err), reason="apply_failed")
+            self.journal.finish(eid, "failed", "; ".join(x for x in (note, str(err)) if x), reason="apply_failed")
             self.report(Done(eid, key, "apply", "failed", "apply_failed", plan))
             return
         status = "succeeded" if ok else "failed"
         if not ok:
             self._undo_claim(undo_claim)
-        self.journal.finish(eid, status, outcome.output, plan=plan, reason="" if ok else "verify_failed")
+        output = "; ".join(x for x in (note, outcome.output) if x)
+        self.journal.finish(eid, status, output, plan=plan, reason="" if ok else "verify_failed")
         log.info("remediation_finished", id=eid, action=plan.action, status=status)
         self.report(Done(eid, key, "apply", status, "" if ok else "verify_failed", plan))
 

@@ -16,7 +16,7 @@ import structlog
 
 from agent.core.alerts import Alert
 from agent.core.errors import NodewardenError
-from agent.core.plugin import Cluster, Plan, Remediation
+from agent.core.plugin import Cap, Cluster, Plan, Remediation
 from agent.remediation.journal import Journal
 from agent.remediation.policy import Guards, Policy
 
@@ -144,3 +144,39 @@ class BlastRadius:
         if br.max_fraction is not None and (total <= 0 or (held + 1) / total > br.max_fraction):
             return "blast_radius"
         return ""
+
+    def claim(self, guards: Guards, plugin: Remediation | None, plan: Plan) -> tuple[str, str]:
+        """Take a slot under the cap for ``plan`` (reason, detail); ``""`` reason: granted.
+
+        An engine with ``claim(plan, cap)`` (Slurm: claim by drain; Kubernetes: one Lease per slot) decides
+        under concurrency; any other engine is only counted (:meth:`check`). Whatever cannot be asked refuses.
+        """
+        cluster = self.engine(plugin)
+        br = guards.blast_radius
+        claim = getattr(cluster, "claim", None)
+        if not callable(claim) or (br.max_fraction is None and br.max_nodes is None):
+            return self.check(guards, plugin), ""
+        try:
+            return claim(plan, Cap(br.max_nodes, br.max_fraction, br.count_unavailable))
+        except NodewardenError as err:
+            log.warning("blast_radius_unknown", error=str(err))
+            return "blast_radius_unknown", str(err)
+
+    def release(self, plugin: Remediation | None, plan: Plan) -> None:
+        """Give the plan's slot back (after a revert, or when the action failed); a no-op without claims."""
+        release = getattr(self.engine(plugin), "release", None)
+        if callable(release):
+            release(plan)
+
+    def maintenance(self, plugin: Remediation | None, plan: Plan) -> tuple[str, str]:
+        """``maintenance`` when the engine says the plan's node is under maintenance (Slurm MAINT reservation,
+        Kubernetes maintenance label); ``maintenance_unknown`` when it cannot be asked."""
+        ask = getattr(self.engine(plugin), "maintenance", None)
+        if not callable(ask):
+            return "", ""
+        try:
+            why = ask(plan)
+        except NodewardenError as err:
+            log.warning("maintenance_unknown", error=str(err))
+            return "maintenance_unknown", str(err)
+        return ("maintenance", why) if why else ("", "")

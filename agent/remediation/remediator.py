@@ -59,7 +59,7 @@ class Remediator:
 
     def __init__(self, policy: Policy, journal: Journal, plugins: Mapping[str, Remediation], mode: str,
                  clock=time.time, pause_flag_path: str | None = None, cluster: Cluster | None = None,
-                 post=None) -> None:
+                 post=None, labels: Mapping[str, str] | None = None) -> None:
         self.policy = policy
         self.journal = journal
         self.plugins = dict(plugins)
@@ -72,7 +72,7 @@ class Remediator:
         self.guards = LocalGuards(policy)
         self.blast = BlastRadius(cluster)
         self.executor = Executor(journal, clock)
-        self.pager = Pager(policy.alertmanager, clock, post=post)
+        self.pager = Pager(policy.alertmanager, clock, post=post, labels=labels)
         self.router = Router(policy, journal, self.plugins, mode, self.guards, self.blast, self.executor,
                              self.pager, self.tally)
         self.guards.load_history(journal, self.clock())
@@ -126,6 +126,8 @@ class Remediator:
         if plugin is None:
             log.warning("recover_plugin_missing", entry=entry.id, action=entry.action)
             return  # stays 'started': recovered when the plugin is back
+        if entry.op == "apply" and self._refused_after_restart(entry, plugin):
+            return
         try:
             status = plugin.recover(entry)
         except Exception as err:  # a plugin failure is data
@@ -139,6 +141,23 @@ class Remediator:
                 self.journal.finish(entry.id, status, "recovered after restart", reason="recovered")
         self.tally.result(entry.action, f"recovered_{status}")
         log.info("recovered", entry=entry.id, action=entry.action, status=status)
+
+    def _refused_after_restart(self, entry: Entry, plugin: Remediation) -> bool:
+        """An interrupted node-scope apply takes (or confirms) its blast-radius claim again before it is finished."""
+        try:
+            plan = entry.get_plan()
+        except RemediationError:
+            return False
+        if plan.scope != "node" or plan.noop:
+            return False
+        guards = self.guards.for_route(self.router.route_index.get(entry.route))
+        reason, detail = self.blast.claim(guards, plugin, plan)
+        if not reason:
+            return False
+        self.journal.finish(entry.id, "skipped", f"after restart: {detail}", reason=reason)
+        self.tally.skip(entry.action, reason)
+        log.info("recover_refused", entry=entry.id, action=entry.action, reason=reason)
+        return True
 
     def start_plugins(self) -> None:
         """Start plugins' background work (``start()``, e.g. restore's scrubber); the daemon calls this."""
@@ -221,15 +240,14 @@ class Remediator:
             return self.journal.get(eid)  # type: ignore[return-value]
         in_flight = len(self.journal.started())
         reason = ("paused" if self.paused() else self.guards.check(guards, mode, plan, now, in_flight))
-        if not reason and plan.scope == "node":
-            reason = self.blast.check(guards, plugin)
         if reason:
             eid = self.journal.add(op="apply", status="skipped", reason=reason, **common)
             self.tally.skip(action, reason)
             return self.journal.get(eid)  # type: ignore[return-value]
         self.guards.record_start(mode, plan, now)
         eid = self.journal.add(op="apply", status="started", **common)
-        self.executor.apply(eid, plugin, plan, None)
+        self.executor.apply(eid, plugin, plan, None, lambda: self.router.gate(plugin, plan, guards, alert),
+                            self.router.releaser(plugin, plan))
         self.router.collect(self.clock())
         return self.journal.get(eid)  # type: ignore[return-value]
 
@@ -247,6 +265,6 @@ class Remediator:
         if not plan.reversible:
             raise RemediationError(f"entry {entry_id} ({entry.action}) is not reversible")
         rid = self.router.start_revert(entry, plan, "by hand")
-        self.executor.revert(rid, entry.id, plugin, plan, None)
+        self.executor.revert(rid, entry.id, plugin, plan, None, self.router.releaser(plugin, plan))
         self.router.collect(self.clock())
         return self.journal.get(rid)  # type: ignore[return-value]

@@ -188,22 +188,41 @@ class Router:
         eid = self.journal.add(op="apply", action=action, status="started", target=plan.target, plan=plan, **common)
         ep.busy = eid
         log.info("remediation_started", id=eid, action=action, target=plan.target)
-        self.spawn_apply(eid, plugin, plan, key, guards, now)
+        self.spawn_apply(eid, plugin, plan, key, guards, now, ep.alert)
 
-    def spawn_apply(self, eid: int, plugin: Remediation, plan: Plan, key, guards: Guards, now: float) -> None:
-        """Run an apply in a worker; node-scope plans pass the blast radius first, in the worker."""
-        def before() -> tuple[str, str]:
-            return self.blast.check(guards, plugin), ""
-
-        gate = before if plan.scope == "node" and not plan.noop else None
+    def spawn_apply(self, eid: int, plugin: Remediation, plan: Plan, key, guards: Guards, now: float,
+                    alert: Alert | None = None) -> None:
+        """Run an apply in a worker, behind the gate of :meth:`gate`."""
         self.executor.spawn(eid, plan.action, guards.timeout, key, now, self.executor.apply, eid, plugin, plan, key,
-                            gate)
+                            lambda: self.gate(plugin, plan, guards, alert), self.releaser(plugin, plan))
+
+    def gate(self, plugin: Remediation, plan: Plan, guards: Guards, alert: Alert | None) -> tuple[str, str]:
+        """Right before an enforced apply (in the worker): ``silenced``, then, for node-scope plans,
+        ``maintenance`` and the blast-radius claim. Returns (reason, detail); reason ``""``: go."""
+        note = ""
+        if alert is not None:
+            reason, note = self.pager.silence(alert)
+            if reason:
+                return reason, note
+        if plan.scope != "node" or plan.noop:
+            return "", note
+        reason, detail = self.blast.maintenance(plugin, plan)
+        if reason:
+            return reason, detail
+        reason, detail = self.blast.claim(guards, plugin, plan)
+        return reason, "; ".join(x for x in (note, detail) if x)
+
+    def releaser(self, plugin: Remediation, plan: Plan):
+        """What gives a node-scope plan's blast-radius slot back (None for other plans)."""
+        if plan.scope != "node" or plan.noop:
+            return None
+        return lambda: self.blast.release(plugin, plan)
 
     def spawn_revert(self, rid: int, applied_id: int, plugin: Remediation, plan: Plan, key, guards: Guards,
                      now: float) -> None:
-        """Run a revert in a worker."""
+        """Run a revert in a worker; a node-scope revert gives its blast-radius slot back."""
         self.executor.spawn(rid, plan.action, guards.timeout, key, now, self.executor.revert, rid, applied_id,
-                            plugin, plan, key)
+                            plugin, plan, key, self.releaser(plugin, plan))
 
     def _page(self, eid: int | None, alert: Alert, resolved: bool, guards: Guards, key, now: float) -> None:
         self.executor.spawn(eid, PAGE, guards.timeout, key, now, self.executor.page, eid,
