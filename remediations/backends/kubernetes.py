@@ -82,7 +82,7 @@ class KubernetesBackend:
             return fn(*args, _request_timeout=self.s.timeout, **kwargs)
         except ApiException as err:
             raise RemediationError(f"kubernetes {what}: HTTP {err.status} {err.reason}") from err
-        except OSError as err:
+        except _transport_errors() as err:   # API server unreachable (urllib3 gives up after its retries)
             raise RemediationError(f"kubernetes {what}: {err}") from err
 
     # ---- plugin protocol
@@ -229,7 +229,7 @@ class KubernetesBackend:
                 if err.status == 409:      # AlreadyExists: another node holds this slot
                     continue
                 raise RemediationError(f"kubernetes create lease: HTTP {err.status} {err.reason}") from err
-            except OSError as err:
+            except _transport_errors() as err:
                 raise RemediationError(f"kubernetes create lease: {err}") from err
             return "", f"blast radius: lease {ns}/{SLOT}{i} ({i + 1} of {allowed} allowed)"
         holders = sorted((lease.spec.holder_identity or "?") for lease in held if lease.spec)
@@ -250,6 +250,8 @@ class KubernetesBackend:
             except ApiException as err:
                 if err.status not in (404, 409):   # gone already, or re-taken by another node since we read it
                     raise RemediationError(f"kubernetes delete lease: HTTP {err.status} {err.reason}") from err
+            except _transport_errors() as err:
+                raise RemediationError(f"kubernetes delete lease: {err}") from err
 
     def maintenance(self, plan: Plan) -> str:
         """``maintenance_label`` as a label or annotation on the plan's node ("" when absent or "false")."""
@@ -262,6 +264,12 @@ class KubernetesBackend:
             if value is not None and value.lower() != "false":
                 return f"node {node.metadata.name} carries {kind} {key}={value}"
         return ""
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    import urllib3
+
+    return (OSError, urllib3.exceptions.HTTPError)
 
 
 def _selector() -> str:
