@@ -57,6 +57,12 @@ class Fleet(SlurmCluster):
         super().__init__(root)
         self.nodes = [f"n{i:02d}" for i in range(1, count + 1)]
 
+    def run(self, *argv: str) -> str:
+        """Run a Slurm client program; an AssertionError with its stderr when it fails."""
+        cp = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=60)
+        assert cp.returncode == 0, f"{' '.join(argv)}: exit {cp.returncode}: {cp.stderr.strip()}"
+        return cp.stdout
+
     def rows(self) -> dict[str, tuple[str, str]]:
         """node -> (state, reason)."""
         out = self.run("sinfo", "--noheader", "--Node", "--format=%N|%T|%E")
@@ -101,7 +107,7 @@ def start_fleet(root: Path, count: int) -> Iterator[Fleet]:
             try:
                 if len(fleet.rows()) == count:
                     break
-            except subprocess.CalledProcessError:
+            except AssertionError:      # not answering yet
                 pass
             if time.monotonic() > end:
                 pytest.fail("slurmctld did not come up: " + (root / "slurmctld.log").read_text()[-2000:])
