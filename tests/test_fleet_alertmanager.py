@@ -40,6 +40,7 @@ LEAN = {name: {"enabled": False} for name in ("disk", "filesystem", "network", "
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_two_agents_page_two_alerts_that_resolve_independently(tmp_path):
     with alertmanager(tmp_path) as url:
         agents = []

@@ -189,6 +189,7 @@ def _rss_mb(pid: int) -> float:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
 
 
+@pytest.mark.timeout(600)   # 20 agent start-ups on 2 cores, three 30 s windows, the controller's teardown
 def test_twenty_agents_firing_in_the_same_second_drain_at_most_max_nodes(tmp_path, cluster):
     import json
     import signal
@@ -211,6 +212,7 @@ def test_twenty_agents_firing_in_the_same_second_drain_at_most_max_nodes(tmp_pat
         for a in agents:
             a.wait_healthy(timeout=180)
         rss = sum(_rss_mb(a.proc.pid) for a in agents)
+        assert rss < COUNT * 150, f"{rss:.0f} MB for {COUNT} lean agents"   # memory bound of the rehearsal
         t0 = int(time.time()) + 6
         rules.write_text(FLEET_RULES.format(t0=t0, end=t0 + REPS * PERIOD, period=PERIOD, window=WINDOW))
         for a in agents:
