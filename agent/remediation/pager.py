@@ -14,12 +14,12 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from agent.core.alerts import Alert
+from agent.core.formatting import rfc3339
 from agent.remediation.policy import AlertmanagerConfig
 
 log = structlog.get_logger("nodewarden.remediator")
@@ -119,17 +119,13 @@ def silence_matches(matchers: list[dict[str, Any]], labels: Mapping[str, str]) -
     return True
 
 
-def _rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def am_alert(alert: Alert, resolved: bool, now: float, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The Alertmanager v2 body of one alert (``labels``: added where the alert has none of that name)."""
     out_labels = {**(labels or {}), **alert.labels, "remediation": "exhausted"}
     out: dict[str, Any] = {"labels": out_labels, "annotations": dict(alert.annotations),
-                           "startsAt": _rfc3339(alert.fired_at or alert.active_at)}
+                           "startsAt": rfc3339(alert.fired_at or alert.active_at)}
     if resolved:
-        out["endsAt"] = _rfc3339(now)
+        out["endsAt"] = rfc3339(now)
     return out
 
 
