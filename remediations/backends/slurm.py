@@ -287,7 +287,9 @@ class SlurmBackend:
         self._sleep(CLAIM_SETTLE)
         rows = self.rows()
         order = [r.node for r in sorted((r for r in rows.values() if held(r)), key=lambda r: (r.stamp, r.node))]
-        rank = order.index(node) if node in order else len(order)
+        if node not in order:   # our drain was undone or taken over meanwhile: nothing was claimed
+            return "refused:blast_radius", f"claim on {node} lost before it was ranked (undrained or taken over)"
+        rank = order.index(node)
         if rank < allowed:
             return "", f"blast radius: claim {rank + 1} of {allowed} allowed"
         self.release(plan)
