@@ -282,6 +282,24 @@ class Backend(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Cap:
+    """The blast-radius cap a cluster engine's ``claim(plan, cap)`` enforces (see docs/remediation.md)."""
+
+    max_nodes: int | None = None
+    max_fraction: float | None = None
+    count_unavailable: bool = False
+
+    def allowed(self, total: int) -> int:
+        """How many nodes may be held out of ``total`` (a fraction rounds down)."""
+        out = total
+        if self.max_nodes is not None:
+            out = min(out, self.max_nodes)
+        if self.max_fraction is not None:
+            out = min(out, int(self.max_fraction * total + 1e-9))
+        return max(out, 0)
+
+
 def default_recover(plugin: Remediation, entry: Entry) -> str:
     """Recover by idempotent re-run: finish an interrupted apply (re-apply, verify) or revert."""
     plan = entry.get_plan()

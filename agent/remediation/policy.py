@@ -163,10 +163,14 @@ class FlapGate(Model):
 
 
 class BlastRadius(Model):
-    """Cluster-wide cap on nodes held out of service by nodewarden (``node``-scope plans only)."""
+    """Cluster-wide cap on nodes held out of service by nodewarden (``node``-scope plans only).
+
+    ``count_unavailable``: nodes down or drained for other reasons count toward the cap too.
+    """
 
     max_fraction: float | None = Field(0.1, gt=0, le=1)
     max_nodes: int | None = Field(None, ge=0)
+    count_unavailable: bool = False
 
 
 class Guards(Model):
@@ -231,12 +235,25 @@ class NoDataGate(Model):
         return any(all(m.matches(alert.labels) for m in ms) for ms in self.matchers)
 
 
+class SilenceCheck(Model):
+    """Before an action starts (enforce mode), skip it while an active Alertmanager silence matches the alert.
+
+    ``unreachable``: what to do when Alertmanager cannot be asked: ``act`` (default; the journal row says the
+    silences were unknown) or ``hold`` (skip with reason ``silence_unknown`` and retry).
+    """
+
+    enabled: bool = True
+    cache: Duration = 10.0
+    unreachable: Literal["act", "hold"] = "act"
+
+
 class AlertmanagerConfig(Model):
     """Where ``page`` steps push alerts (Alertmanager v2 API); no URL: pages are only journaled."""
 
     url: str | None = None
     timeout: Duration = 5.0
     resend: Duration = 60.0
+    silences: SilenceCheck = SilenceCheck()
 
 
 class JournalConfig(Model):
