@@ -150,8 +150,9 @@ def load_web_config(path: str) -> WebConfig:
             try:
                 ssl_context(tls)
             except (ssl.SSLError, OSError, ValueError) as err:
+                why = (err.reason if isinstance(err, ssl.SSLError) else None) or err
                 problems.append(f"{at('tls_server_config', 'cert_file')}: cannot load the certificate, key or CA "
-                                f"({tls.cert_file}, {tls.key_file}): {getattr(err, 'reason', None) or err}")
+                                f"({tls.cert_file}, {tls.key_file}): {why}")
     if problems:
         raise ConfigError("\n".join(problems), problems)
     return cfg
