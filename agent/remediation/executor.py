@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import structlog
 
 from agent.core.errors import NodewardenError
-from agent.core.plugin import Plan, Remediation
+from agent.core.plugin import Plan, Remediation, ReportsProgress
 from agent.remediation.journal import Journal
 
 PROGRESS_INTERVAL = 1.0  # seconds between journal updates of a running action's progress
@@ -193,7 +193,7 @@ class Executor:
         Plugins opt in with a settable ``progress`` attribute (migrate does); one action per plugin reports at a
         time, others run without progress rows.
         """
-        if not hasattr(plugin, "progress") or getattr(plugin, "progress", None) is not None:
+        if not isinstance(plugin, ReportsProgress) or plugin.progress is not None:
             yield
             return
         last = [0.0]

@@ -16,7 +16,7 @@ import structlog
 
 from agent.core.alerts import Alert
 from agent.core.errors import NodewardenError
-from agent.core.plugin import Cap, Cluster, Plan, Remediation
+from agent.core.plugin import Cap, Claims, Cluster, HasCluster, KnowsMaintenance, Plan, Remediation
 from agent.remediation.journal import Journal
 from agent.remediation.policy import Guards, Policy
 
@@ -126,7 +126,7 @@ class BlastRadius:
 
     def engine(self, plugin: Remediation | None) -> Cluster | None:
         """The cluster engine to ask: the one injected, else the plugin's."""
-        return self.cluster or getattr(plugin, "cluster", None)
+        return self.cluster or (plugin.cluster if isinstance(plugin, HasCluster) else None)
 
     def check(self, guards: Guards, plugin: Remediation | None) -> str:
         """Refuse when the nodes held now already fill the cap; ``blast_radius_unknown`` when it cannot tell."""
@@ -153,29 +153,28 @@ class BlastRadius:
         """
         cluster = self.engine(plugin)
         br = guards.blast_radius
-        claim = getattr(cluster, "claim", None)
-        if not callable(claim) or (br.max_fraction is None and br.max_nodes is None):
+        if not isinstance(cluster, Claims) or (br.max_fraction is None and br.max_nodes is None):
             return self.check(guards, plugin), ""
         try:
-            return claim(plan, Cap(br.max_nodes, br.max_fraction, br.count_unavailable))
+            return cluster.claim(plan, Cap(br.max_nodes, br.max_fraction, br.count_unavailable))
         except NodewardenError as err:
             log.warning("blast_radius_unknown", error=str(err))
             return "blast_radius_unknown", str(err)
 
     def release(self, plugin: Remediation | None, plan: Plan) -> None:
         """Give the plan's slot back (after a revert, or when the action failed); a no-op without claims."""
-        release = getattr(self.engine(plugin), "release", None)
-        if callable(release):
-            release(plan)
+        cluster = self.engine(plugin)
+        if isinstance(cluster, Claims):
+            cluster.release(plan)
 
     def maintenance(self, plugin: Remediation | None, plan: Plan) -> tuple[str, str]:
         """``maintenance`` when the engine says the plan's node is under maintenance (Slurm MAINT reservation,
         Kubernetes maintenance label); ``maintenance_unknown`` when it cannot be asked."""
-        ask = getattr(self.engine(plugin), "maintenance", None)
-        if not callable(ask):
+        cluster = self.engine(plugin)
+        if not isinstance(cluster, KnowsMaintenance):
             return "", ""
         try:
-            why = ask(plan)
+            why = cluster.maintenance(plan)
         except NodewardenError as err:
             log.warning("maintenance_unknown", error=str(err))
             return "maintenance_unknown", str(err)

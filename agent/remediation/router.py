@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from agent.core.alerts import Alert
 from agent.core.errors import NodewardenError
-from agent.core.plugin import Entry, Plan, Remediation
+from agent.core.plugin import Entry, Expires, Plan, Refusal, Remediation
 from agent.remediation.executor import Done, Executor, Job, Tally
 from agent.remediation.guards import BlastRadius, LocalGuards
 from agent.remediation.journal import Journal
@@ -135,7 +135,7 @@ class Router:
             plan = plugin.plan(ep.alert, params)
         except (NodewardenError, ValueError) as err:
             # A plugin that refuses on purpose says why in ``err.reason`` (e.g. throttle's foreign_qdisc).
-            why = getattr(err, "reason", "")
+            why = err.reason if isinstance(err, Refusal) else ""
             log.warning("plan_refused" if why else "plan_failed", action=step.action, error=str(err))
             ep.detail = str(err)
             return (f"refused:{why}" if why else "plan_failed"), None, None
@@ -340,7 +340,7 @@ class Router:
 
     def expire(self, now: float) -> None:
         """Revert actions past their plugin's maximum duration (plugins with ``expired(active, now)``)."""
-        hooks = {n: p for n, p in self.plugins.items() if callable(getattr(p, "expired", None))}
+        hooks = {n: p for n, p in self.plugins.items() if isinstance(p, Expires)}
         if not hooks:
             return
         active = self.journal.active()
