@@ -7,9 +7,11 @@ from typing import Any
 
 import promql_parser as pp
 
-from agent.engine.promql import nodes
+from agent.engine.promql import aggregate, binary, nodes
+from agent.engine.promql.functions import FUNCTIONS
 from agent.engine.promql.regex import RegexError, RegexUnsupported, compile_anchored
-from agent.engine.promql.values import NAME, PromQLError, PromQLEvalError, Scalar, Selector, Vector
+from agent.engine.promql.selectors import Matcher, MatrixSelector, VectorSelector
+from agent.engine.promql.values import NAME, PromQLError, PromQLEvalError, Scalar, Selector, Vector, valid_label_name
 
 AGGREGATIONS = {
     "sum", "avg", "min", "max", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values", "group",
@@ -28,7 +30,7 @@ class Query:
     """A compiled expression: ``eval(store, t)`` returns a :class:`Vector` or a :class:`Scalar`."""
 
     def __init__(
-        self, text: str, root: nodes.Node, selectors: list[Selector], shared: list[nodes.MatrixSelector] | None = None
+        self, text: str, root: nodes.Node, selectors: list[Selector], shared: list[MatrixSelector] | None = None
     ) -> None:
         self.text = text
         self.root = root
@@ -61,9 +63,9 @@ class _Compiler:
     def __init__(self, text: str) -> None:
         self.text = text
         self.selectors: list[Selector] = []
-        self.vectors: dict[tuple, nodes.VectorSelector] = {}
-        self.matrices: dict[tuple, nodes.MatrixSelector] = {}
-        self.shared: list[nodes.MatrixSelector] = []
+        self.vectors: dict[tuple, VectorSelector] = {}
+        self.matrices: dict[tuple, MatrixSelector] = {}
+        self.shared: list[MatrixSelector] = []
 
     def fail(self, message: str, pattern: str | None = None) -> PromQLError:
         return PromQLError(message, _locate(self.text, pattern) if pattern else None)
@@ -82,7 +84,7 @@ class _Compiler:
             key = (id(vs), node.range.total_seconds())
             m = self.matrices.get(key)
             if m is None:
-                m = self.matrices[key] = nodes.MatrixSelector(vs, node.range.total_seconds())
+                m = self.matrices[key] = MatrixSelector(vs, node.range.total_seconds())
             elif m not in self.shared:
                 self.shared.append(m)
             return m
@@ -98,7 +100,7 @@ class _Compiler:
             return self.call(node)
         raise self.fail(f"expression {type(node).__name__} is not supported")
 
-    def vector_selector(self, vs: Any) -> nodes.VectorSelector:
+    def vector_selector(self, vs: Any) -> VectorSelector:
         if vs.at is not None:
             raise self.fail("@ modifier is not supported", "@")
         if vs.matchers.or_matchers:
@@ -120,26 +122,26 @@ class _Compiler:
         matchers = []
         for label, op, value in lint:
             try:
-                matchers.append(nodes.Matcher(label, op, value))
+                matchers.append(Matcher(label, op, value))
             except PromQLError as err:
                 raise PromQLError(err.message, self.text.find(value)) from err
         offset = vs.offset.total_seconds() if vs.offset is not None else 0.0
         key = (name, tuple(lint), offset)
         sel = self.vectors.get(key)
         if sel is None:
-            sel = self.vectors[key] = nodes.VectorSelector(name, matchers, offset)
+            sel = self.vectors[key] = VectorSelector(name, matchers, offset)
             sel.absent_labels = _absent_labels(raw)
         return sel
 
     def binary(self, node: Any) -> nodes.Node:
         op = str(node.op)
-        if op not in nodes.ARITH and op not in nodes.COMPARE and op not in nodes.SET_OPS:
+        if op not in binary.ARITH and op not in binary.COMPARE and op not in binary.SET_OPS:
             raise self.fail(f"binary operator {op} is not supported", re.escape(op))
         lhs = self.compile(node.lhs)
         rhs = self.compile(node.rhs)
         mod = node.modifier
         return_bool = False
-        card = "many-to-many" if op in nodes.SET_OPS else "one-to-one"
+        card = "many-to-many" if op in binary.SET_OPS else "one-to-one"
         on = False
         matching: list[str] = []
         include: list[str] = []
@@ -153,7 +155,7 @@ class _Compiler:
                 on = str(mod.matching.type) == "LabelModifierType.Include"
                 matching = list(mod.matching.labels)
             include = list(mod.group_labels or [])
-        return nodes.Binary(op, lhs, rhs, return_bool, card, on, matching, include)
+        return binary.Binary(op, lhs, rhs, return_bool, card, on, matching, include)
 
     def aggregate(self, node: Any) -> nodes.Node:
         op = str(node.op)
@@ -166,11 +168,11 @@ class _Compiler:
         if node.modifier is not None:
             without = str(node.modifier.type) == "AggModifierType.Without"
             grouping = list(node.modifier.labels)
-        return nodes.Aggregate(op, expr, param, grouping, without)
+        return aggregate.Aggregate(op, expr, param, grouping, without)
 
     def call(self, node: Any) -> nodes.Node:
         name = node.func.name
-        impl = nodes.FUNCTIONS.get(name)
+        impl = FUNCTIONS.get(name)
         if impl is None:
             raise self.fail(f"function {name} not supported", re.escape(name) + r"\s*\(")
         args = [self.compile(a) for a in node.args]
@@ -178,8 +180,8 @@ class _Compiler:
         call = nodes.Call(name, args, kind, impl)
         if name in ("absent", "absent_over_time"):
             arg = args[0]
-            vs = arg.vs if isinstance(arg, nodes.MatrixSelector) else arg
-            call.extra = getattr(vs, "absent_labels", {}) if isinstance(vs, nodes.VectorSelector) else {}
+            vs = arg.vs if isinstance(arg, MatrixSelector) else arg
+            call.extra = getattr(vs, "absent_labels", {}) if isinstance(vs, VectorSelector) else {}
         elif name == "label_replace":
             # Prometheus accepts these at load time and fails every evaluation: so do we (unsupported RE2
             # constructs are the exception: those we refuse to load rather than evaluate differently).
@@ -190,15 +192,15 @@ class _Compiler:
                 raise self.fail(f"regular expression {regex!r} in label_replace() is not supported: {err}") from err
             except RegexError:
                 call.extra = PromQLEvalError(f"invalid regular expression in label_replace(): {regex}")
-            if not nodes.valid_label_name(dst):
+            if not valid_label_name(dst):
                 call.extra = PromQLEvalError(f"invalid destination label name in label_replace(): {dst}")
         elif name == "label_join":
             for a in args[3:]:
-                if not nodes.valid_label_name(a.value):
+                if not valid_label_name(a.value):
                     call.extra = PromQLEvalError(f"invalid source label name in label_join(): {a.value}")
                     break
             else:
-                if not nodes.valid_label_name(args[1].value):
+                if not valid_label_name(args[1].value):
                     call.extra = PromQLEvalError(f"invalid destination label name in label_join(): {args[1].value}")
         return call
 
