@@ -185,6 +185,9 @@ class Aggregate(Node):
                     heap.fix(0)
         out = []
         for heap in heaps.values():
-            items = sorted(heap.items, key=lambda item: (item[1] == item[1], item[1]), reverse=top)
+            if top:  # numbers descending, NaN last (sort.Reverse of the heap order)
+                items = sorted(heap.items, key=lambda item: (item[1] == item[1], item[1]), reverse=True)
+            else:  # numbers ascending, NaN last
+                items = sorted(heap.items, key=lambda item: (item[1] != item[1], item[1]))
             out.extend(items)
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ ARITH: dict[str, Callable[[float, float], float]] = {
     "/": go_div,
     "%": go_mod,
     "^": go_pow,
+    "atan2": math.atan2,  # the C library's; Go's special cases agree
 }
 
 
@@ -68,7 +70,8 @@ class Binary(Node):
         self.arith = ARITH.get(op)
         self.compare = COMPARE.get(op)
         vector_side = rhs if lhs.kind == "scalar" else lhs
-        if self.arith is not None or return_bool:
+        self.drop = self.arith is not None and op != "atan2"  # 2.42 keeps __name__ for atan2
+        if self.drop or return_bool:
             self.single_name = True
         elif op == "or":
             self.single_name = False
@@ -103,9 +106,10 @@ class Binary(Node):
         out = []
         arith = self.arith
         if arith is not None:
+            drop = self.drop
             for labels, v in vec:
                 value = arith(scalar, v) if swap else arith(v, scalar)
-                out.append((drop_name(labels), value))
+                out.append((drop_name(labels) if drop else labels, value))
             return out
         compare = self.compare
         for labels, v in vec:
@@ -208,7 +212,7 @@ class Binary(Node):
         return out
 
     def _result_metric(self, lhs: LabelDict, rhs: LabelDict) -> LabelDict:
-        out = {k: v for k, v in lhs.items() if k != NAME} if self.arith is not None else dict(lhs)
+        out = {k: v for k, v in lhs.items() if k != NAME} if self.drop else dict(lhs)
         if self.card == "one-to-one":
             if self.on:
                 out = {k: v for k, v in out.items() if k in self.matching_set}

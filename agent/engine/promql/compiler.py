@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -11,6 +12,7 @@ from agent.engine.promql import aggregate, binary, nodes
 from agent.engine.promql.functions import FUNCTIONS
 from agent.engine.promql.regex import RegexError, RegexUnsupported, compile_anchored
 from agent.engine.promql.selectors import Matcher, MatrixSelector, VectorSelector
+from agent.engine.promql.subquery import Subquery
 from agent.engine.promql.values import NAME, PromQLError, PromQLEvalError, Scalar, Selector, Vector, valid_label_name
 
 AGGREGATIONS = {
@@ -30,15 +32,25 @@ class Query:
     """A compiled expression: ``eval(store, t)`` returns a :class:`Vector` or a :class:`Scalar`."""
 
     def __init__(
-        self, text: str, root: nodes.Node, selectors: list[Selector], shared: list[MatrixSelector] | None = None
+        self,
+        text: str,
+        root: nodes.Node,
+        selectors: list[Selector],
+        shared: list[MatrixSelector] | None = None,
+        clock: nodes.Clock | None = None,
+        reach: float = 0.0,
     ) -> None:
         self.text = text
         self.root = root
         self.selectors = selectors
+        self.reach = reach  # seconds of history before the evaluation time the query reads (see history_reach)
         self._shared = shared or []  # range selectors used more than once: read once per evaluation
+        self._clock = clock  # the time @ start() / @ end() refer to, when the query uses them
 
     def eval(self, store: Any, t: float) -> Vector | Scalar:
         """Evaluate at time ``t`` (seconds) over ``store``; raises PromQLError when Prometheus would fail."""
+        if self._clock is not None:
+            self._clock.t = t
         for m in self._shared:
             m.memo = {}
         try:
@@ -60,8 +72,10 @@ def _locate(text: str, pattern: str) -> int | None:
 
 
 class _Compiler:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, subquery_step: float = 60.0) -> None:
         self.text = text
+        self.subquery_step = subquery_step
+        self.clock: nodes.Clock | None = None
         self.selectors: list[Selector] = []
         self.vectors: dict[tuple, VectorSelector] = {}
         self.matrices: dict[tuple, MatrixSelector] = {}
@@ -89,7 +103,7 @@ class _Compiler:
                 self.shared.append(m)
             return m
         if isinstance(node, pp.SubqueryExpr):
-            raise self.fail("subquery is not supported", r"\[[^\]]*:")
+            return self.subquery(node)
         if isinstance(node, pp.UnaryExpr):
             return nodes.Negate(self.compile(node.expr))
         if isinstance(node, pp.BinaryExpr):
@@ -100,9 +114,30 @@ class _Compiler:
             return self.call(node)
         raise self.fail(f"expression {type(node).__name__} is not supported")
 
+    def at(self, modifier: Any) -> tuple[float | nodes.Clock | None, Any]:
+        """The ``@`` of a selector or subquery: (time in seconds, the query's Clock, or None; a hashable key)."""
+        if modifier is None:
+            return None, None
+        kind = str(modifier.type)
+        if kind == "AtModifierType.At":
+            seconds = round(modifier.at.timestamp() * 1000) / 1000  # Prometheus keeps ms precision
+            return seconds, seconds
+        if self.clock is None:
+            self.clock = nodes.Clock()
+        return self.clock, "clock"  # start() and end() are both the evaluation time of an instant query
+
+    def subquery(self, node: Any) -> nodes.Node:
+        expr = self.compile(node.expr)
+        if expr.kind != "vector":
+            raise self.fail(f"subquery is only allowed on instant vector, got {expr.kind}", r"\[[^\]]*:")
+        step = node.step.total_seconds() if node.step is not None else 0.0
+        if step <= 0:
+            step = self.subquery_step
+        offset = node.offset.total_seconds() if node.offset is not None else 0.0
+        at, _ = self.at(node.at)
+        return Subquery(expr, node.range.total_seconds(), step, offset, at)
+
     def vector_selector(self, vs: Any) -> VectorSelector:
-        if vs.at is not None:
-            raise self.fail("@ modifier is not supported", "@")
         if vs.matchers.or_matchers:
             raise self.fail("'or' inside a selector is not supported", r"\bor\b")
         name = vs.name
@@ -126,10 +161,11 @@ class _Compiler:
             except PromQLError as err:
                 raise PromQLError(err.message, self.text.find(value)) from err
         offset = vs.offset.total_seconds() if vs.offset is not None else 0.0
-        key = (name, tuple(lint), offset)
+        at, at_key = self.at(vs.at)
+        key = (name, tuple(lint), offset, at_key)
         sel = self.vectors.get(key)
         if sel is None:
-            sel = self.vectors[key] = VectorSelector(name, matchers, offset)
+            sel = self.vectors[key] = VectorSelector(name, matchers, offset, at)
             sel.absent_labels = _absent_labels(raw)
         return sel
 
@@ -176,7 +212,7 @@ class _Compiler:
         if impl is None:
             raise self.fail(f"function {name} not supported", re.escape(name) + r"\s*\(")
         args = [self.compile(a) for a in node.args]
-        kind = {"scalar": "scalar", "time": "scalar"}.get(name, "vector")
+        kind = {"scalar": "scalar", "time": "scalar", "pi": "scalar"}.get(name, "vector")
         call = nodes.Call(name, args, kind, impl)
         if name in ("absent", "absent_over_time"):
             arg = args[0]
@@ -262,17 +298,34 @@ def _prescan(text: str) -> None:
         raise PromQLError(f"duration {m.group(2)!r} has no unit (e.g. 5m); not valid in Prometheus 2.42", m.start(2))
 
 
-def compile_expr(text: str) -> Query:
-    """Parse and compile a PromQL expression; PromQLError names any construct outside the subset."""
+_REGISTERED = False
+
+
+def _register_functions() -> None:
+    """Teach promql-parser (which follows Prometheus 3) the 2.42 functions it no longer knows."""
+    global _REGISTERED
+    if not _REGISTERED:
+        vt = pp.ValueType
+        with contextlib.suppress(ValueError):  # already registered (by another copy of this module)
+            pp.register_extra_functions([pp.Function("holt_winters", [vt.Matrix, vt.Scalar, vt.Scalar], vt.Vector)])
+        _REGISTERED = True
+
+
+def compile_expr(text: str, subquery_step: float = 60.0) -> Query:
+    """Parse and compile a PromQL expression; PromQLError names any construct outside Prometheus 2.42.
+
+    ``subquery_step``: the step of subqueries written without one (``x[1h:]``), Prometheus' global
+    ``evaluation_interval`` (default 1m)."""
     _prescan(text)
+    _register_functions()
     try:
         ast = pp.parse(text)
     except ValueError as err:
         raise PromQLError(f"parse error: {err}") from err
-    compiler = _Compiler(text)
+    compiler = _Compiler(text, subquery_step)
     root = compiler.compile(ast)
     if root.kind == "string":
         raise PromQLError("expression of type string is not supported (expected instant vector or scalar)")
     if root.kind == "matrix":
         raise PromQLError("expression of type range vector is not supported (expected instant vector or scalar)")
-    return Query(text, root, compiler.selectors, compiler.shared)
+    return Query(text, root, compiler.selectors, compiler.shared, compiler.clock)

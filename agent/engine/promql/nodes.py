@@ -15,6 +15,16 @@ from agent.engine.promql.values import NAME, LabelDict, PromQLEvalError, labels_
 VectorT = list[tuple[LabelDict, float]]
 
 
+class Clock:
+    """The evaluation time of the query being evaluated, for ``@ start()`` and ``@ end()`` (an instant query,
+    as a rule evaluation is, starts and ends at its evaluation time). One per query, set by ``Query.eval``."""
+
+    __slots__ = ("t",)
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+
 def drop_name(labels: LabelDict) -> LabelDict:
     if NAME not in labels:
         return labels

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.engine.promql.nodes import Node, VectorT
+from agent.engine.promql.nodes import Clock, Node, VectorT
 from agent.engine.promql.regex import RegexError, RegexUnsupported, compile_anchored
 from agent.engine.promql.values import NAME, LabelDict, PromQLError, labels_key, ms
 from agent.engine.store import is_absent, is_stale
@@ -40,12 +40,18 @@ class Matcher:
 
 
 class VectorSelector(Node):
-    """``name{matchers} offset d``: the newest sample within the lookback window, unless stale."""
+    """``name{matchers} offset d @ t``: the newest sample within the lookback window, unless stale.
 
-    def __init__(self, name: str | None, matchers: list[Matcher], offset: float) -> None:
+    ``at``: None (evaluate at the query's time), a time in seconds, or the query's :class:`Clock`
+    (``@ start()`` / ``@ end()``: an instant query starts and ends at its evaluation time)."""
+
+    def __init__(
+        self, name: str | None, matchers: list[Matcher], offset: float, at: float | Clock | None = None
+    ) -> None:
         self.name = name
         self.matchers = matchers
         self.offset = offset
+        self.at = at
         self.single_name = name is not None
         self._cache_store: Any = None
         self._cache_version: Any = None
@@ -71,9 +77,9 @@ class VectorSelector(Node):
         self._cache_store, self._cache_version, self._cache = store, version, out
         return out
 
-    def _instants(self, store: Any, t: float) -> list[tuple[LabelDict, float, float]]:
-        """(labels, sample time, value) of every matching series with a sample in the lookback window."""
-        ref = t - self.offset
+    def _instants(self, store: Any, ref: float) -> list[tuple[LabelDict, float, float]]:
+        """(labels, sample time, value) of every matching series with a sample in the lookback window
+        ending at ``ref``."""
         lookback = LOOKBACK + _EPS
         selected = self.select(store)
         out = []
@@ -102,12 +108,21 @@ class VectorSelector(Node):
                 out.append((labels, s[0], s[1]))
         return out
 
+    def ref_time(self, t: float) -> float:
+        """The time this selector reads at when the query evaluates at ``t``: ``@`` time (or t) minus offset."""
+        at = self.at
+        if at is None:
+            return t - self.offset
+        return (at if at.__class__ is float else at.t) - self.offset
+
     def eval(self, store: Any, t: float) -> VectorT:
-        return [(labels, v) for labels, _, v in self._instants(store, t)]
+        return [(labels, v) for labels, _, v in self._instants(store, self.ref_time(t))]
 
     def eval_timestamps(self, store: Any, t: float) -> VectorT:
-        """Like eval, with the sample timestamps as values (for timestamp())."""
-        return [(labels, ms(ts) / 1000) for labels, ts, _ in self._instants(store, t)]
+        """Like eval, with the sample timestamps as values (for timestamp()). With ``@``, 2.42 reads at the
+        ``@`` time and ignores the offset here (it overwrites the selector's offset for timestamp())."""
+        ref = self.ref_time(t) if self.at is None else self.ref_time(t) + self.offset
+        return [(labels, ms(ts) / 1000) for labels, ts, _ in self._instants(store, ref)]
 
 
 SeriesRange = tuple[LabelDict, list[float], list[float], bool]
@@ -136,7 +151,7 @@ class MatrixSelector(Node):
         return got
 
     def window(self, t: float) -> tuple[float, float]:
-        end = t - self.vs.offset
+        end = self.vs.ref_time(t)
         return end - self.range, end
 
     def _read(self, store: Any, t: float) -> list[SeriesRange]:

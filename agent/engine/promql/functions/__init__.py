@@ -1,9 +1,11 @@
 """PromQL's functions: the FUNCTIONS table, by name, of implementations ``impl(call, store, t)``.
 
-One module per family: :mod:`rate` (rate increase delta irate idelta), :mod:`regression` (deriv
-predict_linear), :mod:`over_time` (``*_over_time`` changes resets), :mod:`presence` (absent*),
-:mod:`math` (element-wise math), :mod:`time` (time timestamp), :mod:`conversion` (vector scalar sort*),
-:mod:`labels` (label_replace label_join); :mod:`kahan` holds the summation they share.
+Every function of Prometheus 2.42 (promql/parser/functions.go). One module per family: :mod:`rate` (rate
+increase delta irate idelta), :mod:`regression` (deriv predict_linear), :mod:`over_time` (``*_over_time``
+changes resets holt_winters), :mod:`presence` (absent absent_over_time), :mod:`math` (element-wise math,
+trigonometry, pi), :mod:`time` (time timestamp and the date functions), :mod:`conversion` (vector scalar
+sort sort_desc), :mod:`labels` (label_replace label_join), :mod:`histogram` (histogram_*); :mod:`kahan`
+holds the summation they share.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from agent.engine.promql.functions import conversion, labels, over_time, presence, rate, regression, time
+from agent.engine.promql.functions import conversion, histogram, labels, over_time, presence, rate, regression, time
 from agent.engine.promql.functions import math as m
 from agent.engine.promql.values import go_ceil, go_floor
 
@@ -41,5 +43,13 @@ FUNCTIONS: dict[str, Callable[[Any, Any, float], Any]] = {
     "sort_desc": conversion.call_sort_desc,
     "label_replace": labels.call_label_replace,
     "label_join": labels.call_label_join,
+    "holt_winters": over_time.call_holt_winters,
+    "pi": m.call_pi,
+    "histogram_quantile": histogram.call_histogram_quantile,
+    "histogram_count": histogram.call_native_only,
+    "histogram_sum": histogram.call_native_only,
+    "histogram_fraction": histogram.call_native_only,
+    **{name: m.simple_call(f) for name, f in m.ELEMENTWISE.items()},
+    **{name: time.date_call(part) for name, part in time.DATE_PARTS.items()},
     **{name: over_time.range_call(f, name == "last_over_time") for name, f in over_time.SIMPLE_RANGE.items()},
 }

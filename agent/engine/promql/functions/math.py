@@ -1,12 +1,114 @@
-"""Element-wise math on instant vectors: abs, ceil, floor, round, clamp, clamp_min, clamp_max."""
+"""Element-wise math on instant vectors: abs ceil floor round clamp clamp_min clamp_max sgn, exp sqrt ln
+log2 log10, the trigonometric and hyperbolic functions, deg rad, and pi().
+
+Go's math semantics: no exceptions (domain errors give NaN, overflow +-Inf); ``exp``, ``ln``, ``log2`` and
+``log10`` follow Go's own algorithms (amd64 Exp, FreeBSD Log) bit for bit; the trigonometric and
+hyperbolic functions use the C library, which can differ from Go's pure-Go versions in the last bit.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from decimal import Decimal, localcontext
 from typing import Any
 
 from agent.engine.promql.nodes import Call, VectorT, drop_name
-from agent.engine.promql.values import go_div, go_floor, go_max, go_min
+from agent.engine.promql.values import go_div, go_exp, go_floor, go_log, go_max, go_min
+
+
+def _go_const(digits: str) -> float:
+    """1/x of a constant given with Go's digits, rounded once (Go folds constant expressions exactly)."""
+    with localcontext() as ctx:
+        ctx.prec = 60
+        return float(Decimal(1) / Decimal(digits))
+
+
+INV_LN2 = _go_const("0.693147180559945309417232121458176568075500134360255254120680009")
+INV_LN10 = _go_const("2.30258509299404568401799145468436420760110148862877297603332790")
+
+
+def go_log2(x: float) -> float:
+    """Go's math.Log2: exact for powers of two, else Log(frac) * (1/Ln2) + exp."""
+    frac, exp = math.frexp(x)
+    if frac == 0.5:
+        return float(exp - 1)
+    return go_log(frac) * INV_LN2 + float(exp)
+
+
+def go_log10(x: float) -> float:
+    """Go's math.Log10: Log(x) * (1/Ln10)."""
+    return go_log(x) * INV_LN10
+
+
+def go_sqrt(x: float) -> float:
+    return math.sqrt(x) if x >= 0 or x != x else math.nan
+
+
+def _total(f: Callable[[float], float], overflow: Callable[[float], float]) -> Callable[[float], float]:
+    """``f`` without exceptions: domain errors give NaN, overflow ``overflow(x)``."""
+
+    def g(x: float) -> float:
+        try:
+            return f(x)
+        except ValueError:
+            return math.nan
+        except OverflowError:
+            return overflow(x)
+
+    return g
+
+
+def _atanh(x: float) -> float:
+    if x == 1:
+        return math.inf
+    if x == -1:
+        return -math.inf
+    return math.atanh(x)
+
+
+def sgn(v: float) -> float:
+    if v < 0:
+        return -1.0
+    if v > 0:
+        return 1.0
+    return v  # zero (with its sign) and NaN
+
+
+def _inf(x: float) -> float:
+    return math.inf
+
+
+def _signed_inf(x: float) -> float:
+    return math.copysign(math.inf, x)
+
+
+ELEMENTWISE: dict[str, Callable[[float], float]] = {
+    "exp": go_exp,
+    "sqrt": go_sqrt,
+    "ln": go_log,
+    "log2": go_log2,
+    "log10": go_log10,
+    "sin": _total(math.sin, _inf),
+    "cos": _total(math.cos, _inf),
+    "tan": _total(math.tan, _inf),
+    "asin": _total(math.asin, _inf),
+    "acos": _total(math.acos, _inf),
+    "atan": _total(math.atan, _inf),
+    "sinh": _total(math.sinh, _signed_inf),
+    "cosh": _total(math.cosh, _inf),
+    "tanh": _total(math.tanh, _inf),
+    "asinh": _total(math.asinh, _inf),
+    "acosh": _total(math.acosh, _inf),
+    "atanh": _total(_atanh, _inf),
+    "deg": lambda v: v * 180 / math.pi,
+    "rad": lambda v: v * math.pi / 180,
+    "sgn": sgn,
+}
+
+
+def call_pi(call: Call, store: Any, t: float) -> float:
+    return math.pi
 
 
 def simple_call(f: Callable[[float], float]) -> Callable[[Call, Any, float], VectorT]:

@@ -1,4 +1,5 @@
-"""``*_over_time`` range functions, changes, resets, and the quantile they share with the aggregation."""
+"""``*_over_time`` range functions, changes, resets, holt_winters, and the quantile they share with the
+aggregation."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from agent.engine.promql.functions.kahan import _EXACT, Values, kahan_sum
 from agent.engine.promql.nodes import Call, VectorT, drop_name
+from agent.engine.promql.values import PromQLEvalError
 
 
 def changes(vals: Values, clean: bool) -> float:
@@ -130,7 +132,7 @@ def stddev_over_time(vals: Values, clean: bool) -> float:
 
 def quantile(q: float, values: list[float]) -> float:
     """promql quantile(): NaN sorts first; linear interpolation between neighbours."""
-    if not values:
+    if not values or q != q:
         return math.nan
     if q < 0:
         return -math.inf
@@ -156,6 +158,7 @@ SIMPLE_RANGE: dict[str, Callable[[Values, bool], float]] = {
     "stdvar_over_time": stdvar_over_time,
     "changes": changes,
     "resets": resets,
+    "present_over_time": lambda vals, clean: 1.0,
 }
 
 
@@ -197,3 +200,44 @@ def call_quantile_over_time(call: Call, store: Any, t: float) -> VectorT:
     return call.check(
         [(drop_name(labels), quantile(q, vals)) for labels, _, vals, _ in call.args[1].eval_series(store, t)]
     )
+
+
+def holt_winters(vals: Values, sf: float, tf: float) -> float | None:
+    """Double exponential smoothing as 2.42's funcHoltWinters (None: fewer than two samples)."""
+    if len(vals) < 2:
+        return None
+    s0 = 0.0
+    s1 = vals[0]
+    b = vals[1] - vals[0]
+    for i in range(1, len(vals)):
+        x = sf * vals[i]
+        if i > 1:  # calcTrendValue(i - 1, ...): the initial trend for the first step
+            b = tf * (s1 - s0) + (1 - tf) * b
+        y = (1 - sf) * (s1 + b)
+        s0, s1 = s1, x + y
+    return s1
+
+
+def go_fmt_f(v: float) -> str:
+    """Go's %f."""
+    if v != v:
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return f"{v:f}"
+
+
+def call_holt_winters(call: Call, store: Any, t: float) -> VectorT:
+    ranges = call.args[0].eval_series(store, t)
+    sf = call.args[1].eval(store, t)
+    tf = call.args[2].eval(store, t)
+    out = []
+    for labels, _, vals, _ in ranges:  # 2.42 checks the factors only when a series has samples
+        if sf <= 0 or sf >= 1:  # (NaN passes, as in Go)
+            raise PromQLEvalError(f"invalid smoothing factor. Expected: 0 < sf < 1, got: {go_fmt_f(sf)}")
+        if tf <= 0 or tf >= 1:
+            raise PromQLEvalError(f"invalid trend factor. Expected: 0 < tf < 1, got: {go_fmt_f(tf)}")
+        v = holt_winters(vals, sf, tf)
+        if v is not None:
+            out.append((drop_name(labels), v))
+    return call.check(out)
