@@ -24,11 +24,12 @@ NAMES = ["a", "b", "c_total"]
 RANGE_FNS = [
     "rate", "irate", "increase", "delta", "idelta", "deriv", "changes", "resets", "avg_over_time", "min_over_time",
     "max_over_time", "sum_over_time", "count_over_time", "last_over_time", "stddev_over_time", "stdvar_over_time",
-    "absent_over_time",
+    "absent_over_time", "present_over_time",
 ]  # fmt: skip
 INSTANT_FNS = [
     "abs", "ceil", "floor", "round", "clamp", "clamp_min", "clamp_max", "timestamp", "absent", "-", "label_replace",
-    "label_join", "sort",
+    "label_join", "sort", "sgn", "exp", "sqrt", "ln", "log2", "log10", "deg", "rad", "year", "month",
+    "day_of_month", "day_of_week", "day_of_year", "days_in_month", "hour", "minute", "histogram_quantile",
 ]  # fmt: skip
 
 
@@ -71,13 +72,21 @@ class Gen:
     def selector(self) -> str:
         rng = self.rng
         m = rng.choice(["", '{i="0"}', '{j=~"x|z"}', '{i!="1"}', '{j!~"y"}'])
-        return rng.choice(NAMES) + m + rng.choice(["", "", "", " offset 1m", " offset 3m"])
+        return rng.choice(NAMES) + m + rng.choice(["", "", "", " offset 1m", " offset 3m", " offset -1m"]) + self.at()
 
-    def range_selector(self) -> str:
+    def at(self) -> str:
+        return self.rng.choice(["", "", "", "", " @ 300", " @ 610.5", " @ start()", " @ end()"])
+
+    def range_selector(self, depth: int = 0) -> str:
         rng = self.rng
+        if depth < 2 and rng.random() < 0.25:  # a subquery, with or without its own step
+            r = rng.choice(["3m", "5m", "10m", "7m30s"])
+            step = rng.choice(["", "1m", "30s", "2m", "45s"])
+            offset = rng.choice(["", "", " offset 1m", " offset -2m"])
+            return f"({self.vector(depth + 1)})[{r}:{step}]{offset}{self.at()}"
         m = rng.choice(["", '{i="0"}', '{j=~"x"}'])
         r = rng.choice(["1m", "2m", "3m", "5m", "90s", "10m"])
-        return f"{rng.choice(NAMES)}{m}[{r}]{rng.choice(['', '', ' offset 2m'])}"
+        return f"{rng.choice(NAMES)}{m}[{r}]{rng.choice(['', '', ' offset 2m', ' offset -1m'])}{self.at()}"
 
     def vector(self, depth: int = 0) -> str:
         rng = self.rng
@@ -85,18 +94,20 @@ class Gen:
         if depth > 2 or r < 0.3:
             return self.selector()
         if r < 0.5:
-            f = rng.choice([*RANGE_FNS, "predict_linear", "quantile_over_time"])
+            f = rng.choice([*RANGE_FNS, "predict_linear", "quantile_over_time", "holt_winters"])
             if f == "predict_linear":
-                return f"predict_linear({self.range_selector()}, {rng.choice([60, 300, -120])})"
+                return f"predict_linear({self.range_selector(depth)}, {rng.choice([60, 300, -120])})"
             if f == "quantile_over_time":
-                return f"quantile_over_time({rng.choice([0, 0.3, 0.5, 1, 2])}, {self.range_selector()})"
-            return f"{f}({self.range_selector()})"
+                return f"quantile_over_time({rng.choice([0, 0.3, 0.5, 1, 2, 'NaN'])}, {self.range_selector(depth)})"
+            if f == "holt_winters":
+                return f"holt_winters({self.range_selector(depth)}, {rng.choice([0.1, 0.5])}, {rng.choice([0.3, 0.9])})"
+            return f"{f}({self.range_selector(depth)})"
         if r < 0.62:
             op = rng.choice(["min", "max", "count", "group", "quantile", "count_values", "sum"])
             g = rng.choice(["", " by (i)", " by (j)", " without (i)", " without (j)"])
             inner = self.selector() if op == "sum" else self.vector(depth + 1)
             if op == "quantile":
-                return f"quantile{g} ({rng.choice([0.2, 0.5, 0.9])}, {inner})"
+                return f"quantile{g} ({rng.choice([0.2, 0.5, 0.9, 'NaN'])}, {inner})"
             if op == "count_values":
                 return f'count_values{g} ("v", {inner})'
             return f"{op}{g} ({inner})"
@@ -116,6 +127,9 @@ class Gen:
             return f'label_join({inner}, "k", "/", "i", "j")'
         if f == "-":
             return f"-({inner})"
+        if f == "histogram_quantile":
+            le = f'label_replace({inner}, "le", "$1", "i", "(.*)")'
+            return f"histogram_quantile({rng.choice([0.5, 0.9, 0])}, {le})"
         return f"{f}({inner})"
 
     def binary(self, depth: int) -> str:
