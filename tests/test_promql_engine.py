@@ -36,6 +36,17 @@ EXPRS = [
     "absent_over_time(m[5s])",
     "timestamp(m)",
     "max_over_time(m[30s]) - min_over_time(m[30s])",
+    "m @ 1150.5",
+    "m offset -3s @ end()",
+    "rate(c[30s] @ 1170)",
+    "irate(c[20s] @ start())",
+    "timestamp(m @ 1160.25)",
+    "max_over_time(rate(c[20s])[40s:5s])",
+    "avg_over_time(m[30s:3s] offset 2s)",
+    "sum_over_time(deriv(m[10s])[20s:] @ 1180)",
+    "present_over_time(m[3s:1s])",
+    "holt_winters(m[30s], 0.3, 0.6)",
+    "histogram_quantile(0.9, label_replace(m, \"le\", \"$1\", \"i\", \"(.*)\"))",
 ]
 
 
