@@ -46,7 +46,7 @@ EXPRS = [
     "sum_over_time(deriv(m[10s])[20s:] @ 1180)",
     "present_over_time(m[3s:1s])",
     "holt_winters(m[30s], 0.3, 0.6)",
-    "histogram_quantile(0.9, label_replace(m, \"le\", \"$1\", \"i\", \"(.*)\"))",
+    'histogram_quantile(0.9, label_replace(m, "le", "$1", "i", "(.*)"))',
 ]
 
 
