@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Callable
 from typing import Any
 
+from agent.engine.promql.gomath import go_atan2
 from agent.engine.promql.nodes import Node, VectorT, check_unique, drop_name
 from agent.engine.promql.values import (
     NAME,
@@ -26,7 +26,7 @@ ARITH: dict[str, Callable[[float, float], float]] = {
     "/": go_div,
     "%": go_mod,
     "^": go_pow,
-    "atan2": math.atan2,  # the C library's; Go's special cases agree
+    "atan2": go_atan2,
 }
 
 

@@ -1,9 +1,9 @@
 """Element-wise math on instant vectors: abs ceil floor round clamp clamp_min clamp_max sgn, exp sqrt ln
 log2 log10, the trigonometric and hyperbolic functions, deg rad, and pi().
 
-Go's math semantics: no exceptions (domain errors give NaN, overflow +-Inf); ``exp``, ``ln``, ``log2`` and
-``log10`` follow Go's own algorithms (amd64 Exp, FreeBSD Log) bit for bit; the trigonometric and
-hyperbolic functions use the C library, which can differ from Go's pure-Go versions in the last bit.
+Go's math semantics, bit for bit: no exceptions (domain errors give NaN, overflow +-Inf); ``exp``, ``ln``,
+``log2`` and ``log10`` follow Go's own algorithms (amd64 Exp, FreeBSD Log), the trigonometric and
+hyperbolic functions Go's pure-Go code (:mod:`agent.engine.promql.gomath`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from decimal import Decimal, localcontext
 from typing import Any
 
+from agent.engine.promql import gomath
 from agent.engine.promql.nodes import Call, VectorT, drop_name
 from agent.engine.promql.values import go_div, go_exp, go_floor, go_log, go_max, go_min
 
@@ -45,28 +46,6 @@ def go_sqrt(x: float) -> float:
     return math.sqrt(x) if x >= 0 or x != x else math.nan
 
 
-def _total(f: Callable[[float], float], overflow: Callable[[float], float]) -> Callable[[float], float]:
-    """``f`` without exceptions: domain errors give NaN, overflow ``overflow(x)``."""
-
-    def g(x: float) -> float:
-        try:
-            return f(x)
-        except ValueError:
-            return math.nan
-        except OverflowError:
-            return overflow(x)
-
-    return g
-
-
-def _atanh(x: float) -> float:
-    if x == 1:
-        return math.inf
-    if x == -1:
-        return -math.inf
-    return math.atanh(x)
-
-
 def sgn(v: float) -> float:
     if v < 0:
         return -1.0
@@ -75,32 +54,24 @@ def sgn(v: float) -> float:
     return v  # zero (with its sign) and NaN
 
 
-def _inf(x: float) -> float:
-    return math.inf
-
-
-def _signed_inf(x: float) -> float:
-    return math.copysign(math.inf, x)
-
-
 ELEMENTWISE: dict[str, Callable[[float], float]] = {
     "exp": go_exp,
     "sqrt": go_sqrt,
     "ln": go_log,
     "log2": go_log2,
     "log10": go_log10,
-    "sin": _total(math.sin, _inf),
-    "cos": _total(math.cos, _inf),
-    "tan": _total(math.tan, _inf),
-    "asin": _total(math.asin, _inf),
-    "acos": _total(math.acos, _inf),
-    "atan": _total(math.atan, _inf),
-    "sinh": _total(math.sinh, _signed_inf),
-    "cosh": _total(math.cosh, _inf),
-    "tanh": _total(math.tanh, _inf),
-    "asinh": _total(math.asinh, _inf),
-    "acosh": _total(math.acosh, _inf),
-    "atanh": _total(_atanh, _inf),
+    "sin": gomath.go_sin,
+    "cos": gomath.go_cos,
+    "tan": gomath.go_tan,
+    "asin": gomath.go_asin,
+    "acos": gomath.go_acos,
+    "atan": gomath.go_atan,
+    "sinh": gomath.go_sinh,
+    "cosh": gomath.go_cosh,
+    "tanh": gomath.go_tanh,
+    "asinh": gomath.go_asinh,
+    "acosh": gomath.go_acosh,
+    "atanh": gomath.go_atanh,
     "deg": lambda v: v * 180 / math.pi,
     "rad": lambda v: v * math.pi / 180,
     "sgn": sgn,
