@@ -38,26 +38,31 @@ class Query:
         selectors: list[Selector],
         shared: list[MatrixSelector] | None = None,
         clock: nodes.Clock | None = None,
-        reach: float = 0.0,
+        nested: list[Subquery] | None = None,
     ) -> None:
         self.text = text
         self.root = root
         self.selectors = selectors
-        self.reach = reach  # seconds of history before the evaluation time the query reads (see history_reach)
         self._shared = shared or []  # range selectors used more than once: read once per evaluation
-        self._clock = clock  # the time @ start() / @ end() refer to, when the query uses them
+        self._clock = clock  # for @ start() / @ end() and the subquery step budget, when the query has them
+        self._nested = nested or []  # nested subqueries: their inner results are shared across outer steps
 
     def eval(self, store: Any, t: float) -> Vector | Scalar:
         """Evaluate at time ``t`` (seconds) over ``store``; raises PromQLError when Prometheus would fail."""
         if self._clock is not None:
             self._clock.t = t
+            self._clock.budget = nodes.Clock.STEPS
         for m in self._shared:
             m.memo = {}
+        for sub in self._nested:
+            sub.steps_memo = {}
         try:
             value = self.root.eval(store, t)
         finally:
             for m in self._shared:
                 m.memo = None
+            for sub in self._nested:
+                sub.steps_memo = None
         if self.root.kind == "scalar":
             return Scalar(value)
         return Vector((dict(labels), v) for labels, v in value)
@@ -76,6 +81,8 @@ class _Compiler:
         self.text = text
         self.subquery_step = subquery_step
         self.clock: nodes.Clock | None = None
+        self.depth = 0  # subqueries around the node being compiled
+        self.nested: list[Subquery] = []  # subqueries inside subqueries
         self.selectors: list[Selector] = []
         self.vectors: dict[tuple, VectorSelector] = {}
         self.matrices: dict[tuple, MatrixSelector] = {}
@@ -127,7 +134,11 @@ class _Compiler:
         return self.clock, "clock"  # start() and end() are both the evaluation time of an instant query
 
     def subquery(self, node: Any) -> nodes.Node:
-        expr = self.compile(node.expr)
+        self.depth += 1
+        try:
+            expr = self.compile(node.expr)
+        finally:
+            self.depth -= 1
         if expr.kind != "vector":
             raise self.fail(f"subquery is only allowed on instant vector, got {expr.kind}", r"\[[^\]]*:")
         step = node.step.total_seconds() if node.step is not None else 0.0
@@ -135,7 +146,12 @@ class _Compiler:
             step = self.subquery_step
         offset = node.offset.total_seconds() if node.offset is not None else 0.0
         at, _ = self.at(node.at)
-        return Subquery(expr, node.range.total_seconds(), step, offset, at)
+        if self.clock is None:
+            self.clock = nodes.Clock()
+        sub = Subquery(expr, node.range.total_seconds(), step, offset, self.clock, at)
+        if self.depth > 0:
+            self.nested.append(sub)
+        return sub
 
     def vector_selector(self, vs: Any) -> VectorSelector:
         if vs.matchers.or_matchers:
@@ -328,4 +344,4 @@ def compile_expr(text: str, subquery_step: float = 60.0) -> Query:
         raise PromQLError("expression of type string is not supported (expected instant vector or scalar)")
     if root.kind == "matrix":
         raise PromQLError("expression of type range vector is not supported (expected instant vector or scalar)")
-    return Query(text, root, compiler.selectors, compiler.shared, compiler.clock)
+    return Query(text, root, compiler.selectors, compiler.shared, compiler.clock, compiler.nested)

@@ -16,13 +16,17 @@ VectorT = list[tuple[LabelDict, float]]
 
 
 class Clock:
-    """The evaluation time of the query being evaluated, for ``@ start()`` and ``@ end()`` (an instant query,
-    as a rule evaluation is, starts and ends at its evaluation time). One per query, set by ``Query.eval``."""
+    """Per-query evaluation state shared by its nodes: ``t``, the evaluation time of the query (what
+    ``@ start()`` and ``@ end()`` mean: an instant query, as a rule evaluation is, starts and ends at it), and
+    ``budget``, the subquery steps the evaluation may still take. One per query, reset by ``Query.eval``."""
 
-    __slots__ = ("t",)
+    __slots__ = ("budget", "t")
+
+    STEPS = 100_000  # subquery steps per evaluation (nested ones multiply): bounds the time of any rule
 
     def __init__(self) -> None:
         self.t = 0.0
+        self.budget = self.STEPS
 
 
 def drop_name(labels: LabelDict) -> LabelDict:
