@@ -67,72 +67,62 @@ class DeviceFilterConfig(CollectorConfig):
     device_exclude: Regex | None = None
 
 
-class DiskConfig(DeviceFilterConfig):
-    """node_exporter diskstats collector equivalent."""
-
-
-class FilesystemConfig(CollectorConfig):
-    """node_exporter filesystem collector equivalent."""
-
-    mount_points_include: Regex | None = None
-    mount_points_exclude: Regex | None = None
-    fs_types_include: Regex | None = None
-    fs_types_exclude: Regex | None = None
-    stat_timeout: Duration = Field(1.0, gt=0, description="deadline for one statfs() call")
-
-
-class NetworkConfig(DeviceFilterConfig):
-    """node_exporter netdev + netclass equivalent."""
-
-
-class NetstatConfig(CollectorConfig):
-    """TCP counters from /proc/net/snmp."""
-
-
-class InfinibandConfig(DeviceFilterConfig):
-    """InfiniBand / RoCE port counters from sysfs."""
-
-
-class GpuConfig(CollectorConfig):
-    """NVIDIA GPUs through NVML."""
-
-    simulate: str | None = Field(None, description="scenario name or file: fake NVML instead of pynvml")
-    call_timeout: Duration = 2.0
-    max_abandoned_calls: int = Field(4, ge=1, le=64)
-    kmsg: bool = Field(True, description="also read NVRM Xid lines from /dev/kmsg (root only)")
-    xid_dedup_window: Duration = Field(10.0, description="an XID seen by NVML and kmsg within this counts once")
-    export_process_memory: bool = Field(False, description="export per-process GPU memory with a pid label")
-
-
 class CollectorsConfig(Model):
-    """Per-collector settings, keyed by collector name (third-party collectors by their entry-point name)."""
+    """Per-collector settings, keyed by collector name (built-in and third-party alike).
+
+    Each collector owns its settings model (its class's ``Config`` attribute, like remediation plugins).
+    :func:`config_model` builds the schema with one field per installed collector, so a problem is located
+    at ``collectors.NAME.key``; a section not configured reads as that collector's defaults.
+    """
 
     model_config = ConfigDict(frozen=True, extra="allow", strict=True)
 
-    disk: DiskConfig = DiskConfig()
-    filesystem: FilesystemConfig = FilesystemConfig()
-    network: NetworkConfig = NetworkConfig()
-    netstat: NetstatConfig = NetstatConfig()
-    infiniband: InfinibandConfig = InfinibandConfig()
-    gpu: GpuConfig = GpuConfig()
-
     @model_validator(mode="after")
-    def _third_party(self) -> CollectorsConfig:
-        from agent.collectors import discover
+    def _installed(self) -> CollectorsConfig:
+        from agent.core import discovery
 
-        known = discover()
+        known = discovery.discover(discovery.COLLECTORS)
+        fields = type(self).model_fields
         for name, value in (self.model_extra or {}).items():
             if name not in known:
-                names = ", ".join(sorted(set(known) | set(type(self).model_fields)))
+                names = ", ".join(sorted(set(known) | set(fields)))
                 raise ValueError(f"unknown collector {name!r} (installed: {names})")
-            self.model_extra[name] = CollectorConfig.model_validate(value)
+            if not isinstance(value, CollectorConfig):
+                self.model_extra[name] = section_model(name).model_validate(value)
         return self
 
     def get(self, name: str) -> CollectorConfig:
-        """The section for collector ``name`` (defaults for a third-party one not configured)."""
+        """The settings of collector ``name``: as configured, or its defaults."""
         if name in type(self).model_fields:
             return getattr(self, name)
-        return (self.model_extra or {}).get(name) or CollectorConfig()
+        found = (self.model_extra or {}).get(name)
+        return found if found is not None else section_model(name)()
+
+
+def section_model(name: str) -> type[CollectorConfig]:
+    """The settings model collector ``name`` declares (``CollectorConfig`` when it declares none or fails to load)."""
+    from agent.core import discovery
+
+    cls = discovery.collector_class(name)
+    model = getattr(cls, "Config", None) if cls is not None else None
+    return model if isinstance(model, type) and issubclass(model, CollectorConfig) else CollectorConfig
+
+
+_MODELS: dict[tuple[str, ...], type[Config]] = {}
+
+
+def config_model() -> type[Config]:
+    """:class:`Config` with ``collectors`` typed per installed collector (built once per set of collectors)."""
+    from pydantic import create_model
+
+    from agent.core import discovery
+
+    names = tuple(sorted(discovery.discover(discovery.COLLECTORS)))
+    if names not in _MODELS:
+        fields: dict[str, Any] = {n: (section_model(n), section_model(n)()) for n in names}
+        sections = create_model("CollectorsConfig", __base__=CollectorsConfig, **fields)
+        _MODELS[names] = create_model("Config", __base__=Config, collectors=(sections, sections()))
+    return _MODELS[names]
 
 
 class PathsConfig(Model):
@@ -206,7 +196,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def load_text(text: str, filename: str = "<config>") -> Config:
     """Parse and validate YAML text; ConfigError lists every problem with its position."""
-    return yamlpos.load_model(Config, text, filename, "config")[0]
+    return yamlpos.load_model(config_model(), text, filename, "config")[0]
 
 
 def load_file(path: str | Path) -> Config:
