@@ -127,3 +127,89 @@ def test_go_regex_rejections(pattern: str) -> None:
 def test_translate_keeps_named_groups() -> None:
     assert compile_anchored("(?P<dev>nvme)(\\d)").match("nvme1").group("dev") == "nvme"
     assert "(?P<dev>" in translate("(?P<dev>x)")
+
+
+# promql/parser/functions.go at v2.42.0
+FUNCTIONS_242 = [
+    "abs",
+    "absent",
+    "absent_over_time",
+    "acos",
+    "acosh",
+    "asin",
+    "asinh",
+    "atan",
+    "atanh",
+    "avg_over_time",
+    "ceil",
+    "changes",
+    "clamp",
+    "clamp_max",
+    "clamp_min",
+    "cos",
+    "cosh",
+    "count_over_time",
+    "days_in_month",
+    "day_of_month",
+    "day_of_week",
+    "day_of_year",
+    "deg",
+    "delta",
+    "deriv",
+    "exp",
+    "floor",
+    "histogram_count",
+    "histogram_sum",
+    "histogram_fraction",
+    "histogram_quantile",
+    "holt_winters",
+    "hour",
+    "idelta",
+    "increase",
+    "irate",
+    "label_replace",
+    "label_join",
+    "last_over_time",
+    "ln",
+    "log10",
+    "log2",
+    "max_over_time",
+    "min_over_time",
+    "minute",
+    "month",
+    "pi",
+    "predict_linear",
+    "present_over_time",
+    "quantile_over_time",
+    "rad",
+    "rate",
+    "resets",
+    "round",
+    "scalar",
+    "sgn",
+    "sin",
+    "sinh",
+    "sort",
+    "sort_desc",
+    "sqrt",
+    "stddev_over_time",
+    "stdvar_over_time",
+    "sum_over_time",
+    "tan",
+    "tanh",
+    "time",
+    "timestamp",
+    "vector",
+    "year",
+]
+
+
+def test_every_242_function_is_implemented_and_documented() -> None:
+    from agent.engine.promql.functions import FUNCTIONS
+    from tests.conftest import REPO
+
+    assert len(FUNCTIONS_242) == 70
+    assert set(FUNCTIONS) == set(FUNCTIONS_242)
+    table = re.findall(r"^\| `(\w+)` \| (\w+) \|", (REPO / "docs" / "promql.md").read_text(), re.M)
+    documented = {name: status for name, status in table if name in FUNCTIONS_242}
+    assert documented == dict.fromkeys(FUNCTIONS_242, "supported")
