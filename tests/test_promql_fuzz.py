@@ -3,12 +3,15 @@
 Complements the hand-written corpus with combinations nobody thought of. Generated shapes avoid what
 promtool itself does not answer deterministically (it loads series in random order): topk/bottomk ties,
 order-dependent float sums (sum only over raw, exactly summable samples; no avg/stddev aggregations),
-and which two series a duplicate-series error names.
+and which two series a duplicate-series error names. ``@`` is not generated inside subqueries: there 2.42
+re-bases the pinned times on the subquery's first step and clips reads to the query's loaded range (its
+range-evaluation machinery; docs/promql.md lists this as a known difference).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -21,6 +24,9 @@ from agent.engine.promql import PromQLError, compile_expr
 from tests.test_promql_differential import build, go_duration, render, run_promtool
 
 NAMES = ["a", "b", "c_total"]
+# CI runs six seeds; NODEWARDEN_FUZZ_SEEDS=100 runs seeds 1..100 (a longer run: 99 of 100 agree; seed 36 hits
+# min/max over a group holding NaN, which depends on the order promtool happened to load the series in)
+SEEDS = list(range(1, int(os.environ.get("NODEWARDEN_FUZZ_SEEDS", "6")) + 1))
 RANGE_FNS = [
     "rate", "irate", "increase", "delta", "idelta", "deriv", "changes", "resets", "avg_over_time", "min_over_time",
     "max_over_time", "sum_over_time", "count_over_time", "last_over_time", "stddev_over_time", "stdvar_over_time",
@@ -36,6 +42,7 @@ INSTANT_FNS = [
 class Gen:
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
+        self.in_subquery = 0
 
     def values(self) -> str:
         rng = self.rng
@@ -75,6 +82,8 @@ class Gen:
         return rng.choice(NAMES) + m + rng.choice(["", "", "", " offset 1m", " offset 3m", " offset -1m"]) + self.at()
 
     def at(self) -> str:
+        if self.in_subquery:  # see the module docstring
+            return ""
         return self.rng.choice(["", "", "", "", " @ 300", " @ 610.5", " @ start()", " @ end()"])
 
     def range_selector(self, depth: int = 0) -> str:
@@ -83,7 +92,11 @@ class Gen:
             r = rng.choice(["3m", "5m", "10m", "7m30s"])
             step = rng.choice(["", "1m", "30s", "2m", "45s"])
             offset = rng.choice(["", "", " offset 1m", " offset -2m"])
-            return f"({self.vector(depth + 1)})[{r}:{step}]{offset}{self.at()}"
+            at = self.at()
+            self.in_subquery += 1
+            inner = self.vector(depth + 1)
+            self.in_subquery -= 1
+            return f"({inner})[{r}:{step}]{offset}{at}"
         m = rng.choice(["", '{i="0"}', '{j=~"x"}'])
         r = rng.choice(["1m", "2m", "3m", "5m", "90s", "10m"])
         return f"{rng.choice(NAMES)}{m}[{r}]{rng.choice(['', '', ' offset 2m', ' offset -1m'])}{self.at()}"
@@ -166,7 +179,7 @@ def _error_kind(message: str) -> str:
     return message.split("[", 1)[0]  # which series a duplicate error names depends on promtool's load order
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("seed", SEEDS)
 def test_random_expressions_agree_with_promtool(seed: int, tmp_path: Path) -> None:
     groups = Gen(seed).groups(12, 15)
     tests, errors = build(groups)

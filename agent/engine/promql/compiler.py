@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import promql_parser as pp
 
 from agent.engine.promql import aggregate, binary, nodes
 from agent.engine.promql.functions import FUNCTIONS
 from agent.engine.promql.regex import RegexError, RegexUnsupported, compile_anchored
-from agent.engine.promql.selectors import Matcher, MatrixSelector, VectorSelector
+from agent.engine.promql.selectors import LOOKBACK, Matcher, MatrixSelector, VectorSelector
 from agent.engine.promql.subquery import Subquery
 from agent.engine.promql.values import NAME, PromQLError, PromQLEvalError, Scalar, Selector, Vector, valid_label_name
 
@@ -28,6 +29,46 @@ _CARD = {
 _MATCH_OPS = {"MatchOp.Equal": "=", "MatchOp.NotEqual": "!=", "MatchOp.Re": "=~", "MatchOp.NotRe": "!~"}
 
 
+class Span(NamedTuple):
+    """One occurrence of a selector: its range (0 for an instant selector) and the subqueries around it as
+    (range, offset, @), outermost first."""
+
+    selector: VectorSelector
+    eval_range: float
+    around: tuple[tuple[float, float, Any], ...]
+
+
+def _at_time(at: Any, t: float) -> float | None:
+    return None if at is None else at if at.__class__ is float else t
+
+
+def data_range(spans: list[Span], t: float) -> tuple[float, float]:
+    """The samples an instant query at ``t`` loads from storage, as Prometheus 2.42 computes it (engine.go
+    findMinMaxTime / getTimeRangesForSelector / subqueryTimes): the union of every selector's range."""
+    mint, maxt = math.inf, -math.inf
+    for span in spans:
+        start = end = t
+        sub_offset = sub_range = 0.0
+        sub_at = None
+        for rng, off, at in span.around:
+            sub_offset += off
+            sub_range += rng
+            if at is not None:  # @ on a subquery resets what the outer ones added
+                sub_offset, sub_range, sub_at = off, rng, _at_time(at, t)
+        if sub_at is not None:
+            start = end = sub_at
+        sel = span.selector
+        sel_at = _at_time(sel.at, t)
+        if sel_at is not None:
+            start = end = sel_at
+        else:
+            start -= sub_offset + sub_range
+            end -= sub_offset
+        start -= span.eval_range if span.eval_range else LOOKBACK
+        mint, maxt = min(mint, start - sel.offset), max(maxt, end - sel.offset)
+    return mint, maxt
+
+
 class Query:
     """A compiled expression: ``eval(store, t)`` returns a :class:`Vector` or a :class:`Scalar`."""
 
@@ -39,6 +80,7 @@ class Query:
         shared: list[MatrixSelector] | None = None,
         clock: nodes.Clock | None = None,
         nested: list[Subquery] | None = None,
+        spans: list[Span] | None = None,
     ) -> None:
         self.text = text
         self.root = root
@@ -46,12 +88,15 @@ class Query:
         self._shared = shared or []  # range selectors used more than once: read once per evaluation
         self._clock = clock  # for @ start() / @ end() and the subquery step budget, when the query has them
         self._nested = nested or []  # nested subqueries: their inner results are shared across outer steps
+        self._spans = spans  # set when the query's data range matters (timestamp(x @ t))
 
     def eval(self, store: Any, t: float) -> Vector | Scalar:
         """Evaluate at time ``t`` (seconds) over ``store``; raises PromQLError when Prometheus would fail."""
         if self._clock is not None:
             self._clock.t = t
             self._clock.budget = nodes.Clock.STEPS
+            if self._spans:
+                self._clock.mint, self._clock.maxt = data_range(self._spans, t)
         for m in self._shared:
             m.memo = {}
         for sub in self._nested:
@@ -82,6 +127,9 @@ class _Compiler:
         self.subquery_step = subquery_step
         self.clock: nodes.Clock | None = None
         self.depth = 0  # subqueries around the node being compiled
+        self.around: list[tuple[float, float, Any]] = []  # (range, offset, @) of those subqueries, outermost first
+        self.spans: list[Span] = []  # every selector occurrence with its subqueries: the query's data range
+        self.clip = False  # a timestamp(x @ t) reads at t within the query's data range (2.42)
         self.nested: list[Subquery] = []  # subqueries inside subqueries
         self.selectors: list[Selector] = []
         self.vectors: dict[tuple, VectorSelector] = {}
@@ -101,7 +149,7 @@ class _Compiler:
         if isinstance(node, pp.VectorSelector):
             return self.vector_selector(node)
         if isinstance(node, pp.MatrixSelector):
-            vs = self.vector_selector(node.vector_selector)
+            vs = self.vector_selector(node.vector_selector, node.range.total_seconds())
             key = (id(vs), node.range.total_seconds())
             m = self.matrices.get(key)
             if m is None:
@@ -135,10 +183,13 @@ class _Compiler:
 
     def subquery(self, node: Any) -> nodes.Node:
         self.depth += 1
+        offset = node.offset.total_seconds() if node.offset is not None else 0.0
+        self.around.append((node.range.total_seconds(), offset, self.at(node.at)[0]))
         try:
             expr = self.compile(node.expr)
         finally:
             self.depth -= 1
+            self.around.pop()
         if expr.kind != "vector":
             raise self.fail(f"subquery is only allowed on instant vector, got {expr.kind}", r"\[[^\]]*:")
         step = node.step.total_seconds() if node.step is not None else 0.0
@@ -153,7 +204,7 @@ class _Compiler:
             self.nested.append(sub)
         return sub
 
-    def vector_selector(self, vs: Any) -> VectorSelector:
+    def vector_selector(self, vs: Any, eval_range: float = 0.0) -> VectorSelector:
         if vs.matchers.or_matchers:
             raise self.fail("'or' inside a selector is not supported", r"\bor\b")
         name = vs.name
@@ -183,6 +234,7 @@ class _Compiler:
         if sel is None:
             sel = self.vectors[key] = VectorSelector(name, matchers, offset, at)
             sel.absent_labels = _absent_labels(raw)
+        self.spans.append(Span(sel, eval_range, tuple(self.around)))
         return sel
 
     def binary(self, node: Any) -> nodes.Node:
@@ -234,6 +286,11 @@ class _Compiler:
             arg = args[0]
             vs = arg.vs if isinstance(arg, MatrixSelector) else arg
             call.extra = getattr(vs, "absent_labels", {}) if isinstance(vs, VectorSelector) else {}
+        elif name == "timestamp" and isinstance(args[0], VectorSelector) and args[0].at is not None:
+            if self.clock is None:
+                self.clock = nodes.Clock()
+            call.extra = self.clock
+            self.clip = True
         elif name == "label_replace":
             # Prometheus accepts these at load time and fails every evaluation: so do we (unsupported RE2
             # constructs are the exception: those we refuse to load rather than evaluate differently).
@@ -344,4 +401,5 @@ def compile_expr(text: str, subquery_step: float = 60.0) -> Query:
         raise PromQLError("expression of type string is not supported (expected instant vector or scalar)")
     if root.kind == "matrix":
         raise PromQLError("expression of type range vector is not supported (expected instant vector or scalar)")
-    return Query(text, root, compiler.selectors, compiler.shared, compiler.clock, compiler.nested)
+    spans = compiler.spans if compiler.clip else None
+    return Query(text, root, compiler.selectors, compiler.shared, compiler.clock, compiler.nested, spans)

@@ -20,13 +20,14 @@ class Clock:
     ``@ start()`` and ``@ end()`` mean: an instant query, as a rule evaluation is, starts and ends at it), and
     ``budget``, the subquery steps the evaluation may still take. One per query, reset by ``Query.eval``."""
 
-    __slots__ = ("budget", "t")
+    __slots__ = ("budget", "maxt", "mint", "t")
 
     STEPS = 100_000  # subquery steps per evaluation (nested ones multiply): bounds the time of any rule
 
     def __init__(self) -> None:
         self.t = 0.0
         self.budget = self.STEPS
+        self.mint = self.maxt = 0.0  # the query's data range (only when a timestamp(x @ t) needs it)
 
 
 def drop_name(labels: LabelDict) -> LabelDict:

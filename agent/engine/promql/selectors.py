@@ -118,11 +118,24 @@ class VectorSelector(Node):
     def eval(self, store: Any, t: float) -> VectorT:
         return [(labels, v) for labels, _, v in self._instants(store, self.ref_time(t))]
 
-    def eval_timestamps(self, store: Any, t: float) -> VectorT:
-        """Like eval, with the sample timestamps as values (for timestamp()). With ``@``, 2.42 reads at the
-        ``@`` time and ignores the offset here (it overwrites the selector's offset for timestamp())."""
-        ref = self.ref_time(t) if self.at is None else self.ref_time(t) + self.offset
-        return [(labels, ms(ts) / 1000) for labels, ts, _ in self._instants(store, ref)]
+    def eval_timestamps(self, store: Any, t: float, window: tuple[float, float] | None = None) -> VectorT:
+        """Like eval, with the sample timestamps as values (for timestamp()).
+
+        With ``@``, 2.42 reads at the ``@`` time itself (timestamp() overwrites the selector's offset) among the
+        samples the query loaded, ``window`` = (mint, maxt): the offset then shows only through that window."""
+        if self.at is None or window is None:
+            return [(labels, ms(ts) / 1000) for labels, ts, _ in self._instants(store, self.ref_time(t))]
+        ref = self.ref_time(t) + self.offset
+        lower = max(ref - LOOKBACK, window[0])
+        upper = min(ref, window[1])
+        if upper < lower:
+            return []
+        out = []
+        for series, labels in self.select(store):
+            got = store.instant(series, upper, upper - lower + _EPS)
+            if got is not None:
+                out.append((labels, ms(got[0]) / 1000))
+        return out
 
 
 SeriesRange = tuple[LabelDict, list[float], list[float], bool]

@@ -16,17 +16,18 @@ from agent.engine.promql.selectors import MatrixSelector, ring_range
 from agent.engine.promql.values import go_div, ms
 
 
-def counter_correction(vals: Values, clean: bool) -> float:
-    """Sum of the values before each counter reset (a decrease). ``clean``: no NaN in ``vals``."""
+def counter_increase(vals: Values, clean: bool) -> float:
+    """``last - first`` plus the value before each counter reset (a decrease), added one by one in Prometheus'
+    order (2.42 adds each into the running result). ``clean``: no NaN in ``vals``."""
+    result = vals[-1] - vals[0]
     if clean and vals == sorted(vals):
-        return 0.0  # non-decreasing: no reset (sorting a sorted list is a linear C loop)
-    correction = 0.0
+        return result  # non-decreasing: no reset (sorting a sorted list is a linear C loop)
     prev = vals[0]
     for v in vals:
         if v < prev:
-            correction += prev
+            result += prev
         prev = v
-    return correction
+    return result
 
 
 def extrapolated_rate(
@@ -42,10 +43,10 @@ def extrapolated_rate(
     """rate / increase / delta (promql/functions.go extrapolatedRate as of 2.42)."""
     if len(vals) < 2:
         return None
-    correction = counter_correction(vals, clean) if is_counter else 0.0
+    result = counter_increase(vals, clean) if is_counter else vals[-1] - vals[0]
     return rate_from(
-        ms(times[0]), ms(times[-1]), vals[0], vals[-1], len(vals), correction, ms(range_start), ms(range_end),
-        range_s, is_counter, is_rate,
+        ms(times[0]), ms(times[-1]), vals[0], result, len(vals), ms(range_start), ms(range_end), range_s,
+        is_counter, is_rate,
     )  # fmt: skip
 
 
@@ -53,20 +54,17 @@ def rate_from(
     first_t: int,
     last_t: int,
     first_v: float,
-    last_v: float,
+    result: float,
     n: int,
-    correction: float,
     start_ms: int,
     end_ms: int,
     range_s: float,
     is_counter: bool,
     is_rate: bool,
 ) -> float:
-    """extrapolatedRate from a window's first and last samples (times in ms), its sample count (>= 2) and
-    counter correction; ``start_ms``/``end_ms``: the range's bounds in ms."""
-    result = last_v - first_v
-    if is_counter:
-        result += correction
+    """extrapolatedRate from a window's first and last sample times (ms), its first value, its increase
+    (``last - first``, plus resets for counters), its sample count (>= 2); ``start_ms``/``end_ms``: the range's
+    bounds in ms."""
     duration_to_start = (first_t - start_ms) / 1000
     duration_to_end = (end_ms - last_t) / 1000
     sampled = (last_t - first_t) / 1000
@@ -133,9 +131,10 @@ def rate_call(is_counter: bool, is_rate: bool) -> Callable[[Call, Any, float], V
             nan, drop = marks(series)
             if nan < k0 and (drop <= k0 or not is_counter):
                 ring = series.values
+                first_v = ring[k0 % cap]
                 v = rate_from(
-                    t0, t1 if last == k1 else ms(store.tick_time(last)), ring[k0 % cap], ring[last % cap],
-                    last - k0 + 1, 0.0, start_ms, end_ms, rng, is_counter, is_rate,
+                    t0, t1 if last == k1 else ms(store.tick_time(last)), first_v, ring[last % cap] - first_v,
+                    last - k0 + 1, start_ms, end_ms, rng, is_counter, is_rate,
                 )  # fmt: skip
             else:
                 if times is None:

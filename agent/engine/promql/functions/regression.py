@@ -74,7 +74,10 @@ def linear_regression(
         elif -math.inf < sum(vals) < math.inf:
             ordered = sorted(vals)
     # constant y? (a NaN never equals itself, as in Go)
-    constant = ordered[0] == ordered[-1] if ordered is not None else vals.count(init_y) == len(vals)
+    # (list.count matches by identity first: one NaN object repeated would count as equal)
+    constant = (
+        ordered[0] == ordered[-1] if ordered is not None else init_y == init_y and vals.count(init_y) == len(vals)
+    )
     if constant:
         if math.isinf(init_y):
             return math.nan, math.nan
