@@ -56,7 +56,7 @@ def make(root: Path, n: int, size: int) -> int:
         with open(d / f"f{i:05d}", "wb") as f:
             left = size
             while left:
-                f.write(chunk[: min(left, len(chunk))])
+                f.write(chunk[:min(left, len(chunk))])
                 left -= min(left, len(chunk))
     return n * size
 
@@ -72,9 +72,9 @@ def run_cp(src: Path, dst: Path, sync: bool) -> None:
 
 
 def run_safecopy(src: Path, dst: Path, state: Path) -> None:
-    mover = SafeMover(StepLog(str(state / "bench.steps")))  # the real /proc scan for writers, per batch
+    mover = SafeMover(StepLog(str(state / "bench.steps")))     # the real /proc scan for writers, per batch
     moves = []
-    for d, dirs, names in os.walk(src):  # one listing and one mkdir per directory, like cp -a
+    for d, dirs, names in os.walk(src):     # one listing and one mkdir per directory, like cp -a
         dirs.sort()
         out = os.path.join(dst, os.path.relpath(d, src))
         os.makedirs(out, exist_ok=True)
@@ -94,7 +94,7 @@ def _cpu() -> float:
 
 def timed(fn: Callable[[], None], cpu: list[float] | None = None) -> float:
     """Wall seconds of ``fn``; its CPU seconds (user + system, this process and its children) go to ``cpu``."""
-    subprocess.run(["sync"], check=True, timeout=600)  # start each method with no dirty pages of the last
+    subprocess.run(["sync"], check=True, timeout=600)   # start each method with no dirty pages of the last
     c0, t0 = _cpu(), time.perf_counter()
     fn()
     t = time.perf_counter() - t0
@@ -107,7 +107,7 @@ def copy_bench(src: Path, work: Path, total: int, repeat: int) -> dict[str, dict
     times: dict[str, list[float]] = {"cp": [], "cp+sync": [], "safecopy": []}
     cpus: dict[str, list[float]] = {name: [] for name in times}
     for r in range(repeat):
-        for name in list(times) if r % 2 == 0 else list(reversed(times)):
+        for name in (list(times) if r % 2 == 0 else list(reversed(times))):
             dst = work / f"{name}-{r}"
             state = work / f"state-{name}-{r}"
             state.mkdir()
@@ -120,15 +120,11 @@ def copy_bench(src: Path, work: Path, total: int, repeat: int) -> dict[str, dict
     out = {}
     for name, ts in times.items():
         med = statistics.median(ts)
-        out[name] = {
-            "seconds": round(med, 3),
-            "MB_s": round(total / med / 1e6, 1),
-            "cpu_s": round(statistics.median(cpus[name]), 3),
-        }
+        out[name] = {"seconds": round(med, 3), "MB_s": round(total / med / 1e6, 1),
+                     "cpu_s": round(statistics.median(cpus[name]), 3)}
     for peer in ("cp", "cp+sync"):
-        out["safecopy"][f"vs_{peer}"] = round(
-            out["cp" if peer == "cp" else "cp+sync"]["seconds"] / out["safecopy"]["seconds"], 2
-        )
+        out["safecopy"][f"vs_{peer}"] = round(out["cp" if peer == "cp" else "cp+sync"]["seconds"]
+                                              / out["safecopy"]["seconds"], 2)
     return out
 
 
@@ -140,11 +136,11 @@ def hash_bench(src: Path, total: int, repeat: int) -> dict[str, dict[str, float]
     peers: dict[str, Callable[[], None]] = {
         "scrubber": lambda: _check_scrub(Scrubber(ds).run()),
         "scrubber_2threads": lambda: _check_scrub(Scrubber(ds, threads=2).run()),
-        "b3sum_1thread": lambda: subprocess.run(
-            ["b3sum", "--num-threads", "1", *paths], check=True, stdout=subprocess.DEVNULL, timeout=600
-        ),
+        "b3sum_1thread": lambda: subprocess.run(["b3sum", "--num-threads", "1", *paths], check=True,
+                                                stdout=subprocess.DEVNULL, timeout=600),
         "b3sum": lambda: subprocess.run(["b3sum", *paths], check=True, stdout=subprocess.DEVNULL, timeout=600),
-        "sha256sum": lambda: subprocess.run(["sha256sum", *paths], check=True, stdout=subprocess.DEVNULL, timeout=600),
+        "sha256sum": lambda: subprocess.run(["sha256sum", *paths], check=True, stdout=subprocess.DEVNULL,
+                                            timeout=600),
     }
     if not shutil.which("b3sum"):
         del peers["b3sum_1thread"], peers["b3sum"]
@@ -173,19 +169,12 @@ def main() -> None:
         large_total = make(work / "large", max(1, args.large_mb // 64), 64 << 20)
         small_total = make(work / "small", args.small, 32 << 10)
         result = {
-            "filesystem": subprocess.run(
-                ["stat", "-f", "-c", "%T", tmp], capture_output=True, text=True, timeout=30
-            ).stdout.strip(),
-            "large": {
-                "files": max(1, args.large_mb // 64),
-                "bytes": large_total,
-                **copy_bench(work / "large", work, large_total, args.repeat),
-            },
-            "small": {
-                "files": args.small,
-                "bytes": small_total,
-                **copy_bench(work / "small", work, small_total, args.repeat),
-            },
+            "filesystem": subprocess.run(["stat", "-f", "-c", "%T", tmp], capture_output=True, text=True,
+                                         timeout=30).stdout.strip(),
+            "large": {"files": max(1, args.large_mb // 64), "bytes": large_total,
+                      **copy_bench(work / "large", work, large_total, args.repeat)},
+            "small": {"files": args.small, "bytes": small_total,
+                      **copy_bench(work / "small", work, small_total, args.repeat)},
             "hash": {"bytes": large_total, **hash_bench(work / "large", large_total, args.repeat)},
         }
     print(json.dumps(result, indent=1))

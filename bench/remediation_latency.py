@@ -44,9 +44,8 @@ class Probe:
         self.event = threading.Event()
 
     def plan(self, alert, params):
-        return Plan(
-            action="probe", target=f"gpu/{params.gpu}", params=params.model_dump(), changes=["probe"], reversible=False
-        )
+        return Plan(action="probe", target=f"gpu/{params.gpu}", params=params.model_dump(), changes=["probe"],
+                    reversible=False)
 
     def apply(self, plan):
         self.started[plan.params["gpu"]] = time.perf_counter()
@@ -84,9 +83,8 @@ def main() -> None:
     n = 200
     decide, to_apply = [], []
     for i in range(n):
-        a = Alert(
-            labels={"alertname": "GpuXid", "gpu": str(i)}, annotations={}, state="firing", active_at=0.0, value=79.0
-        )
+        a = Alert(labels={"alertname": "GpuXid", "gpu": str(i)}, annotations={}, state="firing", active_at=0.0,
+                  value=79.0)
         probe.event.clear()
         t0 = time.perf_counter()
         rem.on_tick([a], float(i))
@@ -96,10 +94,8 @@ def main() -> None:
         to_apply.append((probe.started[str(i)] - t0) * 1e3)
         rem.close(5)
 
-    firing = [
-        Alert(labels={"alertname": "GpuXid", "gpu": str(i)}, annotations={}, state="firing", active_at=0.0, value=79.0)
-        for i in range(n)
-    ]
+    firing = [Alert(labels={"alertname": "GpuXid", "gpu": str(i)}, annotations={}, state="firing", active_at=0.0,
+                    value=79.0) for i in range(n)]
     steady = []
     for k in range(200):
         t0 = time.perf_counter()
@@ -119,26 +115,16 @@ def main() -> None:
     pipe = pipeline(state)
 
     print(f"state dir: {state}")
-    print(
-        f"alert fires -> on_tick returns (decide + journal intent + spawn), ms: p50 {statistics.median(decide):.3f}"
-        f"  p99 {pct(decide, 0.99):.3f}  max {max(decide):.3f}"
-    )
-    print(
-        f"alert fires -> plugin.apply starts, ms:                         p50 {statistics.median(to_apply):.3f}"
-        f"  p99 {pct(to_apply, 0.99):.3f}  max {max(to_apply):.3f}"
-    )
-    print(
-        f"steady tick, {n} firing alerts already handled, ms:              p50 {statistics.median(steady):.3f}"
-        f"  p99 {pct(steady, 0.99):.3f}"
-    )
-    print(
-        f"peer: one bare SQLite WAL+FULL insert, ms:                       p50 {statistics.median(peer):.3f}"
-        f"  p99 {pct(peer, 0.99):.3f}"
-    )
-    print(
-        f"sample added -> rule (for: 0s) fires -> plugin.apply starts, ms: p50 {statistics.median(pipe):.3f}"
-        f"  p99 {pct(pipe, 0.99):.3f}  (same tick: store.add + RuleEngine.evaluate + on_tick)"
-    )
+    print(f"alert fires -> on_tick returns (decide + journal intent + spawn), ms: p50 {statistics.median(decide):.3f}"
+          f"  p99 {pct(decide, 0.99):.3f}  max {max(decide):.3f}")
+    print(f"alert fires -> plugin.apply starts, ms:                         p50 {statistics.median(to_apply):.3f}"
+          f"  p99 {pct(to_apply, 0.99):.3f}  max {max(to_apply):.3f}")
+    print(f"steady tick, {n} firing alerts already handled, ms:              p50 {statistics.median(steady):.3f}"
+          f"  p99 {pct(steady, 0.99):.3f}")
+    print(f"peer: one bare SQLite WAL+FULL insert, ms:                       p50 {statistics.median(peer):.3f}"
+          f"  p99 {pct(peer, 0.99):.3f}")
+    print(f"sample added -> rule (for: 0s) fires -> plugin.apply starts, ms: p50 {statistics.median(pipe):.3f}"
+          f"  p99 {pct(pipe, 0.99):.3f}  (same tick: store.add + RuleEngine.evaluate + on_tick)")
     print("target: action start <= one tick + 10 ms of our own overhead")
 
 
@@ -150,10 +136,8 @@ def pipeline(state: str, n: int = 100) -> list[float]:
 
     rules = os.path.join(state, "bench-rules.yml")
     with open(rules, "w") as f:
-        f.write(
-            "groups:\n  - name: b\n    rules:\n      - alert: GpuXid\n        expr: bench_xid > 0\n"
-            "        annotations: {summary: x}\n"
-        )
+        f.write("groups:\n  - name: b\n    rules:\n      - alert: GpuXid\n        expr: bench_xid > 0\n"
+                "        annotations: {summary: x}\n")
     engine = RuleEngine(None)
     engine.load([rules])
     store = Store(retention=900.0, interval=5.0)

@@ -41,13 +41,8 @@ def fixture_config(tree: Path, **extra: Any) -> dict[str, Any]:
 class AgentProcess:
     """A running agent; use as a context manager. Output goes to ``log_path``."""
 
-    def __init__(
-        self,
-        tmp: Path,
-        config: dict[str, Any] | None = None,
-        args: list[str] | None = None,
-        env: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, tmp: Path, config: dict[str, Any] | None = None, args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.port = free_port()
         self.config_path = write_yaml(tmp / "config.yml", config or {}) if config is not None else None
@@ -61,16 +56,16 @@ class AgentProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        cmd = [*NODEWARDEN, "run", "--listen", f"127.0.0.1:{self.port}", "--state-dir", str(self.tmp / "state")]
+        cmd = [*NODEWARDEN, "run", "--listen", f"127.0.0.1:{self.port}",
+               "--state-dir", str(self.tmp / "state")]
         if self.config_path:
             cmd += ["--config", str(self.config_path)]
         return cmd + self.args
 
     def start(self, wait: bool = True) -> AgentProcess:
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.tmp
-        )
+        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+                                     cwd=self.tmp)
         if wait:
             self.wait_healthy()
         return self

@@ -28,14 +28,14 @@ from agent.core.plugin import Entry, Outcome, ParamsModel, Plan, default_recover
 class MarkerParams(ParamsModel):
     name: str
     delay: float = 0.0
-    phase: Literal["before", "after"] = "before"  # sleep before or after the change takes effect
+    phase: Literal["before", "after"] = "before"   # sleep before or after the change takes effect
     fail: bool = False
 
 
 class MarkerConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     dir: str
-    crash_delay: float = 0.0  # extra sleep, set by the kill -9 driver
+    crash_delay: float = 0.0                      # extra sleep, set by the kill -9 driver
     crash_phase: Literal["before", "after"] = "before"
 
 
@@ -55,14 +55,8 @@ class Marker:
     def plan(self, alert: Alert | None, params: MarkerParams) -> Plan:
         if not params.name.isidentifier():
             raise RemediationError(f"bad name {params.name!r}")
-        return Plan(
-            action=self.NAME,
-            target=f"file/{params.name}",
-            params=params.model_dump(),
-            changes=[f"append a line to {params.name}"],
-            reversible=True,
-            scope="node",
-        )
+        return Plan(action=self.NAME, target=f"file/{params.name}", params=params.model_dump(),
+                    changes=[f"append a line to {params.name}"], reversible=True, scope="node")
 
     def apply(self, plan: Plan) -> Outcome:
         if plan.params["fail"]:
@@ -113,16 +107,12 @@ def driver(state_dir: str, mark_dir: str, phase: str) -> int:
     from agent.remediation.remediator import Remediator
 
     policy = load_policy_text(POLICY)
-    marker = Marker(
-        MarkerConfig(
-            dir=mark_dir,
-            crash_delay=0 if phase == "recover" else 60,
-            crash_phase="after" if phase == "after" else "before",
-        )
-    )
+    marker = Marker(MarkerConfig(dir=mark_dir, crash_delay=0 if phase == "recover" else 60,
+                                 crash_phase="after" if phase == "after" else "before"))
     rem = Remediator(policy, Journal(state_dir), {"marker": marker}, mode="enforce")
     rem.recover()
-    alert = Alert(labels={"alertname": "GpuXid", "gpu": "0"}, annotations={}, state="firing", active_at=0.0, value=79.0)
+    alert = Alert(labels={"alertname": "GpuXid", "gpu": "0"}, annotations={}, state="firing", active_at=0.0,
+                  value=79.0)
     for _ in range(50):
         rem.on_tick([alert], time.time())
         time.sleep(0.05)

@@ -32,7 +32,6 @@ def devices(samples) -> set[str]:
 
 # --- parser -------------------------------------------------------------------------------------------
 
-
 def test_parse_kernel_4_18_line_keeps_first_eleven_counters():
     text = "   8       0 sda 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15\n"
     (st,) = parse_diskstats(text)
@@ -63,7 +62,6 @@ def test_parse_huge_counter_is_exact_int():
 
 
 # --- oracle: node_exporter's e2e golden output on the same fixture tree ---------------------------------
-
 
 def test_fixture_tree_matches_node_exporter_e2e_output(node_exporter_fixtures):
     """node_exporter's e2e run used its default device exclude; every shared series must be identical."""
@@ -117,7 +115,6 @@ def test_default_exclude_is_node_exporters():
 
 # --- catalogue, protocol, errors ------------------------------------------------------------------------
 
-
 def test_catalogue_covers_every_sample_and_labels_match(node_exporter_fixtures):
     c = DiskCollector(DiskConfig(device_exclude=""), fixture_paths(node_exporter_fixtures), hostname="n1")
     assert isinstance(c, Collector) and c.name == c.NAME == "disk"
@@ -164,7 +161,6 @@ def test_units(tmp_path):
 
 
 # --- oracle on this machine: the installed node_exporter reads the same /proc ---------------------------
-
 
 @pytest.mark.slow
 def test_real_machine_matches_installed_node_exporter():

@@ -21,15 +21,8 @@ from tests.nodeexp import scrape_node_exporter
 FAMILIES = {spec.name for spec in FilesystemCollector.metrics}
 
 
-def line(
-    mount_id: int,
-    mountpoint: str,
-    fstype: str,
-    opts: str = "rw,relatime",
-    source: str = "/dev/sda1",
-    superopts: str = "rw",
-    optional: str = "shared:1",
-) -> str:
+def line(mount_id: int, mountpoint: str, fstype: str, opts: str = "rw,relatime", source: str = "/dev/sda1",
+         superopts: str = "rw", optional: str = "shared:1") -> str:
     escaped = mountpoint.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
     fields = [str(mount_id), "1", "8:1", "/", escaped, opts, *optional.split(), "-", fstype, source, superopts]
     return " ".join(fields)
@@ -65,7 +58,6 @@ def cfg(**kw) -> FilesystemConfig:
 
 # --- parser ----------------------------------------------------------------------------------------------
 
-
 def test_parse_mountinfo_fields_escapes_and_optional_fields():
     text = (
         "36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 shared:7 - ext3 /dev/root rw,errors=continue\n"
@@ -73,19 +65,8 @@ def test_parse_mountinfo_fields_escapes_and_optional_fields():
         "38 35 8:3 / /plain rw - xfs /dev/sda3 ro,attr2\n"
     )
     a, b, c = parse_mountinfo(text)
-    assert a == Mount(
-        36,
-        35,
-        98,
-        0,
-        "/mnt1",
-        "/mnt/a b",
-        ("rw", "noatime"),
-        ("master:1", "shared:7"),
-        "ext3",
-        "/dev/root",
-        ("rw", "errors=continue"),
-    )
+    assert a == Mount(36, 35, 98, 0, "/mnt1", "/mnt/a b", ("rw", "noatime"), ("master:1", "shared:7"),
+                      "ext3", "/dev/root", ("rw", "errors=continue"))
     assert b.mountpoint == "/with\ttab\\slash\nnl" and b.source == "srv:/x y" and b.optional == ()
     assert (a.readonly, b.readonly, c.readonly) == (False, True, True)  # c: read-only superblock
 
@@ -117,7 +98,6 @@ def test_parse_node_exporter_fixture(node_exporter_fixtures):
 
 # --- real statvfs on temp trees ----------------------------------------------------------------------------
 
-
 def test_real_statvfs_values_are_consistent(tmp_path):
     paths = tree(tmp_path, [line(1, "/", "ext4"), line(2, "/data", "xfs", source="/dev/sdb1")])
     c = FilesystemCollector(cfg(), paths)
@@ -131,15 +111,12 @@ def test_real_statvfs_values_are_consistent(tmp_path):
 
 
 def test_readonly_from_mount_or_superblock_options(tmp_path):
-    paths = tree(
-        tmp_path,
-        [
-            line(1, "/rw", "ext4"),
-            line(2, "/ro-mount", "ext4", opts="ro,relatime"),
-            line(3, "/ro-super", "ext4", superopts="ro,errors=remount-ro"),
-            line(4, "/remount-ro-is-not-ro", "ext4", superopts="rw,errors=remount-ro"),
-        ],
-    )
+    paths = tree(tmp_path, [
+        line(1, "/rw", "ext4"),
+        line(2, "/ro-mount", "ext4", opts="ro,relatime"),
+        line(3, "/ro-super", "ext4", superopts="ro,errors=remount-ro"),
+        line(4, "/remount-ro-is-not-ro", "ext4", superopts="rw,errors=remount-ro"),
+    ])
     got = by_series(FilesystemCollector(cfg(), paths).collect())
     assert got[("readonly", "/rw")] == 0.0
     assert got[("readonly", "/ro-mount")] == 1.0
@@ -148,24 +125,21 @@ def test_readonly_from_mount_or_superblock_options(tmp_path):
 
 
 def test_default_excludes(tmp_path):
-    paths = tree(
-        tmp_path,
-        [
-            line(1, "/", "ext4"),
-            line(2, "/run", "tmpfs", source="tmpfs"),
-            line(3, "/dev/shm", "tmpfs", source="tmpfs"),
-            line(4, "/proc", "proc", source="proc"),
-            line(5, "/sys/fs/cgroup", "cgroup2", source="cgroup2"),
-            line(6, "/run/netns/x", "nsfs", source="nsfs"),
-            line(7, "/var/lib/docker/overlay2/abc/merged", "overlay", source="overlay"),
-            line(8, "/var/lib/docker/volumes", "ext4"),  # excluded by mount point although ext4
-            line(9, "/var/lib/docker", "ext4"),  # only what is below it is excluded
-            line(10, "/run/credentials/systemd-journald.service", "ramfs", source="none"),
-            line(11, "/snap/core/1", "squashfs", source="/dev/loop0"),
-            line(12, "/devices", "ext4"),  # /dev only as a whole path component
-            line(13, "/mnt/nfs", "nfs4", source="srv:/export"),
-        ],
-    )
+    paths = tree(tmp_path, [
+        line(1, "/", "ext4"),
+        line(2, "/run", "tmpfs", source="tmpfs"),
+        line(3, "/dev/shm", "tmpfs", source="tmpfs"),
+        line(4, "/proc", "proc", source="proc"),
+        line(5, "/sys/fs/cgroup", "cgroup2", source="cgroup2"),
+        line(6, "/run/netns/x", "nsfs", source="nsfs"),
+        line(7, "/var/lib/docker/overlay2/abc/merged", "overlay", source="overlay"),
+        line(8, "/var/lib/docker/volumes", "ext4"),  # excluded by mount point although ext4
+        line(9, "/var/lib/docker", "ext4"),  # only what is below it is excluded
+        line(10, "/run/credentials/systemd-journald.service", "ramfs", source="none"),
+        line(11, "/snap/core/1", "squashfs", source="/dev/loop0"),
+        line(12, "/devices", "ext4"),  # /dev only as a whole path component
+        line(13, "/mnt/nfs", "nfs4", source="srv:/export"),
+    ])
     got = mountpoints(FilesystemCollector(cfg(), paths).collect())
     assert got == {"/", "/var/lib/docker", "/devices", "/mnt/nfs"}
 
@@ -234,7 +208,6 @@ def test_new_mount_is_seen_when_mountinfo_changes(tmp_path):
 
 
 # --- errors and hung mounts (statvfs injected) ------------------------------------------------------------
-
 
 class FakeStatvfs:
     """Real statvfs, except that paths ending in a hang suffix block until ``release`` and others may fail."""
@@ -344,22 +317,14 @@ UPSTREAM_FLAGS = (
     r"|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|sysfs|tracefs)$",
 )
 
-
 @pytest.mark.slow
 def test_temp_tree_matches_installed_node_exporter(tmp_path):
     specs = [  # (mountpoint, fstype, source)
-        ("/", "ext4", "/dev/vda"),
-        ("/data", "xfs", "/dev/sdb1"),
-        ("/a b", "ext4", "/dev/sdc"),
-        ("/run", "tmpfs", "tmpfs"),
-        ("/dev/shm", "tmpfs", "tmpfs"),
-        ("/proc", "proc", "proc"),
-        ("/var/lib/docker/overlay2/x/merged", "overlay", "overlay"),
-        ("/var/lib/docker", "ext4", "/dev/sdd"),
-        ("/sys/fs/cgroup", "cgroup2", "cgroup2"),
-        ("/snap/x/1", "squashfs", "/dev/loop1"),
-        ("/run/netns/n", "nsfs", "nsfs"),
-        ("/mnt/fuse", "fuse.sshfs", "me@host:"),
+        ("/", "ext4", "/dev/vda"), ("/data", "xfs", "/dev/sdb1"), ("/a b", "ext4", "/dev/sdc"),
+        ("/run", "tmpfs", "tmpfs"), ("/dev/shm", "tmpfs", "tmpfs"), ("/proc", "proc", "proc"),
+        ("/var/lib/docker/overlay2/x/merged", "overlay", "overlay"), ("/var/lib/docker", "ext4", "/dev/sdd"),
+        ("/sys/fs/cgroup", "cgroup2", "cgroup2"), ("/snap/x/1", "squashfs", "/dev/loop1"),
+        ("/run/netns/n", "nsfs", "nsfs"), ("/mnt/fuse", "fuse.sshfs", "me@host:"),
     ]
     paths = tree(tmp_path, [line(i, mp, fs, source=src) for i, (mp, fs, src) in enumerate(specs)])
     mounts = "".join(f"{src} {mp.replace(' ', chr(92) + '040')} {fs} rw,relatime 0 0\n" for mp, fs, src in specs)

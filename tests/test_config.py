@@ -10,18 +10,9 @@ from agent.core.durations import format_duration, parse_duration
 from agent.core.errors import ConfigError
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("5s", 5),
-        ("1m30s", 90),
-        ("250ms", 0.25),
-        ("1h", 3600),
-        ("2d", 172800),
-        ("1w", 604800),
-        ("0", 0),
-    ],
-)
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("5s", 5), ("1m30s", 90), ("250ms", 0.25), ("1h", 3600), ("2d", 172800), ("1w", 604800), ("0", 0),
+])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
     assert parse_duration(format_duration(seconds)) == seconds

@@ -27,7 +27,6 @@ def tree(tmp_path: Path) -> Path:
     """A big node's /proc and /sys (16 disks, 8 NICs, 8 IB ports)."""
     return build_scaled_tree(tmp_path / "tree")
 
-
 # Names we keep verbatim from node_exporter for dashboard compatibility; promtool's camelCase lint flags them
 # exactly as it flags node_exporter's own output. Every other lint finding fails the test.
 INHERITED_CAMELCASE = {"node_netstat_Tcp_RetransSegs", "node_netstat_Tcp_OutSegs"}
@@ -37,28 +36,17 @@ def test_real_prometheus_scrapes_agent(tmp_path, tree):
     prometheus = require_binary("prometheus")
     with AgentProcess(tmp_path, fixture_config(tree)) as agent:
         prom_port = free_port()
-        prom_cfg = write_yaml(
-            tmp_path / "prometheus.yml",
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "scrape_configs": [
-                    {"job_name": "nodewarden", "static_configs": [{"targets": [f"127.0.0.1:{agent.port}"]}]}
-                ],
-            },
-        )
+        prom_cfg = write_yaml(tmp_path / "prometheus.yml", {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "nodewarden", "static_configs": [
+                {"targets": [f"127.0.0.1:{agent.port}"]}]}],
+        })
         prom_log = (tmp_path / "prometheus.log").open("wb")
         prom = subprocess.Popen(
-            [
-                prometheus,
-                f"--config.file={prom_cfg}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-            ],
-            stdout=prom_log,
-            stderr=subprocess.STDOUT,
-        )
+            [prometheus, f"--config.file={prom_cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{prom_port}"],
+            stdout=prom_log, stderr=subprocess.STDOUT)
         try:
-
             def query(expr: str) -> list[dict]:
                 url = f"http://127.0.0.1:{prom_port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
                 try:
@@ -67,11 +55,8 @@ def test_real_prometheus_scrapes_agent(tmp_path, tree):
                 except OSError:
                     return []
 
-            rx = wait_for(
-                lambda: query("node_network_receive_bytes_total"),
-                timeout=60,
-                what="node_network_receive_bytes_total in Prometheus",
-            )
+            rx = wait_for(lambda: query("node_network_receive_bytes_total"), timeout=60,
+                          what="node_network_receive_bytes_total in Prometheus")
             devices = {r["metric"]["device"] for r in rx}
             assert {f"ens{i}f0np0" for i in range(1, 9)} <= devices and "lo" not in devices, devices
             for r in rx:
@@ -128,26 +113,20 @@ def test_sighup_with_broken_config_keeps_serving_and_sigterm_exits_0(tmp_path, t
         good = agent.config_path.read_text()
         agent.config_path.write_text(good + "\nbogus_key: 1\n")
         agent.signal(signal.SIGHUP)
-        wait_for(
-            lambda: sample_value(agent.metrics(), "nodewarden_config_last_reload_successful") == 0,
-            what="reload failure reported",
-        )
+        wait_for(lambda: sample_value(agent.metrics(), "nodewarden_config_last_reload_successful") == 0,
+                 what="reload failure reported")
         assert "reload_failed" in agent.log() and "bogus_key" in agent.log()
         assert sample_value(agent.metrics(), "node_disk_reads_completed_total", device="nvme0n1") is not None
         t1 = sample_value(agent.metrics(), "nodewarden_last_tick_timestamp_seconds")
-        wait_for(
-            lambda: sample_value(agent.metrics(), "nodewarden_last_tick_timestamp_seconds") > t1,
-            what="ticks continue after failed reload",
-        )
+        wait_for(lambda: sample_value(agent.metrics(), "nodewarden_last_tick_timestamp_seconds") > t1,
+                 what="ticks continue after failed reload")
         # Fix the file and reload with a change that shows: network no longer exported.
         cfg = fixture_config(tree)
         cfg["collectors"]["network"] = {"export": False}
         write_yaml(agent.config_path, cfg)
         agent.signal(signal.SIGHUP)
-        wait_for(
-            lambda: sample_value(agent.metrics(), "nodewarden_config_last_reload_successful") == 1,
-            what="reload success",
-        )
+        wait_for(lambda: sample_value(agent.metrics(), "nodewarden_config_last_reload_successful") == 1,
+                 what="reload success")
         wait_for(lambda: "node_network_receive_bytes_total" not in agent.metrics(), what="network family hidden")
         assert sample_value(agent.metrics(), "nodewarden_collector_success", collector="network") == 1
     finally:
@@ -161,13 +140,13 @@ def test_sighup_with_broken_config_keeps_serving_and_sigterm_exits_0(tmp_path, t
 def test_bad_config_exits_2_with_position(tmp_path):
     bad = tmp_path / "bad.yml"
     bad.write_text("interval: 5s\ncollectors:\n  disk:\n    device_exclud: '^loop'\nretention: 10x\n")
-    res = subprocess.run(
-        [*NODEWARDEN, "run", "--config", str(bad)], capture_output=True, text=True, timeout=30, env={**os.environ}
-    )
+    res = subprocess.run([*NODEWARDEN, "run", "--config", str(bad)],
+                         capture_output=True, text=True, timeout=30, env={**os.environ})
     assert res.returncode == 2
     assert f"{bad}:4:5: collectors.disk.device_exclud: unknown key 'device_exclud'" in res.stderr
     assert f"{bad}:5:12: retention: not a valid duration string: '10x'" in res.stderr
-    res = subprocess.run([*NODEWARDEN, "check", "config", str(bad)], capture_output=True, text=True, timeout=30)
+    res = subprocess.run([*NODEWARDEN, "check", "config", str(bad)],
+                         capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and f"{bad}:4:5:" in res.stderr
 
 
@@ -223,20 +202,16 @@ def test_hung_collector_does_not_stop_others_nor_metrics(tmp_path, tree):
         sys.path.pop(0)
     install(str(site))
     flag = tmp_path / "hang.flag"
-    env = {
-        "PYTHONPATH": os.pathsep.join([str(site), str(PLUGINS), os.environ.get("PYTHONPATH", "")]),
-        "NW_HANG_FILE": str(flag),
-    }
+    env = {"PYTHONPATH": os.pathsep.join([str(site), str(PLUGINS), os.environ.get("PYTHONPATH", "")]),
+           "NW_HANG_FILE": str(flag)}
     cfg = fixture_config(tree)
     cfg["collectors"]["hang"] = {"timeout": "300ms"}
     with AgentProcess(tmp_path, cfg, env=env) as agent:
         wait_for(lambda: sample_value(agent.metrics(), "nwtest_hang_calls_total") is not None, what="plugin sample")
         threads_before = _threads(agent.proc.pid)
         flag.touch()
-        wait_for(
-            lambda: sample_value(agent.metrics(), "nodewarden_collector_success", collector="hang") == 0,
-            what="hang reported as failed",
-        )
+        wait_for(lambda: sample_value(agent.metrics(), "nodewarden_collector_success", collector="hang") == 0,
+                 what="hang reported as failed")
         t1 = sample_value(agent.metrics(), "nodewarden_last_tick_timestamp_seconds")
         time.sleep(3.5)  # several ticks while the plugin is stuck
         text = agent.metrics()
@@ -248,10 +223,8 @@ def test_hung_collector_does_not_stop_others_nor_metrics(tmp_path, tree):
         assert _threads(agent.proc.pid) <= threads_before + 1  # no thread per tick for the stuck call
         assert re.search(r'"collector": "hang".*"status": "(timeout|hung)"', agent.log())
         flag.unlink()
-        wait_for(
-            lambda: sample_value(agent.metrics(), "nodewarden_collector_success", collector="hang") == 1,
-            what="recovery",
-        )
+        wait_for(lambda: sample_value(agent.metrics(), "nodewarden_collector_success", collector="hang") == 1,
+                 what="recovery")
         assert "collector_recovered" in agent.log()
 
 
@@ -264,16 +237,13 @@ def _threads(pid: int) -> int:
 
 def test_sample_prints_table_and_json(tmp_path, tree):
     cfg = write_yaml(tmp_path / "c.yml", fixture_config(tree))
-    res = subprocess.run([*NODEWARDEN, "sample", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    res = subprocess.run([*NODEWARDEN, "sample", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert re.search(r"^network\s+node_network_receive_bytes_total\s+device=\"ens1f0np0\"\s+\d+", res.stdout, re.M)
     assert re.search(r"^disk: ok, \d+ samples", res.stdout, re.M)
-    res = subprocess.run(
-        [*NODEWARDEN, "sample", "--json", "--config", str(cfg), "--collector", "netstat"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = subprocess.run([*NODEWARDEN, "sample", "--json", "--config", str(cfg),
+                          "--collector", "netstat"], capture_output=True, text=True, timeout=60)
     doc = json.loads(res.stdout)
     assert list(doc) == ["netstat"] and doc["netstat"]["status"] == "ok"
     names = {s["name"] for s in doc["netstat"]["samples"]}
@@ -291,10 +261,6 @@ def test_status_command_reports_running_agent(tmp_path, tree):
 
 
 def test_unknown_simulation_scenario_exits_2(tmp_path):
-    res = subprocess.run(
-        [*NODEWARDEN, "run", "--simulate", "no-such-scenario", "--state-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    res = subprocess.run([*NODEWARDEN, "run", "--simulate", "no-such-scenario", "--state-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "unknown scenario 'no-such-scenario'" in res.stderr

@@ -13,14 +13,8 @@ def test_render_families_escaping_and_staleness():
     exp.register([MetricSpec("a_total", "counter", "A counter.\nSecond line.", ("x",))])
     exp.register([MetricSpec("hidden", "gauge", "Not exported.")], export=False)
     store.begin_tick(1)
-    store.add(
-        [
-            Sample("a_total", (("x", 'q"\\\n'),), 3.0),
-            Sample("hidden", (), 1.0),
-            Sample("gone", (), 1.0),
-            Sample("b", (), ABSENT_NAN),
-        ]
-    )
+    store.add([Sample("a_total", (("x", 'q"\\\n'),), 3.0), Sample("hidden", (), 1.0),
+               Sample("gone", (), 1.0), Sample("b", (), ABSENT_NAN)])
     text = exp.render(store).decode()
     assert '# HELP a_total A counter.\\nSecond line.\n# TYPE a_total counter\na_total{x="q\\"\\\\\\n"} 3\n' in text
     assert "hidden" not in text
@@ -34,11 +28,4 @@ def test_render_families_escaping_and_staleness():
 
 def test_format_value():
     assert [format_value(v) for v in (1.0, -2.0, 0.5, math.inf, -math.inf, math.nan, 1e20)] == [
-        "1",
-        "-2",
-        "0.5",
-        "+Inf",
-        "-Inf",
-        "NaN",
-        "1e+20",
-    ]
+        "1", "-2", "0.5", "+Inf", "-Inf", "NaN", "1e+20"]

@@ -35,9 +35,8 @@ def make(scenario: str, tmp_path: Path, text: str | None = None, **cfg):
         scenario = str(path)
     fake = FakeNvml(simulate.load(scenario), clock)
     cfg.setdefault("kmsg", False)
-    collector = GpuCollector(
-        GpuConfig(**cfg), Paths(devfs=str(tmp_path / "dev")), "node1", nvml_module=fake, clock=clock
-    )
+    collector = GpuCollector(GpuConfig(**cfg), Paths(devfs=str(tmp_path / "dev")), "node1",
+                             nvml_module=fake, clock=clock)
     return collector, fake, clock
 
 
@@ -78,14 +77,8 @@ def test_healthy_8xh100_catalogue_labels_and_units(tmp_path, closing):
     assert sorted(m["nodewarden_gpu_up"]) == [str(i) for i in range(8)]
     assert set(m["nodewarden_gpu_up"].values()) == {1.0}
     gpu0 = next(s for s in samples if s.name == "DCGM_FI_DEV_GPU_TEMP" and dict(s.labels)["gpu"] == "0")
-    assert dict(gpu0.labels) == {
-        "gpu": "0",
-        "UUID": spec.uuid,
-        "pci_bus_id": "00000000:18:00.0",
-        "device": "nvidia0",
-        "modelName": "NVIDIA H100 80GB HBM3",
-        "hostname": "node1",
-    }
+    assert dict(gpu0.labels) == {"gpu": "0", "UUID": spec.uuid, "pci_bus_id": "00000000:18:00.0",
+                                 "device": "nvidia0", "modelName": "NVIDIA H100 80GB HBM3", "hostname": "node1"}
     assert m["DCGM_FI_DEV_GPU_TEMP"]["0"] == spec.temperature
     assert m["DCGM_FI_DEV_GPU_UTIL"]["7"] == spec.gpu_util
     assert m["DCGM_FI_DEV_POWER_USAGE"]["0"] == spec.power_w  # W, not mW
@@ -196,12 +189,8 @@ def test_not_supported_fields_are_absent_not_zero(tmp_path, closing):
     c, fake, clock = make("h100-not-supported", tmp_path)
     closing(c)
     m = by_name(c.collect())
-    for name in (
-        "DCGM_FI_DEV_MEMORY_TEMP",
-        "DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL",
-        "DCGM_FI_DEV_POWER_VIOLATION",
-        "DCGM_FI_DEV_THERMAL_VIOLATION",
-    ):
+    for name in ("DCGM_FI_DEV_MEMORY_TEMP", "DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL",
+                 "DCGM_FI_DEV_POWER_VIOLATION", "DCGM_FI_DEV_THERMAL_VIOLATION"):
         assert name not in m, name
     assert "1" not in m["DCGM_FI_DEV_PCIE_TX_THROUGHPUT"] and "0" in m["DCGM_FI_DEV_PCIE_TX_THROUGHPUT"]
     assert m["DCGM_FI_DEV_GPU_TEMP"] == {"0": 44, "1": 44}
@@ -229,17 +218,11 @@ def test_mig_seven_instances(tmp_path, closing):
     assert sorted(m["GPU_I_ID"] for m in mig) == [str(i) for i in range(1, 8)]
     assert {m["gpu"] for m in mig} == {"0"}
     assert {m["UUID"] for m in mig} == {fake.scenario.devices[0].uuid}  # the parent's UUID, as dcgm-exporter
-    used = {
-        dict(s.labels)["GPU_I_ID"]: s.value
-        for s in samples
-        if s.name == "DCGM_FI_DEV_FB_USED" and "GPU_I_ID" in dict(s.labels)
-    }
+    used = {dict(s.labels)["GPU_I_ID"]: s.value for s in samples
+            if s.name == "DCGM_FI_DEV_FB_USED" and "GPU_I_ID" in dict(s.labels)}
     assert used["1"] == 8000 and used["7"] == 0
-    free = {
-        dict(s.labels)["GPU_I_ID"]: s.value
-        for s in samples
-        if s.name == "DCGM_FI_DEV_FB_FREE" and "GPU_I_ID" in dict(s.labels)
-    }
+    free = {dict(s.labels)["GPU_I_ID"]: s.value for s in samples
+            if s.name == "DCGM_FI_DEV_FB_FREE" and "GPU_I_ID" in dict(s.labels)}
     assert free["7"] == simulate.mig_profile("1g.10gb")[2]
     whole = [s for s in samples if s.name == "DCGM_FI_DEV_FB_USED" and "GPU_I_ID" not in dict(s.labels)]
     assert len(whole) == 8
@@ -357,9 +340,8 @@ def test_xid_dedup_between_nvml_events_and_kernel_log(tmp_path, closing, gpud_fi
     c.start()
     assert wait_for(lambda: c.kmsg_status.startswith("reading"))
     c.collect()
-    xid_lines = [
-        line for line in (gpud_fixtures / "dmesg-with-xid-119.log").read_text().splitlines() if "NVRM: Xid" in line
-    ]
+    xid_lines = [line for line in (gpud_fixtures / "dmesg-with-xid-119.log").read_text().splitlines()
+                 if "NVRM: Xid" in line]
 
     def append_kmsg(line: str, seq: int) -> None:
         message = line.split("] ", 1)[1]
@@ -411,16 +393,8 @@ def test_load_module_simulate_and_close_is_bounded(tmp_path):
 
 def test_builtin_scenarios_validate():
     names = simulate.builtin_names()
-    for required in (
-        "h100-healthy",
-        "h100-overheat",
-        "h100-xid79-lost",
-        "h100-ecc-dbe",
-        "h100-row-remap",
-        "h100-not-supported",
-        "h100-mig",
-        "h100-hung-driver",
-    ):
+    for required in ("h100-healthy", "h100-overheat", "h100-xid79-lost", "h100-ecc-dbe", "h100-row-remap",
+                     "h100-not-supported", "h100-mig", "h100-hung-driver"):
         assert required in names
     for name in names:
         sc = simulate.load(name)
@@ -429,10 +403,8 @@ def test_builtin_scenarios_validate():
 
 def test_scenario_errors_name_file_line_column(tmp_path):
     path = tmp_path / "bad.yml"
-    path.write_text(
-        "name: bad\ndescription: x\ngpu:\n  temprature: 50\ntimeline:\n  - {at: 5s, set: {tmp: 1}}\n"
-        "  - {at: soon, gpu: 9}\n"
-    )
+    path.write_text("name: bad\ndescription: x\ngpu:\n  temprature: 50\ntimeline:\n  - {at: 5s, set: {tmp: 1}}\n"
+                    "  - {at: soon, gpu: 9}\n")
     with pytest.raises(ConfigError) as info:
         simulate.load(str(path))
     problems = info.value.problems

@@ -39,9 +39,8 @@ def series(text: str, name: str) -> dict[frozenset, float]:
 
 
 def by_gpu(text: str, name: str) -> dict[str, float]:
-    return {
-        dict(labels).get("gpu", ""): v for labels, v in series(text, name).items() if "GPU_I_ID" not in dict(labels)
-    }
+    return {dict(labels).get("gpu", ""): v for labels, v in series(text, name).items()
+            if "GPU_I_ID" not in dict(labels)}
 
 
 def _threads(pid: int) -> int:
@@ -55,26 +54,18 @@ def test_simulate_list_show_check(tmp_path):
     res = subprocess.run([*NODEWARDEN, "simulate", "--list"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     names = [line.split()[0] for line in res.stdout.splitlines()]
-    for required in (
-        "h100-healthy",
-        "h100-overheat",
-        "h100-xid79-lost",
-        "h100-ecc-dbe",
-        "h100-row-remap",
-        "h100-not-supported",
-        "h100-mig",
-        "h100-hung-driver",
-    ):
+    for required in ("h100-healthy", "h100-overheat", "h100-xid79-lost", "h100-ecc-dbe", "h100-row-remap",
+                     "h100-not-supported", "h100-mig", "h100-hung-driver"):
         assert required in names
-    shown = subprocess.run([*NODEWARDEN, "simulate", "--show", "h100-mig"], capture_output=True, text=True, timeout=60)
+    shown = subprocess.run([*NODEWARDEN, "simulate", "--show", "h100-mig"], capture_output=True, text=True,
+                           timeout=60)
     assert shown.returncode == 0 and "1g.10gb" in shown.stdout
     good = tmp_path / "mine.yml"
     good.write_text(shown.stdout)
     bad = tmp_path / "bad.yml"
     bad.write_text("name: bad\ndescription: x\ntimeline:\n  - {at: 5s, hang: [nvmlDeviceGetNothing]}\n")
-    res = subprocess.run(
-        [*NODEWARDEN, "simulate", "--check", str(good), str(bad)], capture_output=True, text=True, timeout=60
-    )
+    res = subprocess.run([*NODEWARDEN, "simulate", "--check", str(good), str(bad)], capture_output=True, text=True,
+                         timeout=60)
     assert res.returncode == 2
     assert f"{good}: SUCCESS" in res.stdout
     assert f"{bad}:4:" in res.stderr and "nvmlDeviceGetNothing" in res.stderr
@@ -83,10 +74,8 @@ def test_simulate_list_show_check(tmp_path):
 def test_run_simulate_healthy_exposes_dcgm_series(tmp_path, tree):
     cfg = gpu_config(tree, tmp_path)
     with AgentProcess(tmp_path, cfg, args=["--simulate", "h100-healthy"]) as agent:
-        text = wait_for(
-            lambda: (t := agent.metrics()) and len(by_gpu(t, "DCGM_FI_DEV_GPU_TEMP")) == 8 and t,
-            what="8 GPUs in /metrics",
-        )
+        text = wait_for(lambda: (t := agent.metrics()) and len(by_gpu(t, "DCGM_FI_DEV_GPU_TEMP")) == 8 and t,
+                        what="8 GPUs in /metrics")
     temps = series(text, "DCGM_FI_DEV_GPU_TEMP")
     for labels in temps:
         assert {k for k, _ in labels} == {"gpu", "UUID", "pci_bus_id", "device", "modelName", "hostname"}
@@ -138,12 +127,10 @@ def test_run_simulate_xid79_then_lost(tmp_path, tree):
     scenario = tmp_path / "xid79.yml"
     scenario.write_text(XID79)
     with AgentProcess(tmp_path, gpu_config(tree, tmp_path, simulate=str(scenario))) as agent:
-        text = wait_for(
-            lambda: (t := agent.metrics()) and by_gpu(t, "nodewarden_gpu_up").get("2") == 0 and t, what="GPU 2 lost"
-        )
-        text = wait_for(
-            lambda: (t := agent.metrics()) and "nodewarden_gpu_xid_errors_total" in t and t, what="XID counter"
-        )
+        text = wait_for(lambda: (t := agent.metrics()) and by_gpu(t, "nodewarden_gpu_up").get("2") == 0 and t,
+                        what="GPU 2 lost")
+        text = wait_for(lambda: (t := agent.metrics()) and "nodewarden_gpu_xid_errors_total" in t and t,
+                        what="XID counter")
     assert sample_value(text, "nodewarden_gpu_xid_errors_total", gpu="2", xid="79") == 1
     assert sample_value(text, "DCGM_FI_DEV_XID_ERRORS", gpu="2") == 79
     assert [g for g, v in by_gpu(text, "nodewarden_gpu_up").items() if v == 1] == [str(i) for i in range(8) if i != 2]
@@ -193,17 +180,13 @@ def test_hung_driver_keeps_loop_watchdog_and_threads_bounded_then_recovers(tmp_p
             assert "DCGM_FI_DEV_GPU_TEMP" not in text  # no stale values while hung
             assert agent.get("/healthz")[0] == 200
             assert watchdogs >= 1  # the watchdog keeps being sent
-            wait_for(
-                lambda: sample_value(agent.metrics(), "nodewarden_gpu_collector_hung") == 0, timeout=30, what="recovery"
-            )
-            text = wait_for(
-                lambda: (t := agent.metrics()) and len(by_gpu(t, "DCGM_FI_DEV_GPU_TEMP")) == 8 and t,
-                what="GPU values back",
-            )
+            wait_for(lambda: sample_value(agent.metrics(), "nodewarden_gpu_collector_hung") == 0, timeout=30,
+                     what="recovery")
+            text = wait_for(lambda: (t := agent.metrics()) and len(by_gpu(t, "DCGM_FI_DEV_GPU_TEMP")) == 8 and t,
+                            what="GPU values back")
             assert sample_value(text, "nodewarden_collector_success", collector="gpu") == 1
-            wait_for(
-                lambda: sample_value(agent.metrics(), "nodewarden_gpu_abandoned_calls") == 0, what="stuck workers gone"
-            )
+            wait_for(lambda: sample_value(agent.metrics(), "nodewarden_gpu_abandoned_calls") == 0,
+                     what="stuck workers gone")
     finally:
         sock.close()
 
@@ -228,16 +211,12 @@ def test_xid_counted_once_from_nvml_and_kernel_log(tmp_path, tree, gpud_fixtures
     kmsg.write_text((gpud_fixtures / "kmsg.1.log").read_text())
     line = next(ln for ln in (gpud_fixtures / "dmesg-with-xid-119.log").read_text().splitlines() if "Xid" in ln)
     with AgentProcess(tmp_path, cfg) as agent:
-        wait_for(
-            lambda: sample_value(agent.metrics(), "nodewarden_gpu_xid_events_seen_total", source="nvml") == 1,
-            what="NVML XID event",
-        )
+        wait_for(lambda: sample_value(agent.metrics(), "nodewarden_gpu_xid_events_seen_total", source="nvml") == 1,
+                 what="NVML XID event")
         with kmsg.open("a") as f:  # the kernel's record of the same event
             f.write(f"3,9000,900000000,-;{line.split('] ', 1)[1]}\n")
-        wait_for(
-            lambda: sample_value(agent.metrics(), "nodewarden_gpu_xid_events_seen_total", source="kmsg") == 1,
-            what="kernel-log XID",
-        )
+        wait_for(lambda: sample_value(agent.metrics(), "nodewarden_gpu_xid_events_seen_total", source="kmsg") == 1,
+                 what="kernel-log XID")
         text = agent.metrics()
     assert sample_value(text, "nodewarden_gpu_xid_errors_total", gpu="4", xid="119") == 1
     assert len(series(text, "nodewarden_gpu_xid_errors_total")) == 1
@@ -250,12 +229,8 @@ def test_sample_says_why_no_gpu_rows_and_shows_mig(tmp_path):
 
     if not ctypes.util.find_library("nvidia-ml"):
         assert "gpu: nodata" in res.stdout and "no NVML: libnvidia-ml.so.1 not found" in res.stdout
-    res = subprocess.run(
-        [*NODEWARDEN, "sample", "--collector", "gpu", "--simulate", "h100-mig", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = subprocess.run([*NODEWARDEN, "sample", "--collector", "gpu", "--simulate", "h100-mig", "--json"],
+                         capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)["gpu"]
     assert doc["status"] == "ok"

@@ -9,9 +9,8 @@ import pytest
 from agent.core.plugin import Plan
 from agent.remediation.journal import FILENAME, Journal, JournalError
 
-PLAN = Plan(
-    action="rebalance", target="node/a", params={"node": "a"}, changes=["drain a"], reversible=True, scope="node"
-)
+PLAN = Plan(action="rebalance", target="node/a", params={"node": "a"}, changes=["drain a"], reversible=True,
+            scope="node")
 
 
 def test_wal_and_full_sync(tmp_path):
@@ -28,7 +27,7 @@ def test_intent_then_outcome_round_trips_the_plan(tmp_path):
     assert [e.id for e in j.started()] == [eid]
     now[0] = 101.0
     j.finish(eid, "succeeded", "drained a", plan=PLAN.with_undo({"owned": True}))
-    e = Journal(str(tmp_path)).get(eid)  # a second connection (another process) sees the committed row
+    e = Journal(str(tmp_path)).get(eid)   # a second connection (another process) sees the committed row
     assert (e.status, e.output, e.ts, e.updated) == ("succeeded", "drained a", 100.0, 101.0)
     assert e.get_plan() == PLAN.with_undo({"owned": True})
     assert [a.id for a in j.active()] == [eid]
@@ -53,13 +52,8 @@ def test_retention_by_age_keeps_unfinished_and_active_rows(tmp_path):
 def test_retention_by_count(tmp_path):
     j = Journal(str(tmp_path), max_rows=100)
     active = j.add(op="apply", action="x", status="succeeded", mode="enforce", plan=PLAN)
-    done = j.add(
-        op="apply",
-        action="x",
-        status="succeeded",
-        mode="enforce",
-        plan=Plan(action="x", target="t", params={}, changes=[], reversible=False),
-    )
+    done = j.add(op="apply", action="x", status="succeeded", mode="enforce",
+                 plan=Plan(action="x", target="t", params={}, changes=[], reversible=False))
     for _ in range(250):
         j.add(op="apply", action="x", status="skipped", mode="enforce", reason="cooldown")
     j.prune()

@@ -50,22 +50,17 @@ def regular(p: Path) -> bool:
 
 def full(path_of_full: str):
     """statvfs that reports ``path_of_full`` 100 % used (1000 MB), the real one elsewhere."""
-
     def statvfs(path: str) -> os.statvfs_result:
         if path == path_of_full:
             return os.statvfs_result((4096, 1 << 20, 1000, 0, 0, 1000, 0, 0, 0, 255))
         return os.statvfs(path)
-
     return statvfs
 
 
 def plugin(tmp: Path, leave: str = "symlink", **kw) -> Migrate:
-    cfg = Config(
-        tiers={"fast": Tier(path=str(tmp / "fast"), high=0.9, low=0.5), "capacity": Tier(path=str(tmp / "cap"))},
-        state_dir=str(tmp / "state"),
-        rate_mb_s=None,
-        leave=leave,
-    )
+    cfg = Config(tiers={"fast": Tier(path=str(tmp / "fast"), high=0.9, low=0.5),
+                        "capacity": Tier(path=str(tmp / "cap"))},
+                 state_dir=str(tmp / "state"), rate_mb_s=None, leave=leave)
     kw.setdefault("writers", NOBODY)
     kw.setdefault("statvfs", full(str(tmp / "fast")))
     return Migrate(cfg, **kw)
@@ -84,7 +79,6 @@ def make_files(root: Path, n: int, rng: random.Random, size: tuple[int, int] = (
 
 # ------------------------------------------------------------------ pure selection
 
-
 def test_selection_helpers():
     assert bytes_to_free(total=1000, avail=100, low=0.5) == 400
     assert bytes_to_free(total=1000, avail=600, low=0.5) == 0
@@ -92,7 +86,7 @@ def test_selection_helpers():
     assert [c.rel for c in pick_coldest(cands, 320, 10)] == ["b", "c"]
     assert [c.rel for c in pick_coldest(cands, 10**6, 2)] == ["b", "c"]
     assert [c.rel for c in pick_hottest(cands, 2, 10**6)] == ["d", "a"]
-    assert [c.rel for c in pick_hottest(cands, 2, 60)] == ["d", "c"]  # "a" does not fit
+    assert [c.rel for c in pick_hottest(cands, 2, 60)] == ["d", "c"]     # "a" does not fit
     assert matches("ckpt/x.pt", ("*.pt",), ()) and not matches("ckpt/x.pt", ("*.pt",), ("ckpt/*",))
     assert Params.model_validate({"paths": "a, b/c"}).paths == ("a", "b/c")
 
@@ -106,13 +100,13 @@ def test_plan_picks_coldest_and_is_pure(tmp_path):
         p.parent.mkdir(exist_ok=True)
         p.write_bytes(b"x" * 1000)
         os.utime(p, (now - age, now - age - DAY))
-    fs = {"fast": os.statvfs_result((4096, 1, 10_000, 0, 6_000, 0, 0, 0, 0, 255))}  # 40 % used
+    fs = {"fast": os.statvfs_result((4096, 1, 10_000, 0, 6_000, 0, 0, 0, 0, 255))}   # 40 % used
     m = plugin(tmp_path, statvfs=lambda p: fs["fast"] if p.endswith("fast") else os.statvfs(p))
-    plan = m.plan(None, Params(action="demote", low=0.2, exclude=("*.log",)))  # free 2000 bytes
+    plan = m.plan(None, Params(action="demote", low=0.2, exclude=("*.log",)))   # free 2000 bytes
     assert [Path(s).name for s, _, _ in plan.params["moves"]] == ["old.bin", "mid.bin"]
     assert plan.reversible and not plan.noop and plan.target == "tier/fast->capacity"
-    assert sorted(p.name for p in (tmp_path / "fast").iterdir()) == sorted(files)  # nothing moved
-    assert m.plan(None, Params(action="demote", low=0.5)).noop  # below the low mark
+    assert sorted(p.name for p in (tmp_path / "fast").iterdir()) == sorted(files)   # nothing moved
+    assert m.plan(None, Params(action="demote", low=0.5)).noop                      # below the low mark
 
 
 @contextlib.contextmanager
@@ -127,14 +121,8 @@ def tmpfs(where: Path, size: str):
 
 
 def nodewarden(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 @pytest.mark.privileged
@@ -144,19 +132,17 @@ def test_cli_demote_on_a_full_tmpfs_then_revert(tmp_path):
         (tmp_path / "cap").mkdir()
         now = time.time()
         hashes = {}
-        for i in range(12):  # 12 x 256 KiB, file i is i days old
+        for i in range(12):                 # 12 x 256 KiB, file i is i days old
             p = fast / "ckpt" / f"step{i:02d}.pt"
             p.parent.mkdir(exist_ok=True)
             data = os.urandom(256 * 1024)
             p.write_bytes(data)
-            os.utime(p, (now - i * DAY, now - i * DAY))  # (reading it now would move its atime)
+            os.utime(p, (now - i * DAY, now - i * DAY))     # (reading it now would move its atime)
             hashes[p.name] = hashlib.sha256(data).hexdigest()
         policy = tmp_path / "policy.yml"
-        policy.write_text(
-            f"plugins:\n  migrate:\n    rate_mb_s: 100\n    tiers:\n"
-            f"      fast: {{path: {fast}, high: 0.7, low: 0.4}}\n"
-            f"      capacity: {{path: {tmp_path / 'cap'}}}\n"
-        )
+        policy.write_text(f"plugins:\n  migrate:\n    rate_mb_s: 100\n    tiers:\n"
+                          f"      fast: {{path: {fast}, high: 0.7, low: 0.4}}\n"
+                          f"      capacity: {{path: {tmp_path / 'cap'}}}\n")
         common = ("--policy", str(policy), "--state-dir", str(tmp_path / "state"))
         plan = nodewarden("migrate", "demote", "--plan", *common, cwd=tmp_path)
         assert plan.returncode == 0, plan.stderr
@@ -169,10 +155,10 @@ def test_cli_demote_on_a_full_tmpfs_then_revert(tmp_path):
         st = os.statvfs(fast)
         assert 1 - st.f_bavail / st.f_blocks <= 0.4
         moved = sorted(p.name for p in (tmp_path / "cap" / "ckpt").iterdir())
-        assert moved == sorted(hashes)[-len(moved) :] and len(moved) >= 5  # the oldest ones
+        assert moved == sorted(hashes)[-len(moved):] and len(moved) >= 5     # the oldest ones
         for name, digest in hashes.items():
             p = fast / "ckpt" / name
-            assert sha(p) == digest  # readable through the symlink
+            assert sha(p) == digest                                         # readable through the symlink
             assert p.is_symlink() == (name in moved)
         back = nodewarden("act", "--revert", str(entry["id"]), *common, cwd=tmp_path)
         assert back.returncode == 0, back.stdout + back.stderr
@@ -192,9 +178,8 @@ def test_promote_named_and_top(tmp_path):
     m.apply(m.plan(None, Params(action="promote", paths=(first,))))
     assert regular(tmp_path / "fast" / first) and not (tmp_path / "cap" / first).exists()
     plan = m.plan(None, Params(action="promote", top=2))
-    assert [Path(s).relative_to(tmp_path / "cap").as_posix() for s, _, _ in plan.params["moves"]] == sorted(hashes)[
-        :2
-    ]  # the two most recently read
+    assert [Path(s).relative_to(tmp_path / "cap").as_posix() for s, _, _ in plan.params["moves"]] == \
+        sorted(hashes)[:2]                                                    # the two most recently read
     m.apply(plan)
     for rel, digest in hashes.items():
         copies = [p for p in (tmp_path / "fast" / rel, tmp_path / "cap" / rel) if regular(p)]
@@ -210,7 +195,7 @@ def test_demote_then_promote_replaces_symlink(tmp_path):
     m.apply(m.plan(None, Params(action="demote")))
     rel = sorted(hashes)[0]
     assert (tmp_path / "fast" / rel).is_symlink()
-    m = plugin(tmp_path, statvfs=os.statvfs)  # the fast tier has room again
+    m = plugin(tmp_path, statvfs=os.statvfs)         # the fast tier has room again
     m.apply(m.plan(None, Params(action="promote", paths=(rel,))))
     assert regular(tmp_path / "fast" / rel) and sha(tmp_path / "fast" / rel) == hashes[rel]
     assert not (tmp_path / "cap" / rel).exists()
@@ -230,15 +215,11 @@ def test_evacuate_leave_nothing_and_metrics(tmp_path):
     assert done[-1] == (total, total)
     samples = {(s.name, s.labels): s.value for s in m.samples()}
     assert samples[("nodewarden_migrate_bytes_total", (("source", "fast"), ("destination", "capacity")))] == total
-    assert (
-        samples[
-            ("nodewarden_migrate_files_total", (("source", "fast"), ("destination", "capacity"), ("result", "done")))
-        ]
-        == 20
-    )
+    assert samples[("nodewarden_migrate_files_total",
+                    (("source", "fast"), ("destination", "capacity"), ("result", "done")))] == 20
     assert {s.name for s in m.samples()} <= {spec.name for spec in m.metrics}
     assert m.verify(plan)
-    assert "already moved 20" in m.apply(plan).output  # idempotent
+    assert "already moved 20" in m.apply(plan).output          # idempotent
 
 
 def test_open_for_writing_is_skipped_others_move(tmp_path):
@@ -249,7 +230,7 @@ def test_open_for_writing_is_skipped_others_move(tmp_path):
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "ready"
-        m = plugin(tmp_path, writers=None)  # the real /proc scanner
+        m = plugin(tmp_path, writers=None)          # the real /proc scanner
         out = m.apply(m.plan(None, Params(action="demote")))
     finally:
         p.kill()
@@ -263,7 +244,7 @@ def test_open_for_writing_is_skipped_others_move(tmp_path):
 
 N_FILES = 300
 TRIALS = 50
-BATCH = 64  # files per safe-copy batch in the child: 5 batches, 20 group commits of the step log
+BATCH = 64          # files per safe-copy batch in the child: 5 batches, 20 group commits of the step log
 
 
 def _child(tmp: Path, leave: str) -> None:
@@ -287,9 +268,8 @@ def _records(log: Path) -> int:
         return 0
 
 
-def _run_child(
-    tmp: Path, leave: str, kill_at: int | None, extra: float = 0.0, within: float = 120.0
-) -> tuple[int, bool]:
+def _run_child(tmp: Path, leave: str, kill_at: int | None, extra: float = 0.0,
+               within: float = 120.0) -> tuple[int, bool]:
     """Run the child; with ``kill_at``, SIGKILL it ``extra`` seconds after its step log holds that many records
     or ``within`` seconds after the start, whichever comes first -- a point in its progress, so load cannot
     move the kill past the end of the run. Returns (the step log's records when killed or at the end, whether
@@ -344,10 +324,10 @@ def _check(tmp: Path, hashes: dict[str, str], leave: str) -> str:
     ops = StepLog(str(tmp / "state" / "migrate.steps")).ops() if (tmp / "state" / "migrate.steps").exists() else {}
     assert all(o["step"] in ("done", "rolledback", "skipped", "failed") for o in ops.values())
     done = [o for o in ops.values() if o["step"] == "done"]
-    assert len({o["src"] for o in done}) == len(done)  # no file moved twice
+    assert len({o["src"] for o in done}) == len(done)                  # no file moved twice
     for o in done:
         assert sha(Path(o["dst"])) == hashes[str(Path(o["src"]).relative_to(fast))]
-    if entries:  # the action was journaled: recovery finished it
+    if entries:     # the action was journaled: recovery finished it
         assert {o["src"] for o in done} == {str(fast / r) for r in hashes}
         return "finished"
     assert not done
@@ -369,7 +349,7 @@ def test_kill9_at_random_points_loses_nothing(tmp_path):
     rng = random.Random(20261122)
     trial = tmp_path / "t"
     hashes = _fresh(trial, 0)
-    total, _ = _run_child(trial, "symlink", None)  # an uninterrupted run: how many records it writes
+    total, _ = _run_child(trial, "symlink", None)          # an uninterrupted run: how many records it writes
     assert _check(trial, hashes, "symlink") == "finished"
     assert total >= 4 * N_FILES
     outcomes = {"killed": 0, "finished": 0, "not started": 0}
@@ -377,17 +357,17 @@ def test_kill9_at_random_points_loses_nothing(tmp_path):
     for i in range(TRIALS):
         leave = "symlink" if i % 2 else "none"
         hashes = _fresh(trial, i + 1)
-        if i % 10 == 0:  # before the first record: planning, journaling, recovery of the last run
-            at, killed = _run_child(trial, leave, 1, 0.0, 10 ** rng.uniform(-4, -0.5))  # 0.1-300 ms
+        if i % 10 == 0:     # before the first record: planning, journaling, recovery of the last run
+            at, killed = _run_child(trial, leave, 1, 0.0, 10 ** rng.uniform(-4, -0.5))   # 0.1-300 ms
         else:
             at, killed = _run_child(trial, leave, rng.randrange(1, total), rng.uniform(0.0, 0.003))
         seen.add(at)
         outcomes["killed"] += killed
         outcomes[_check(trial, hashes, leave)] += 1
     print(f"clean run {total} records; killed at {len(seen)} record counts; {outcomes}")
-    assert outcomes["killed"] >= TRIALS * 3 // 4, outcomes  # nearly every trial really interrupted the run
+    assert outcomes["killed"] >= TRIALS * 3 // 4, outcomes        # nearly every trial really interrupted the run
     assert outcomes["finished"] >= TRIALS // 2, outcomes
-    assert len(seen) >= 10, sorted(seen)  # at many points of the protocol
+    assert len(seen) >= 10, sorted(seen)                          # at many points of the protocol
 
 
 def test_progress_bar_and_entry_points():
@@ -406,15 +386,15 @@ def test_progress_bar_and_entry_points():
 def test_capacity_tier_fills_up_during_demote(tmp_path):
     """The plan fits, then another writer fills the capacity tier: sources intact, the logs say ENOSPC."""
     with tmpfs(tmp_path / "cap", "2m") as cap:
-        hashes = make_files(tmp_path / "fast", 24, random.Random(9), (60_000, 70_000))  # ~1.5 MB
+        hashes = make_files(tmp_path / "fast", 24, random.Random(9), (60_000, 70_000))   # ~1.5 MB
         m = plugin(tmp_path)
         plan = m.plan(None, Params(action="demote"))
         assert len(plan.params["moves"]) == 24
-        (cap / "filler").write_bytes(b"\0" * (1024 * 1024))  # someone else
+        (cap / "filler").write_bytes(b"\0" * (1024 * 1024))                             # someone else
         with pytest.raises(Exception, match="ENOSPC") as err:
             m.apply(plan)
         assert "failed" in str(err.value)
-        for rel, digest in hashes.items():  # nothing lost
+        for rel, digest in hashes.items():                                               # nothing lost
             copies = [p for p in (tmp_path / "fast" / rel, cap / rel) if regular(p)]
             assert len(copies) == 1 and sha(copies[0]) == digest
         assert temps(tmp_path / "fast", cap) == []

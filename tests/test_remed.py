@@ -39,57 +39,24 @@ routes:
 """
 
 
-def make(
-    tmp_path,
-    mode="enforce",
-    cooldown="0s",
-    per_action=100,
-    total=100,
-    concurrent=4,
-    flaps=100,
-    timeout="5m",
-    revert_after="10m",
-    delay=0,
-    fail="false",
-    extra="",
-    daemon_mode="enforce",
-    pause=None,
-    steps="",
-    blast="{max_fraction: 0.1}",
-):
-    text = BASE.format(
-        mode=mode,
-        cooldown=cooldown,
-        per_action=per_action,
-        total=total,
-        concurrent=concurrent,
-        flaps=flaps,
-        timeout=timeout,
-        revert_after=revert_after,
-        delay=delay,
-        fail=fail,
-        extra=extra,
-        steps=steps,
-        blast=blast,
-    )
+def make(tmp_path, mode="enforce", cooldown="0s", per_action=100, total=100, concurrent=4, flaps=100,
+         timeout="5m", revert_after="10m", delay=0, fail="false", extra="", daemon_mode="enforce", pause=None,
+         steps="", blast="{max_fraction: 0.1}"):
+    text = BASE.format(mode=mode, cooldown=cooldown, per_action=per_action, total=total, concurrent=concurrent,
+                       flaps=flaps, timeout=timeout, revert_after=revert_after, delay=delay, fail=fail, extra=extra,
+                       steps=steps, blast=blast)
     policy = load_policy_text(text, "policy.yml", plugins={"marker": Marker})
     marks = tmp_path / "marks"
     marks.mkdir(exist_ok=True)
     journal = Journal(str(tmp_path / "state"))
-    rem = Remediator(
-        policy, journal, {"marker": Marker(MarkerConfig(dir=str(marks)))}, mode=daemon_mode, pause_flag_path=pause
-    )
+    rem = Remediator(policy, journal, {"marker": Marker(MarkerConfig(dir=str(marks)))}, mode=daemon_mode,
+                     pause_flag_path=pause)
     return rem, journal, marks
 
 
 def alert(gpu="0", state="firing", value=79.0, name="GpuXid", severity="critical"):
-    return Alert(
-        labels={"alertname": name, "gpu": gpu, "severity": severity},
-        annotations={},
-        state=state,
-        active_at=0.0,
-        value=value,
-    )
+    return Alert(labels={"alertname": name, "gpu": gpu, "severity": severity}, annotations={}, state=state,
+                 active_at=0.0, value=value)
 
 
 def tick(rem, alerts, now):
@@ -145,8 +112,8 @@ def test_label_values_are_data(tmp_path):
 def test_cooldown(tmp_path, cooldown, expected):
     rem, journal, marks = make(tmp_path, cooldown=cooldown, revert_after="null")
     tick(rem, [alert()], 100.0)
-    tick(rem, [], 110.0)  # resolved: the episode ends (no revert configured)
-    tick(rem, [alert()], 120.0)  # fires again
+    tick(rem, [], 110.0)           # resolved: the episode ends (no revert configured)
+    tick(rem, [alert()], 120.0)    # fires again
     assert applied(marks) == expected
     if expected == 1:
         assert statuses(journal)[-1] == ("skipped", "cooldown")
@@ -165,7 +132,7 @@ def test_rate_limit_total_and_window_slides(tmp_path):
     rem, _journal, marks = make(tmp_path, total=1)
     tick(rem, [alert("0"), alert("1")], 100.0)
     assert applied(marks, "0") + applied(marks, "1") == 1
-    tick(rem, [alert("0"), alert("1")], 100.0 + 3601)  # window passed: the other one may go now
+    tick(rem, [alert("0"), alert("1")], 100.0 + 3601)   # window passed: the other one may go now
     assert applied(marks, "0") + applied(marks, "1") == 2
 
 
@@ -182,7 +149,7 @@ def test_max_concurrency(tmp_path, concurrent, expected):
 @pytest.mark.parametrize("max_changes", [3, 1000])
 def test_flap_gate_bounds_actions_on_an_oscillating_alert(tmp_path, max_changes):
     rem, journal, marks = make(tmp_path, flaps=max_changes, revert_after="null")
-    for i in range(20):  # firing, resolved, firing, ... every tick
+    for i in range(20):   # firing, resolved, firing, ... every tick
         tick(rem, [alert()] if i % 2 == 0 else [], 100.0 + 5 * i)
     n = applied(marks)
     if max_changes == 3:
@@ -192,9 +159,8 @@ def test_flap_gate_bounds_actions_on_an_oscillating_alert(tmp_path, max_changes)
         assert n == 10
 
 
-@pytest.mark.parametrize(
-    "a,gated", [(alert(value=math.nan), True), (alert(name="GpuXidAbsent"), False), (alert(value=79.0), False)]
-)
+@pytest.mark.parametrize("a,gated", [(alert(value=math.nan), True), (alert(name="GpuXidAbsent"), False),
+                                     (alert(value=79.0), False)])
 def test_no_data_gate(tmp_path, a, gated):
     extra = """  - name: absent
     matchers: ['alertname="GpuXidAbsent"']
@@ -202,7 +168,7 @@ def test_no_data_gate(tmp_path, a, gated):
     rem, journal, marks = make(tmp_path, extra=extra)
     tick(rem, [a], 100.0)
     if a.name == "GpuXidAbsent":
-        gated = True  # absent-style alert names are no-data alerts by default
+        gated = True   # absent-style alert names are no-data alerts by default
     assert applied(marks) == (0 if gated else 1)
     if gated:
         assert statuses(journal) == [("skipped", "no_data")]
@@ -227,9 +193,9 @@ def test_revert_on_resolve_after_revert_after(tmp_path):
     assert applied(marks) == 1
     tick(rem, [], 200.0)
     tick(rem, [], 200.0 + 599)
-    assert applied(marks) == 1  # resolved, but not for revert_after yet
+    assert applied(marks) == 1          # resolved, but not for revert_after yet
     tick(rem, [], 200.0 + 600)
-    assert applied(marks) == 0  # reverted
+    assert applied(marks) == 0          # reverted
     assert statuses(journal) == [("reverted", "")]
     assert statuses(journal, "revert") == [("succeeded", "alert resolved")]
 
@@ -257,11 +223,11 @@ def test_failed_step_escalates_to_page(tmp_path):
 def test_stuck_action_does_not_block_the_tick(tmp_path):
     rem, journal, marks = make(tmp_path, timeout="1s", delay=3)
     rem.on_tick([alert()], 100.0)
-    rem.on_tick([alert()], 102.0)  # past the deadline: journaled as failed(timeout) while still running
+    rem.on_tick([alert()], 102.0)     # past the deadline: journaled as failed(timeout) while still running
     assert rem.in_progress() == 1 and applied(marks) == 0
     assert statuses(journal) == [("failed", "timeout")]
     assert ("nodewarden_remediation_in_progress", (), 1.0) in rem.samples()
-    rem.close(10.0)  # when it does finish, the journal records the truth
+    rem.close(10.0)                   # when it does finish, the journal records the truth
     assert applied(marks) == 1 and statuses(journal)[0][0] == "succeeded"
 
 
@@ -271,8 +237,8 @@ def test_restart_keeps_cooldown(tmp_path):
     journal.close()
     rem2, journal2, _ = make(tmp_path, cooldown="1h", revert_after="null")
     rem2.recover()
-    tick(rem2, [], time.time())  # resolved after the restart ...
-    tick(rem2, [alert()], time.time())  # ... and firing again within the cooldown
+    tick(rem2, [], time.time())            # resolved after the restart ...
+    tick(rem2, [alert()], time.time())     # ... and firing again within the cooldown
     assert applied(marks) == 1 and statuses(journal2)[-1] == ("skipped", "cooldown")
 
 
@@ -292,11 +258,8 @@ def test_metrics_catalogue_covers_samples(tmp_path):
     tick(rem, [alert()], 100.0)
     names = {m.name for m in rem.metrics}
     assert {s.name for s in rem.samples()} <= names
-    assert (
-        "nodewarden_remediation_skipped_total",
-        (("action", "marker"), ("reason", "rate_limit")),
-        1.0,
-    ) in rem.samples()
+    assert ("nodewarden_remediation_skipped_total", (("action", "marker"), ("reason", "rate_limit")), 1.0) \
+        in rem.samples()
 
 
 def test_pause_file_path_is_checked_each_tick(tmp_path):
@@ -324,16 +287,16 @@ def test_blast_radius_refusal_retries_without_burning_the_cooldown(tmp_path):
     rem.cluster = Held(1, 10)
     tick(rem, [alert()], 100.0)
     assert applied(marks) == 0 and statuses(journal) == [("skipped", "blast_radius")]
-    tick(rem, [alert()], 110.0)  # within retry_interval (30s): not asked again
+    tick(rem, [alert()], 110.0)            # within retry_interval (30s): not asked again
     assert len(statuses(journal)) == 1
-    rem.cluster.value = (0, 10)  # the other node came back
+    rem.cluster.value = (0, 10)            # the other node came back
     tick(rem, [alert()], 131.0)
     assert applied(marks) == 1 and statuses(journal)[-1] == ("succeeded", "")
 
 
 def test_blast_radius_fraction(tmp_path):
     rem, journal, marks = make(tmp_path)
-    rem.cluster = Held(0, 5)  # default max_fraction 10 %: 1 of 5 nodes would be 20 %
+    rem.cluster = Held(0, 5)               # default max_fraction 10 %: 1 of 5 nodes would be 20 %
     tick(rem, [alert()], 100.0)
     assert applied(marks) == 0 and statuses(journal) == [("skipped", "blast_radius")]
 
@@ -352,8 +315,8 @@ def test_flapping_alert_escalates_to_a_page_instead_of_acting(tmp_path):
     rem, journal, marks = make(tmp_path, flaps=1, revert_after="null", steps="      - action: page")
     for i, firing in enumerate([True, False, True, False, True]):
         tick(rem, [alert()] if firing else [], 100.0 + i)
-    assert applied(marks) == 1  # the first firing acted; then the gate held
-    tick(rem, [alert()], 100.0 + 4 + 301)  # refused for longer than the step's wait (5m)
+    assert applied(marks) == 1                               # the first firing acted; then the gate held
+    tick(rem, [alert()], 100.0 + 4 + 301)                   # refused for longer than the step's wait (5m)
     assert [(e.op, e.status) for e in journal][-1] == ("page", "succeeded")
 
 
@@ -374,9 +337,8 @@ def test_recover_finishes_an_interrupted_revert(tmp_path):
     rem, journal, marks = make(tmp_path)
     done = rem.act("marker", {"name": "m_0"}, apply=True)
     plan = journal.get(done.id).get_plan()
-    journal.add(
-        op="revert", action="marker", status="started", mode="enforce", target=plan.target, plan=plan, parent=done.id
-    )  # the process died here, before calling revert
+    journal.add(op="revert", action="marker", status="started", mode="enforce", target=plan.target, plan=plan,
+                parent=done.id)                 # the process died here, before calling revert
     rem2, journal2, _ = make(tmp_path)
     rem2.recover()
     assert applied(marks) == 0
@@ -386,7 +348,7 @@ def test_recover_finishes_an_interrupted_revert(tmp_path):
 def test_recover_rebuilds_revert_on_resolve(tmp_path):
     rem, _journal, marks = make(tmp_path, revert_after="1m")
     tick(rem, [alert()], time.time())
-    rem2, _, _ = make(tmp_path, revert_after="1m")  # restart while the action is in effect
+    rem2, _, _ = make(tmp_path, revert_after="1m")   # restart while the action is in effect
     rem2.recover()
     now = time.time()
     tick(rem2, [], now)
@@ -411,40 +373,27 @@ class ExpiringMarker(Marker):
 
 def test_expired_action_is_reverted_and_the_escalation_continues(tmp_path):
     steps = "      - action: page"
-    text = BASE.format(
-        mode="enforce",
-        cooldown="0s",
-        per_action=100,
-        total=100,
-        concurrent=4,
-        flaps=100,
-        timeout="5m",
-        revert_after="null",
-        delay=0,
-        fail="false",
-        extra="",
-        steps=steps,
-        blast="{max_fraction: null}",
-    )
+    text = BASE.format(mode="enforce", cooldown="0s", per_action=100, total=100, concurrent=4, flaps=100,
+                       timeout="5m", revert_after="null", delay=0, fail="false", extra="", steps=steps,
+                       blast="{max_fraction: null}")
     policy = load_policy_text(text, "policy.yml", plugins={"marker": ExpiringMarker})
     marks = tmp_path / "marks"
     marks.mkdir()
     now = 1000.0
     journal = Journal(str(tmp_path / "state"), clock=lambda: now)
-    rem = Remediator(
-        policy, journal, {"marker": ExpiringMarker(MarkerConfig(dir=str(marks)))}, mode="enforce", clock=lambda: now
-    )
+    rem = Remediator(policy, journal, {"marker": ExpiringMarker(MarkerConfig(dir=str(marks)))}, mode="enforce",
+                     clock=lambda: now)
     tick(rem, [alert()], now)
     assert applied(marks) == 1
     now = 1030.0
     tick(rem, [alert()], now)
-    assert applied(marks) == 1 and statuses(journal, "revert") == []  # not yet expired, wait (5m) not over
+    assert applied(marks) == 1 and statuses(journal, "revert") == []   # not yet expired, wait (5m) not over
     now = 1070.0
-    tick(rem, [alert()], now)  # expired: reverted
+    tick(rem, [alert()], now)                                          # expired: reverted
     assert applied(marks) == 0
     assert statuses(journal, "revert") == [("succeeded", "expired")]
     assert statuses(journal) == [("reverted", "")]
-    tick(rem, [alert()], now + 5)  # the escalation goes on: page now
+    tick(rem, [alert()], now + 5)                                      # the escalation goes on: page now
     assert [(e.status, e.reason) for e in journal if e.op == "page"] == [("succeeded", "")]
     assert applied(marks) == 0
 

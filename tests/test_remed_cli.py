@@ -44,14 +44,9 @@ def test_act_plans_through_the_registered_plugin(tmp_path, policy, capsys):
     assert [e.status for e in Journal(state)] == ["planned"]
 
 
-@pytest.mark.parametrize(
-    "argv,err",
-    [
-        (["rebalance", "node=a;b"], "not a valid node name"),
-        (["rebalance", "nokey"], "KEY=VALUE"),
-        (["nosuch", "a=b"], "unknown plugin"),
-    ],
-)
+@pytest.mark.parametrize("argv,err", [(["rebalance", "node=a;b"], "not a valid node name"),
+                                      (["rebalance", "nokey"], "KEY=VALUE"),
+                                      (["nosuch", "a=b"], "unknown plugin")])
 def test_act_rejects_bad_input(tmp_path, policy, capsys, argv, err):
     assert run(act, ["--state-dir", str(tmp_path), "--policy", policy, *argv]) == 2
     assert err in capsys.readouterr().err
@@ -68,17 +63,10 @@ def test_pause_resume_and_the_daemon_sees_it(tmp_path, capsys):
     state = tmp_path / "state"
     assert run(pause, ["--state-dir", str(state), "--reason", "GPU swap"]) == 0
     assert "GPU swap" in (state / "paused").read_text()
-    policy = load_policy_text(
-        "defaults: {mode: enforce}\nroutes:\n - matchers: ['alertname=\"X\"']\n"
-        "   steps: [{action: marker, params: {name: m}}]\n"
-    )
-    rem = Remediator(
-        policy,
-        Journal(str(state)),
-        {"marker": Marker(MarkerConfig(dir=str(tmp_path)))},
-        "enforce",
-        pause_flag_path=str(state / "paused"),
-    )
+    policy = load_policy_text("defaults: {mode: enforce}\nroutes:\n - matchers: ['alertname=\"X\"']\n"
+                              "   steps: [{action: marker, params: {name: m}}]\n")
+    rem = Remediator(policy, Journal(str(state)), {"marker": Marker(MarkerConfig(dir=str(tmp_path)))}, "enforce",
+                     pause_flag_path=str(state / "paused"))
     x = Alert(labels={"alertname": "X"}, annotations={}, state="firing", active_at=0, value=1.0)
     rem.on_tick([x], 100.0)
     rem.close(10)
@@ -94,16 +82,8 @@ def test_pause_resume_and_the_daemon_sees_it(tmp_path, capsys):
 def test_history_table_json_and_since(tmp_path, capsys):
     state = str(tmp_path / "state")
     j = Journal(state)
-    j.add(
-        op="apply",
-        action="rebalance",
-        status="skipped",
-        mode="enforce",
-        reason="cooldown",
-        target="node/a",
-        alertname="GpuXid",
-        ts=time.time() - 7200,
-    )
+    j.add(op="apply", action="rebalance", status="skipped", mode="enforce", reason="cooldown", target="node/a",
+          alertname="GpuXid", ts=time.time() - 7200)
     j.add(op="apply", action="rebalance", status="planned", mode="observe", target="node/b", alertname="GpuXid")
     j.close()
     assert run(history, ["--state-dir", state]) == 0
@@ -124,23 +104,17 @@ def test_check_rules_validates_the_policy_against_plugins_and_loaded_rules(tmp_p
     from agent.cli import main
 
     rules = tmp_path / "r.yml"
-    rules.write_text(
-        "groups:\n  - name: g\n    rules:\n      - alert: GpuXid\n        expr: up == 0\n"
-        "        annotations: {summary: x}\n"
-    )
+    rules.write_text("groups:\n  - name: g\n    rules:\n      - alert: GpuXid\n        expr: up == 0\n"
+                     "        annotations: {summary: x}\n")
     good = tmp_path / "p.yml"
-    good.write_text(
-        "routes:\n  - matchers: ['alertname=\"GpuXid\"']\n    steps: [{action: rebalance}]\n"
-        "  - matchers: ['alertname=\"Nope\"']\n    steps: [{action: page}]\n"
-    )
+    good.write_text("routes:\n  - matchers: ['alertname=\"GpuXid\"']\n    steps: [{action: rebalance}]\n"
+                    "  - matchers: ['alertname=\"Nope\"']\n    steps: [{action: page}]\n")
     assert main(["check", "rules", "--no-catalogue", str(rules), str(good)]) == 0
     assert f"WARNING: {good}:4:15: routes.1: matches no alert of the loaded rules" in capsys.readouterr().err
     assert main(["check", "rules", "--no-catalogue", "--lint-fatal", str(rules), str(good)]) == 3
     bad = tmp_path / "bad.yml"
-    bad.write_text(
-        "routes:\n  - matchers: ['alertname=\"GpuXid\"']\n    steps:\n      - action: rebalance\n"
-        "        params: {node: 'a b'}\n"
-    )
+    bad.write_text("routes:\n  - matchers: ['alertname=\"GpuXid\"']\n    steps:\n      - action: rebalance\n"
+                   "        params: {node: 'a b'}\n")
     capsys.readouterr()
     assert main(["check", "rules", "--no-catalogue", str(rules), str(bad)]) == 1
     assert f"{bad}:5:24: routes.0.steps.0.params.node: not a valid node name: 'a b'" in capsys.readouterr().err

@@ -44,13 +44,12 @@ def test_kill9_between_started_and_succeeded(tmp_path, phase):
     state, marks = tmp_path / "state", tmp_path / "marks"
     marks.mkdir()
     mark = marks / "m_0"
-    child = subprocess.Popen(
-        [sys.executable, str(SUPPORT), str(state), str(marks), phase], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    child = subprocess.Popen([sys.executable, str(SUPPORT), str(state), str(marks), phase],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        if phase == "before":  # intent journaled, change not yet made
+        if phase == "before":   # intent journaled, change not yet made
             _wait_for(lambda: _started_rows(state) == 1, "the started row")
-        else:  # change made, outcome not yet journaled
+        else:                   # change made, outcome not yet journaled
             _wait_for(mark.exists, "the marker file")
             assert _started_rows(state) == 1
         os.kill(child.pid, signal.SIGKILL)
@@ -61,11 +60,10 @@ def test_kill9_between_started_and_succeeded(tmp_path, phase):
             child.wait(timeout=10)
     assert mark.exists() == (phase == "after")
 
-    done = subprocess.run(
-        [sys.executable, str(SUPPORT), str(state), str(marks), "recover"], capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([sys.executable, str(SUPPORT), str(state), str(marks), "recover"], capture_output=True,
+                          text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     journal = Journal(str(state))
     rows = [e for e in journal if e.op == "apply"]
     assert [(e.status, e.reason) for e in rows] == [("succeeded", "recovered")]
-    assert mark.read_text().splitlines() == ["applied"]  # the change happened exactly once
+    assert mark.read_text().splitlines() == ["applied"]    # the change happened exactly once

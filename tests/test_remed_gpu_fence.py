@@ -89,7 +89,7 @@ def test_fence_reports_users_and_restores_the_old_mode(tmp_path):
     assert row.plan["undo"] == {"owned": True, "old_mode": 3, "pids": [17, 4242]}
     tick(rem, [], 110.0)
     tick(rem, [], 410.0)
-    assert nvml.modes == {0: 3, 1: 0}  # EXCLUSIVE_PROCESS again
+    assert nvml.modes == {0: 3, 1: 0}                      # EXCLUSIVE_PROCESS again
     assert nvml.calls.count("init") == nvml.calls.count("shutdown")
 
 

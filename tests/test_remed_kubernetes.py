@@ -25,22 +25,16 @@ from agent.remediation.remediator import Remediator
 
 
 def _node(name, unschedulable=False, taints=None):
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "annotations": {}},
-        "spec": {"unschedulable": unschedulable, "taints": taints or []},
-    }
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "annotations": {}},
+            "spec": {"unschedulable": unschedulable, "taints": taints or []}}
 
 
 def _pod(ns, name, node, gpus=0, blocked=False):
     res = {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {}
     uid = str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{ns}/{name}"))
-    return {
-        "metadata": {"name": name, "namespace": ns, "uid": uid, "labels": {"pdb": "blocked"} if blocked else {}},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x", "resources": res}]},
-        "status": {"phase": "Running"},
-    }
+    return {"metadata": {"name": name, "namespace": ns, "uid": uid, "labels": {"pdb": "blocked"} if blocked else {}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x", "resources": res}]},
+            "status": {"phase": "Running"}}
 
 
 def _merge(dst, patch):
@@ -58,12 +52,8 @@ class FakeApiServer:
 
     def __init__(self):
         self.nodes = {"nw1": _node("nw1"), "nw2": _node("nw2")}
-        self.pods = [
-            _pod("ml", "train-0", "nw1", gpus=8),
-            _pod("ml", "eval-0", "nw1", gpus=1, blocked=True),
-            _pod("kube-system", "dns", "nw1"),
-            _pod("ml", "train-1", "nw2", gpus=8),
-        ]
+        self.pods = [_pod("ml", "train-0", "nw1", gpus=8), _pod("ml", "eval-0", "nw1", gpus=1, blocked=True),
+                     _pod("kube-system", "dns", "nw1"), _pod("ml", "train-1", "nw2", gpus=8)]
         self.requests = []
         fake = self
 
@@ -88,15 +78,8 @@ class FakeApiServer:
                 parts = url.path.strip("/").split("/")
                 if parts[:3] == ["api", "v1", "nodes"]:
                     if len(parts) == 3:
-                        return self._send(
-                            200,
-                            {
-                                "kind": "NodeList",
-                                "apiVersion": "v1",
-                                "metadata": {},
-                                "items": list(fake.nodes.values()),
-                            },
-                        )
+                        return self._send(200, {"kind": "NodeList", "apiVersion": "v1", "metadata": {},
+                                                "items": list(fake.nodes.values())})
                     node = fake.nodes.get(parts[3])
                     if node is None:
                         return self._send(404, {"kind": "Status", "code": 404})
@@ -175,18 +158,15 @@ def test_cordon_taint_evict_then_uncordon_on_resolve(tmp_path, api):
     tick(rem, [XID], 1000.0)
     node = api.nodes["nw1"]
     assert node["spec"]["unschedulable"] is True
-    assert node["spec"]["taints"] == [
-        {"key": "nodewarden.io/unhealthy", "value": "XID_79_on_GPU_0", "effect": "NoSchedule"}
-    ]
+    assert node["spec"]["taints"] == [{"key": "nodewarden.io/unhealthy", "value": "XID_79_on_GPU_0",
+                                       "effect": "NoSchedule"}]
     names = [p["metadata"]["name"] for p in api.pods]
-    assert names == ["eval-0", "dns", "train-1"]  # GPU pod on nw1 evicted; others untouched
+    assert names == ["eval-0", "dns", "train-1"]              # GPU pod on nw1 evicted; others untouched
     patches = [r[4] for r in api.requests if r[0] == "PATCH"]
     assert patches and all(ct.endswith("merge-patch+json") for ct in patches)
     evictions = [(r[0], r[1], r[3]["kind"]) for r in api.requests if r[1].endswith("/eviction")]
-    assert evictions == [
-        ("POST", "/api/v1/namespaces/ml/pods/train-0/eviction", "Eviction"),
-        ("POST", "/api/v1/namespaces/ml/pods/eval-0/eviction", "Eviction"),
-    ]
+    assert evictions == [("POST", "/api/v1/namespaces/ml/pods/train-0/eviction", "Eviction"),
+                         ("POST", "/api/v1/namespaces/ml/pods/eval-0/eviction", "Eviction")]
     [row] = [e for e in rem.journal if e.op == "apply"]
     assert row.status == "succeeded"
     assert "eviction of ml/eval-0 refused by a PodDisruptionBudget" in row.output
@@ -265,28 +245,24 @@ def _rebalance(api, nvml, procfs):
     from agent.core.paths import Paths
     from remediations.rebalance import Config, Params, Rebalance
 
-    cfg = Config.model_validate(
-        {"backend": "kubernetes", "node_name": "nw1", "kubernetes": {"host": api.url, "timeout": 5}}
-    )
+    cfg = Config.model_validate({"backend": "kubernetes", "node_name": "nw1",
+                                 "kubernetes": {"host": api.url, "timeout": 5}})
     plugin = Rebalance(cfg, nvml=nvml, paths=Paths(procfs=str(procfs)))
     return plugin, Params.model_validate({"gpu": "0", "reason": "XID 79"})
 
 
 def test_only_the_pods_holding_the_sick_gpu_are_evicted(tmp_path, api):
     train0 = _uid("ml", "train-0")
-    procfs = _proc_tree(
-        tmp_path / "proc",
-        {
-            4242: f"0::/kubepods/besteffort/pod{train0}/abc\n",
-            4343: "0::/system.slice/nvidia-persistenced.service\n",  # a host process on the GPU: no pod
-        },
-    )
+    procfs = _proc_tree(tmp_path / "proc", {
+        4242: f"0::/kubepods/besteffort/pod{train0}/abc\n",
+        4343: "0::/system.slice/nvidia-persistenced.service\n",   # a host process on the GPU: no pod
+    })
     plugin, params = _rebalance(api, FakeNvml({0: [4242, 4343], 1: [9999]}), procfs)
     plan = plugin.plan(None, params)
     assert any("using GPU 0" in c for c in plan.changes)
     out = plugin.apply(plan).output
     evicted = [r[1] for r in api.requests if r[1].endswith("/eviction")]
-    assert evicted == ["/api/v1/namespaces/ml/pods/train-0/eviction"]  # eval-0 (another GPU pod) stays
+    assert evicted == ["/api/v1/namespaces/ml/pods/train-0/eviction"]    # eval-0 (another GPU pod) stays
     assert f"GPU 0 is used by pods {train0}" in out
 
 

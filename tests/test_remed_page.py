@@ -29,17 +29,9 @@ def alertmanager(tmp_path):
     binary = require_binary("prometheus-alertmanager")
     (tmp_path / "am.yml").write_text(AM_CONFIG)
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp_path / 'am.yml'}",
-            f"--storage.path={tmp_path / 'am'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = subprocess.Popen([binary, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'am'}",
+                             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         end = time.monotonic() + 30
@@ -77,20 +69,14 @@ routes:
       - {{action: marker, params: {{name: m, fail: "true"}}, wait: 1m}}
       - action: page
 """)
-    rem = Remediator(
-        policy, Journal(str(tmp_path / "s")), {"marker": Marker(MarkerConfig(dir=str(tmp_path)))}, "enforce"
-    )
-    a = Alert(
-        labels={"alertname": "GpuXid", "gpu": "0", "xid": "79"},
-        annotations={"summary": "GPU 0 XID 79"},
-        state="firing",
-        active_at=time.time(),
-        value=79.0,
-    )
+    rem = Remediator(policy, Journal(str(tmp_path / "s")), {"marker": Marker(MarkerConfig(dir=str(tmp_path)))},
+                     "enforce")
+    a = Alert(labels={"alertname": "GpuXid", "gpu": "0", "xid": "79"}, annotations={"summary": "GPU 0 XID 79"},
+              state="firing", active_at=time.time(), value=79.0)
     now = time.time()
     rem.on_tick([a], now)
     rem.close(10)
-    rem.on_tick([a], now + 5)  # the failed step escalates to the page
+    rem.on_tick([a], now + 5)     # the failed step escalates to the page
     rem.close(10)
     [page] = [e for e in rem.journal if e.op == "page"]
     assert page.status == "succeeded" and page.output == f"pushed to {alertmanager}"
@@ -103,7 +89,7 @@ routes:
     assert pushed["labels"] == {"alertname": "GpuXid", "gpu": "0", "xid": "79", "remediation": "exhausted"}
     assert pushed["annotations"] == {"summary": "GPU 0 XID 79"}
 
-    rem.on_tick([], now + 10)  # resolved: pushed again with endsAt, and no longer exhausted
+    rem.on_tick([], now + 10)     # resolved: pushed again with endsAt, and no longer exhausted
     rem.close(10)
     assert rem.exhausted == set()
     end = time.monotonic() + 20

@@ -19,13 +19,11 @@ def test_builtin_rebalance_is_an_entry_point():
 
 
 def test_broken_plugins_are_disabled_one_by_one(tmp_path, monkeypatch):
-    _dist(
-        tmp_path,
-        "marker = tests.remed_support:Marker\nmissing = no_such_module_xyz:Plugin\n"
-        "incomplete = json:JSONDecoder\nbadconf = tests.remed_support:Marker\n",
-    )
+    _dist(tmp_path, "marker = tests.remed_support:Marker\nmissing = no_such_module_xyz:Plugin\n"
+                    "incomplete = json:JSONDecoder\nbadconf = tests.remed_support:Marker\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    result = load_remediations({"marker": {"dir": str(tmp_path)}, "badconf": {"dir": 5}, "ghost": {}}, group=TEST_GROUP)
+    result = load_remediations({"marker": {"dir": str(tmp_path)}, "badconf": {"dir": 5}, "ghost": {}},
+                               group=TEST_GROUP)
     assert list(result.plugins) == ["marker"]
     assert sorted(result.errors) == ["badconf", "ghost", "incomplete", "missing"]
     assert "not installed" in result.errors["ghost"]

@@ -13,25 +13,22 @@ from agent.remediation.policy import NoDataGate, check_policy_file, load_policy,
 from remediations.rebalance import Rebalance
 
 
-@pytest.mark.parametrize(
-    "text,labels,hit",
-    [
-        ('alertname="GpuXid"', {"alertname": "GpuXid"}, True),
-        ('alertname="GpuXid"', {"alertname": "GpuXidX"}, False),
-        ('severity=~"critical|page"', {"severity": "page"}, True),
-        ('severity=~"critical|page"', {"severity": "pager"}, False),  # fully anchored
-        ('severity!~"info|warning"', {"severity": "critical"}, True),
-        ('team!="ml"', {}, True),  # a missing label is ""
-        ('xid=~""', {}, True),
-        ("instance=gpu-a1", {"instance": "gpu-a1"}, True),  # unquoted value
-        (r'path="a\"b"', {"path": 'a"b'}, True),
-    ],
-)
+@pytest.mark.parametrize("text,labels,hit", [
+    ('alertname="GpuXid"', {"alertname": "GpuXid"}, True),
+    ('alertname="GpuXid"', {"alertname": "GpuXidX"}, False),
+    ('severity=~"critical|page"', {"severity": "page"}, True),
+    ('severity=~"critical|page"', {"severity": "pager"}, False),        # fully anchored
+    ('severity!~"info|warning"', {"severity": "critical"}, True),
+    ('team!="ml"', {}, True),                                           # a missing label is ""
+    ('xid=~""', {}, True),
+    ("instance=gpu-a1", {"instance": "gpu-a1"}, True),                  # unquoted value
+    (r'path="a\"b"', {"path": 'a"b'}, True),
+])
 def test_matchers(text, labels, hit):
     assert parse_matcher(text).matches(labels) is hit
 
 
-@pytest.mark.parametrize("bad", ['alertname=="x"', "=x", 'a=~"("', "a b"])
+@pytest.mark.parametrize("bad", ['alertname=="x"', '=x', 'a=~"("', "a b"])
 def test_bad_matchers(bad):
     with pytest.raises(ValueError):
         parse_matcher(bad)
@@ -39,20 +36,15 @@ def test_bad_matchers(bad):
 
 def test_render_substitutes_label_values_as_data():
     labels = {"gpu": "3", "node": "$(reboot)", "alertname": "X"}
-    out = render(
-        {"a": "gpu {{ $labels.gpu }} on {{$labels.node}}", "b": ["{{ $labels.missing }}", 5], "v": "{{ $value }}"},
-        labels,
-        79.0,
-    )
+    out = render({"a": "gpu {{ $labels.gpu }} on {{$labels.node}}", "b": ["{{ $labels.missing }}", 5],
+                  "v": "{{ $value }}"}, labels, 79.0)
     assert out == {"a": "gpu 3 on $(reboot)", "b": ["", 5], "v": "79"}
 
 
 def test_policy_errors_carry_file_line_column():
-    text = (
-        "defaults:\n  mode: enforcing\nroutes:\n  - matchers: ['alertname=\"X\"']\n    steps:\n"
-        "      - action: rebalance\n        params: {gpu: '{{ .Labels.gpu }}'}\n        wait: 5\n"
-        "    colour: red\n"
-    )
+    text = ("defaults:\n  mode: enforcing\nroutes:\n  - matchers: ['alertname=\"X\"']\n    steps:\n"
+            "      - action: rebalance\n        params: {gpu: '{{ .Labels.gpu }}'}\n        wait: 5\n"
+            "    colour: red\n")
     with pytest.raises(ConfigError) as exc:
         load_policy_text(text, "p.yml")
     problems = exc.value.problems
@@ -63,10 +55,8 @@ def test_policy_errors_carry_file_line_column():
 
 
 def test_unknown_plugin_and_bad_params_are_load_errors():
-    text = (
-        "routes:\n  - matchers: ['alertname=\"X\"']\n    steps:\n      - action: rebalanse\n"
-        "      - action: rebalance\n        params: {gpu: 'card{{ $labels.gpu }}', colour: red}\n"
-    )
+    text = ("routes:\n  - matchers: ['alertname=\"X\"']\n    steps:\n      - action: rebalanse\n"
+            "      - action: rebalance\n        params: {gpu: 'card{{ $labels.gpu }}', colour: red}\n")
     with pytest.raises(ConfigError) as exc:
         load_policy_text(text, "p.yml", plugins={"rebalance": Rebalance})
     msgs = exc.value.problems
@@ -77,53 +67,36 @@ def test_unknown_plugin_and_bad_params_are_load_errors():
 
 def test_check_policy_file_warns_about_a_route_matching_no_loaded_rule(tmp_path):
     p = tmp_path / "p.yml"
-    p.write_text(
-        "routes:\n  - matchers: ['alertname=\"Nope\"']\n    steps: [{action: page}]\n"
-        "  - matchers: ['alertname=~\"Gpu.*\"']\n    steps: [{action: page}]\n"
-    )
+    p.write_text("routes:\n  - matchers: ['alertname=\"Nope\"']\n    steps: [{action: page}]\n"
+                 "  - matchers: ['alertname=~\"Gpu.*\"']\n    steps: [{action: page}]\n")
     errors, warnings = check_policy_file(p, {}, known_alerts={"GpuXid"})
     assert errors == [] and warnings == [f"{p}:2:15: routes.0: matches no alert of the loaded rules"]
 
 
 def test_default_policy_file_is_valid_and_observes():
     found = classes()
-    assert "rebalance" in found.plugins, found.errors  # registered through the entry point
+    assert "rebalance" in found.plugins, found.errors   # registered through the entry point
     policy = load_policy("rules/remediations.yml", found.plugins)
     assert policy.defaults.mode == "observe"
-    assert [(r.name, policy.guards(r).revert_after) for r in policy.routes] == [
-        ("gpu-drain-node", None),
-        ("gpu-reset-needed", 1800.0),
-        ("dataset-repair", None),
-    ]
+    assert [(r.name, policy.guards(r).revert_after) for r in policy.routes] == [("gpu-drain-node", None),
+                                                                                 ("gpu-reset-needed", 1800.0),
+                                                                                 ("dataset-repair", None)]
     xid79 = {"alertname": "GpuFallenOffBus", "severity": "critical", "action": "drain_node", "gpu": "0"}
     assert [r.name for r in policy.routes if r.matches(xid79)] == ["gpu-drain-node"]
-    damaged = {
-        "alertname": "DatasetIntegrityDamaged",
-        "severity": "critical",
-        "action": "restore_dataset",
-        "dataset": "shards",
-    }
+    damaged = {"alertname": "DatasetIntegrityDamaged", "severity": "critical", "action": "restore_dataset",
+               "dataset": "shards"}
     assert [r.name for r in policy.routes if r.matches(damaged)] == ["dataset-repair"]
 
 
 def test_route_overrides_defaults():
-    policy = load_policy_text(
-        "defaults: {cooldown: 1h, rate_limit: {per_action: 2}}\nroutes:\n"
-        "  - {matchers: ['a=\"b\"'], cooldown: 5m, steps: [{action: page}]}\n"
-    )
+    policy = load_policy_text("defaults: {cooldown: 1h, rate_limit: {per_action: 2}}\nroutes:\n"
+                              "  - {matchers: ['a=\"b\"'], cooldown: 5m, steps: [{action: page}]}\n")
     g = policy.guards(policy.routes[0])
     assert (g.cooldown, g.rate_limit.per_action, g.mode) == (300.0, 2, "observe")
 
 
-@pytest.mark.parametrize(
-    "name,value,blocked",
-    [
-        ("GpuXid", 1.0, False),
-        ("GpuXid", math.nan, True),
-        ("NodeExporterAbsent", 1.0, True),
-        ("GpuMetricsStale", 0.0, True),
-    ],
-)
+@pytest.mark.parametrize("name,value,blocked", [("GpuXid", 1.0, False), ("GpuXid", math.nan, True),
+                                                ("NodeExporterAbsent", 1.0, True), ("GpuMetricsStale", 0.0, True)])
 def test_no_data_gate(name, value, blocked):
     a = Alert(labels={"alertname": name}, annotations={}, state="firing", active_at=0.0, value=value)
     assert NoDataGate().blocks(a) is blocked

@@ -43,7 +43,6 @@ def sha(path: Path) -> str:
 
 # ------------------------------------------------------------------ manifest format (pure)
 
-
 def test_manifest_roundtrip_and_escapes():
     entries = [ManifestEntry("a/b.bin", 10, H), ManifestEntry("tab\there\nnew\\line", 0, "00" * 32)]
     text = render(entries)
@@ -53,20 +52,17 @@ def test_manifest_roundtrip_and_escapes():
     assert unescape(escape("x\\t\t")) == "x\\t\t"
 
 
-@pytest.mark.parametrize(
-    "line,why",
-    [
-        (f"{H}\t10", "expected"),
-        (f"{H[:-1]}\t10\ta", "bad hash"),
-        (f"{H}\t-1\ta", "bad hash or size"),
-        (f"{H}\tten\ta", "invalid literal"),
-        (f"{H}\t1\t/etc/passwd", "unsafe"),
-        (f"{H}\t1\t../x", "unsafe"),
-        (f"{H}\t1\ta/../../x", "unsafe"),
-        (f"{H}\t1\t.nodewarden-quarantine/x", "reserved"),
-        (f"{H}\t1\ta\\q", "bad escape"),
-    ],
-)
+@pytest.mark.parametrize("line,why", [
+    (f"{H}\t10", "expected"),
+    (f"{H[:-1]}\t10\ta", "bad hash"),
+    (f"{H}\t-1\ta", "bad hash or size"),
+    (f"{H}\tten\ta", "invalid literal"),
+    (f"{H}\t1\t/etc/passwd", "unsafe"),
+    (f"{H}\t1\t../x", "unsafe"),
+    (f"{H}\t1\ta/../../x", "unsafe"),
+    (f"{H}\t1\t.nodewarden-quarantine/x", "reserved"),
+    (f"{H}\t1\ta\\q", "bad escape"),
+])
 def test_manifest_rejects(line, why):
     with pytest.raises(ManifestError, match=f"m:2: .*{why}"):
         parse(f"# header\n{line}\n", "m")
@@ -78,7 +74,6 @@ def test_manifest_rejects_duplicates():
 
 
 # ------------------------------------------------------------------ a dataset with two replicas
-
 
 def make_dataset(tmp: Path, n: int, seed: int = 0) -> dict[str, str]:
     rng = random.Random(seed)
@@ -97,21 +92,11 @@ def make_dataset(tmp: Path, n: int, seed: int = 0) -> dict[str, str]:
 
 
 def plugin(tmp: Path, **kw) -> Restore:
-    cfg = Config.model_validate(
-        {
-            "state_dir": str(tmp / "state"),
-            "rate_mb_s": None,
-            "datasets": {
-                "ds": {
-                    "root": str(tmp / "data"),
-                    "replicas": [
-                        {"type": "local", "path": str(tmp / "rep1"), "name": "rep1"},
-                        {"path": str(tmp / "rep2"), "name": "rep2"},
-                    ],
-                }
-            },
-        }
-    )
+    cfg = Config.model_validate({
+        "state_dir": str(tmp / "state"), "rate_mb_s": None,
+        "datasets": {"ds": {"root": str(tmp / "data"),
+                            "replicas": [{"type": "local", "path": str(tmp / "rep1"), "name": "rep1"},
+                                         {"path": str(tmp / "rep2"), "name": "rep2"}]}}})
     kw.setdefault("writers", lambda paths: {})
     return Restore(cfg, **kw)
 
@@ -126,7 +111,7 @@ def damage(tmp: Path, hashes: dict[str, str], rng: random.Random, n: int) -> dic
             out[rel] = "missing"
         else:
             b = bytearray(p.read_bytes())
-            b[len(b) // 2] ^= 0xFF  # one flipped byte, same size
+            b[len(b) // 2] ^= 0xFF            # one flipped byte, same size
             p.write_bytes(bytes(b))
             out[rel] = "corrupt"
     return out
@@ -135,25 +120,16 @@ def damage(tmp: Path, hashes: dict[str, str], rng: random.Random, n: int) -> dic
 def test_manifest_create_cli(tmp_path):
     hashes = make_dataset(tmp_path, 12)
     out = tmp_path / "m.manifest"
-    res = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "manifest", "create", str(tmp_path / "data"), "-o", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    res = subprocess.run([sys.executable, "-m", "agent.cli", "manifest", "create", str(tmp_path / "data"),
+                          "-o", str(out)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
     assert res.returncode == 0, res.stderr
     assert "12 files" in res.stdout
     m = parse(out.read_text())
-    assert sorted(m) == sorted(hashes)  # the manifest written by make_dataset is not listed
+    assert sorted(m) == sorted(hashes)          # the manifest written by make_dataset is not listed
     assert m == parse((tmp_path / "data" / DEFAULT_NAME).read_text())
-    bad = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "manifest", "create", str(tmp_path / "nope")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    bad = subprocess.run([sys.executable, "-m", "agent.cli", "manifest", "create", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert bad.returncode == 2
 
 
@@ -163,12 +139,9 @@ def test_scrubber_counts_and_metrics(tmp_path):
     (tmp_path / "data" / "not-in-manifest").write_bytes(b"ignored")
     ds = plugin(tmp_path).config.datasets["ds"]
     slept = []
-    res = Scrubber(ds, rate_mb_s=0.01, sleep=slept.append).run()  # 10 kB/s: throttled
-    assert res.counts() == {
-        "ok": 24,
-        "missing": sum(v == "missing" for v in broken.values()),
-        "corrupt": sum(v == "corrupt" for v in broken.values()),
-    }
+    res = Scrubber(ds, rate_mb_s=0.01, sleep=slept.append).run()     # 10 kB/s: throttled
+    assert res.counts() == {"ok": 24, "missing": sum(v == "missing" for v in broken.values()),
+                            "corrupt": sum(v == "corrupt" for v in broken.values())}
     assert dict(res.damaged()) == broken
     assert slept and res.bytes > 0
     samples = {(s.name, s.labels): s.value for s in integrity_samples(res)}
@@ -211,11 +184,11 @@ def test_no_agreeing_replica_fails_and_keeps_the_damaged_file(tmp_path):
     p = tmp_path / "data" / rel
     p.write_bytes(b"x" + p.read_bytes()[1:])
     for rep in ("rep1", "rep2"):
-        (tmp_path / rep / rel).write_bytes(p.read_bytes())  # both replicas carry the damage
+        (tmp_path / rep / rel).write_bytes(p.read_bytes())        # both replicas carry the damage
     m = plugin(tmp_path)
     with pytest.raises(Exception, match="unrepaired 1"):
         m.apply(m.plan(None, Params(dataset="ds", paths=rel)))
-    assert p.read_bytes()[:1] == b"x"  # not replaced by a wrong copy
+    assert p.read_bytes()[:1] == b"x"                               # not replaced by a wrong copy
     assert not list((tmp_path / "data").rglob(f"{TMP_PREFIX}*"))
 
 
@@ -275,9 +248,9 @@ def _check(tmp: Path, hashes: dict[str, str], broken: dict[str, str], damaged: d
         if entries or broken.get(rel) != "missing":
             assert p.is_file(), rel
         if entries or rel not in broken:
-            assert sha(p) == digest, rel  # restored (or never damaged)
+            assert sha(p) == digest, rel                            # restored (or never damaged)
         for rep in ("rep1", "rep2"):
-            assert sha(tmp / rep / rel) == digest  # replicas are only read
+            assert sha(tmp / rep / rel) == digest                   # replicas are only read
     qdir = data / ".nodewarden-quarantine"
     kept = {p.read_bytes() for p in qdir.iterdir()} if qdir.exists() else set()
     for rel, old in damaged.items():
@@ -303,11 +276,11 @@ def test_kill9_during_restore_loses_nothing(tmp_path):
         broken = damage(trial, hashes, random.Random(i), N_FILES // 2)
         damaged = {r: (trial / "data" / r).read_bytes() for r, s in broken.items() if s == "corrupt"}
         if clean is None:
-            clean, _ = _run(trial, None)  # first: an uninterrupted run sets the window
+            clean, _ = _run(trial, None)        # first: an uninterrupted run sets the window
         else:
             killed += _run(trial, rng.uniform(0.0, clean))[1]
         _check(trial, hashes, broken, damaged)
-    assert killed >= TRIALS // 2  # most trials really interrupted the restore
+    assert killed >= TRIALS // 2                # most trials really interrupted the restore
 
 
 @pytest.mark.privileged

@@ -45,36 +45,21 @@ def test_scrub_alert_restore_chain(tmp_path: Path):
     res = subprocess.run([*NODEWARDEN, "manifest", "create", str(root)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     good = (root / "sub" / "s7.bin").read_bytes()
-    (root / "sub" / "s7.bin").write_bytes(b"bitrot" + good[6:])  # same size, different content
+    (root / "sub" / "s7.bin").write_bytes(b"bitrot" + good[6:])   # same size, different content
     (root / "sub" / "s9.bin").unlink()
     (tmp_path / "rules.yml").write_text(RULES)
     (tmp_path / "policy.yml").write_text(POLICY.format(root=root, replica=replica))
-    cfg = {
-        "interval": "1s",
-        "mode": "enforce",
-        "rule_files": ["rules.yml"],
-        "remediation_policy": "policy.yml",
-        "collectors": {"gpu": {"enabled": False}},
-    }
+    cfg = {"interval": "1s", "mode": "enforce", "rule_files": ["rules.yml"], "remediation_policy": "policy.yml",
+           "collectors": {"gpu": {"enabled": False}}}
     with AgentProcess(tmp_path, cfg) as agent:
-        wait_for(
-            lambda: (root / "sub" / "s9.bin").exists() and (root / "sub" / "s7.bin").read_bytes() == good,
-            timeout=60,
-            what="files restored",
-        )
-        wait_for(
-            lambda: sample_value(agent.metrics(), "nodewarden_integrity_files", dataset="shards", state="ok") == 20,
-            timeout=30,
-            what="a clean scrub after the restore",
-        )
+        wait_for(lambda: (root / "sub" / "s9.bin").exists() and (root / "sub" / "s7.bin").read_bytes() == good,
+                 timeout=60, what="files restored")
+        wait_for(lambda: sample_value(agent.metrics(), "nodewarden_integrity_files", dataset="shards",
+                                      state="ok") == 20, timeout=30, what="a clean scrub after the restore")
         text = agent.metrics()
         assert sample_value(text, "nodewarden_integrity_files", dataset="shards", state="corrupt") == 0
-        res = subprocess.run(
-            [*NODEWARDEN, "history", "--json", "--state-dir", str(tmp_path / "state")],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        res = subprocess.run([*NODEWARDEN, "history", "--json", "--state-dir", str(tmp_path / "state")],
+                             capture_output=True, text=True, timeout=30)
         rows = [e for e in json.loads(res.stdout) if e["action"] == "restore"]
         assert [(r["alertname"], r["status"]) for r in rows] == [("DatasetDamaged", "succeeded")]
     quarantined = [p for p in (root / ".nodewarden-quarantine").rglob("*") if p.is_file()]

@@ -17,14 +17,8 @@ CORPUS = REPO / "tests" / "rules_corpus"
 
 
 def nodewarden(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=cwd or REPO,
-    )
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=120,
+                          check=False, cwd=cwd or REPO)
 
 
 TYPO = """\
@@ -70,10 +64,8 @@ def test_check_rules_only_enabled_collectors(tmp_path: Path) -> None:
 
 def test_catalogue_warnings_pure() -> None:
     catalogue = {"gpu_temp": MetricSpec("gpu_temp", "gauge", "", ("gpu", "UUID"))}
-    text = (
-        "groups: [{name: g, rules: [{record: 'x:y', expr: 'gpu_temp{gpu=\"0\",job=\"\"}'}, "
-        "{alert: A, expr: 'x:y > 1 and gpu_tmp{gpu=~\".+\"}'}]}]\n"
-    )
+    text = "groups: [{name: g, rules: [{record: 'x:y', expr: 'gpu_temp{gpu=\"0\",job=\"\"}'}, " \
+           "{alert: A, expr: 'x:y > 1 and gpu_tmp{gpu=~\".+\"}'}]}]\n"
     groups, problems = parse_rule_text(text, "f.yml")
     assert problems == []
     warnings = check_rules.catalogue_warnings(groups, catalogue, text, "f.yml")

@@ -77,10 +77,8 @@ def test_reload_with_bad_rule_file_keeps_old_rules(setup):
         wait_for(lambda: "DiskBusy" in _alerts(agent), what="alert")
         (tmp / "disk.rules.yml").write_text(RULES.replace("for: 2s", "for: 2 seconds"))
         agent.signal(signal.SIGHUP)
-        wait_for(
-            lambda: sample_value(agent.metrics(), "nodewarden_config_last_reload_successful") == 0,
-            what="failed reload reported",
-        )
+        wait_for(lambda: sample_value(agent.metrics(), "nodewarden_config_last_reload_successful") == 0,
+                 what="failed reload reported")
         assert sample_value(agent.metrics(), "nodewarden_rules_last_reload_successful") == 0
         assert "disk.rules.yml:6:10" in agent.log()
         assert _alerts(agent)["DiskBusy"]["state"] in ("pending", "firing")  # old rules still evaluated

@@ -28,7 +28,6 @@ TEST_FILES = sorted(CORPUS.glob("*.test.yml"))
 CHECK_FILES = sorted((CORPUS / "check").glob("*.yml"))
 HEADER = re.compile(r"^    (name: .*,|alertname: \S+, time: \S+,|expr: \".*\", time: [^,]+,|rule: \S+, time: [^,]+,)")
 
-
 def run_cli(module, argv: list[str]) -> tuple[int, str, str]:
     parser = argparse.ArgumentParser()
     module.add_arguments(parser)

@@ -156,9 +156,7 @@ def test_limit_and_duplicate_labelsets_are_rule_failures(tmp_path: Path) -> None
     s = Scripted()
     s.script["many"] = [({"i": str(i)}, 1.0) for i in range(3)]
     s.script["dups"] = [({"__name__": "a", "x": "1"}, 1.0), ({"__name__": "b", "x": "1"}, 2.0)]
-    path = write(
-        tmp_path,
-        """
+    path = write(tmp_path, """
 groups:
   - name: lim
     limit: 2
@@ -169,8 +167,7 @@ groups:
     rules:
       - record: x:dups
         expr: dups
-""",
-    )
+""")
     eng = RuleEngine(None, compiler=s, check_no_data=False)
     eng.load([path])
     store = Store(retention=600, interval=60)
@@ -179,11 +176,8 @@ groups:
     assert healths["Many"] == ("err", "exceeded limit of 2 with 3 alerts")
     assert healths["x:dups"][0] == "err" and "same labelset" in healths["x:dups"][1]
     assert eng.alerts() == []
-    fails = {
-        dict(x.labels)["rule_group"]: x.value
-        for x in out
-        if x.name == "nodewarden_rule_evaluation_failures_total" and dict(x.labels)["reason"] == "error"
-    }
+    fails = {dict(x.labels)["rule_group"]: x.value for x in out
+             if x.name == "nodewarden_rule_evaluation_failures_total" and dict(x.labels)["reason"] == "error"}
     assert fails == {f"{path};lim": 1.0, f"{path};dup": 1.0}
 
 
@@ -208,20 +202,15 @@ def test_no_data_counts_as_failure_and_stays_inactive(tmp_path: Path) -> None:
     (rule,) = eng.api_rules()["data"]["groups"][0]["rules"]
     assert (rule["state"], rule["health"]) == ("inactive", "err")
     assert "no data" in rule["lastError"]
-    nodata = [
-        x.value
-        for x in out
-        if x.name == "nodewarden_rule_evaluation_failures_total" and dict(x.labels)["reason"] == "no_data"
-    ]
+    nodata = [x.value for x in out if x.name == "nodewarden_rule_evaluation_failures_total"
+              and dict(x.labels)["reason"] == "no_data"]
     assert nodata == [1.0]
 
 
 def test_recording_rule_output_and_group_interval_keepalive(tmp_path: Path) -> None:
     s = Scripted()
     s.script["src"] = lambda t: [({"__name__": "src", "dev": "a"}, t)]
-    path = write(
-        tmp_path,
-        """
+    path = write(tmp_path, """
 groups:
   - name: slow
     interval: 30s
@@ -229,8 +218,7 @@ groups:
       - record: dev:src:copy
         expr: src
         labels: {origin: rule}
-""",
-    )
+""")
     eng = RuleEngine(None, compiler=s, check_no_data=False)
     eng.load([path])
     store = Store(retention=600, interval=5)
@@ -303,13 +291,9 @@ def test_api_shapes(tmp_path: Path) -> None:
     store = Store(retention=3600, interval=60)
     run(eng, store, 0)
     (a,) = eng.api_alerts()["data"]["alerts"]
-    assert a == {
-        "labels": {"alertname": "Hot", "gpu": "0", "severity": "page"},
-        "annotations": {"summary": "GPU 0 at 1.234567e+06C"},
-        "state": "pending",
-        "activeAt": "1970-01-01T00:00:00.000000Z",
-        "value": "1.234567e+06",
-    }
+    assert a == {"labels": {"alertname": "Hot", "gpu": "0", "severity": "page"},
+                 "annotations": {"summary": "GPU 0 at 1.234567e+06C"}, "state": "pending",
+                 "activeAt": "1970-01-01T00:00:00.000000Z", "value": "1.234567e+06"}
     g = eng.api_rules()["data"]["groups"][0]
     assert (g["name"], g["interval"], g["limit"]) == ("g", 0.0, 0)
     (r,) = g["rules"]
@@ -344,7 +328,7 @@ def test_validation_problems_with_positions() -> None:
     _, problems = parse_rule_text(BAD, "b.yml", Scripted())
     assert problems == [
         'b.yml:3:15: not a valid duration string: "1x"',
-        'b.yml:5:17: group "a", rule 1, "foo:bar": invalid field \'for\' in recording rule',
+        "b.yml:5:17: group \"a\", rule 1, \"foo:bar\": invalid field 'for' in recording rule",
         "b.yml:10:9: field foo not found in type rulefmt.RuleNode",
         'b.yml:9:19: group "a", rule 2, "A": could not parse expression: unexpected end of input',
         "b.yml:12:18: group \"a\", rule 2, \"A\": annotation 's': template: unsupported template action 'range'",
@@ -354,29 +338,19 @@ def test_validation_problems_with_positions() -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    "text, fragment",
-    [
-        ("groups:\n  - name: g\n    rules:\n      - expr: x\n", "one of 'record' or 'alert' must be set"),
-        ("groups:\n  - name: g\n    rules:\n      - alert: A\n", "field 'expr' must be set in rule"),
-        ("groups:\n  - name: g\n    rules:\n      - {alert: A, record: b, expr: x}\n", "only one of"),
-        (
-            "groups:\n  - name: g\n    rules:\n      - {record: b, expr: x, annotations: {a: b}}\n",
-            "invalid field 'annotations'",
-        ),
-        (
-            "groups:\n  - name: g\n    rules:\n      - {record: b, expr: x, keep_firing_for: 1m}\n",
-            "invalid field 'keep_firing_for'",
-        ),
-        ("groups:\n  - rules: []\n", "Groupname must not be empty"),
-        ("groupz: []\n", "field groupz not found"),
-        ("groups:\n  - name: g\n    rules:\n      - {alert: A, expr: x, for: 5}\n", "not a valid duration"),
-        (
-            "groups:\n  - name: g\n    rules:\n      - {alert: A, expr: x, labels: {a-b: c}}\n",
-            "invalid label name: a-b",
-        ),
-    ],
-)
+@pytest.mark.parametrize("text, fragment", [
+    ("groups:\n  - name: g\n    rules:\n      - expr: x\n", "one of 'record' or 'alert' must be set"),
+    ("groups:\n  - name: g\n    rules:\n      - alert: A\n", "field 'expr' must be set in rule"),
+    ("groups:\n  - name: g\n    rules:\n      - {alert: A, record: b, expr: x}\n", "only one of"),
+    ("groups:\n  - name: g\n    rules:\n      - {record: b, expr: x, annotations: {a: b}}\n",
+     "invalid field 'annotations'"),
+    ("groups:\n  - name: g\n    rules:\n      - {record: b, expr: x, keep_firing_for: 1m}\n",
+     "invalid field 'keep_firing_for'"),
+    ("groups:\n  - rules: []\n", "Groupname must not be empty"),
+    ("groupz: []\n", "field groupz not found"),
+    ("groups:\n  - name: g\n    rules:\n      - {alert: A, expr: x, for: 5}\n", "not a valid duration"),
+    ("groups:\n  - name: g\n    rules:\n      - {alert: A, expr: x, labels: {a-b: c}}\n", "invalid label name: a-b"),
+])
 def test_rejected_shapes(text: str, fragment: str) -> None:
     _, problems = parse_rule_text(text, "f.yml", Scripted())
     assert any(fragment in p for p in problems), problems
@@ -449,13 +423,8 @@ def test_default_library_on_a_live_store_with_restart(tmp_path: Path) -> None:
         for k in range(n):
             t = t0 + 5 * k
             store.begin_tick(t)
-            store.add(
-                [
-                    ("node_filesystem_readonly", fs, ro),
-                    ("node_filesystem_avail_bytes", fs, 5e11),
-                    ("node_filesystem_size_bytes", fs, 1e12),
-                ]
-            )
+            store.add([("node_filesystem_readonly", fs, ro), ("node_filesystem_avail_bytes", fs, 5e11),
+                       ("node_filesystem_size_bytes", fs, 1e12)])
             out = eng.evaluate(store, t)
         return out
 
@@ -472,11 +441,8 @@ def test_default_library_on_a_live_store_with_restart(tmp_path: Path) -> None:
     assert a.annotations == {"summary": "/data (/dev/sdc1) is read-only"}
     alerts = [dict(s.labels) for s in out if s.name == "ALERTS"]
     assert {"alertname": "FilesystemReadOnly", "alertstate": "firing", "severity": "critical", **dict(fs)} in alerts
-    nodata = {
-        dict(s.labels)["rule_group"].split(";")[1]: s.value
-        for s in out
-        if s.name == "nodewarden_rule_evaluation_failures_total" and dict(s.labels)["reason"] == "no_data"
-    }
+    nodata = {dict(s.labels)["rule_group"].split(";")[1]: s.value for s in out
+              if s.name == "nodewarden_rule_evaluation_failures_total" and dict(s.labels)["reason"] == "no_data"}
     assert nodata["nodewarden-gpu-health"] > 0  # no GPU metrics on this node
     health = {r["name"]: r["health"] for g in eng.api_rules()["data"]["groups"] for r in g["rules"]}
     assert (health["FilesystemReadOnly"], health["DiskSaturated"], health["GpuLost"]) == ("ok", "err", "err")

@@ -58,13 +58,12 @@ def tree(tmp_path, request):
 
 # ------------------------------------------------------------------ pure parts
 
-
 def test_parse_fdinfo_flags():
     text = "pos:\t0\nflags:\t0100002\nmnt_id:\t29\nino:\t1234\n"
     assert parse_fdinfo_flags(text) == 0o100002
-    assert flags_write(parse_fdinfo_flags(text))  # O_RDWR
-    assert flags_write(0o100001)  # O_WRONLY
-    assert not flags_write(parse_fdinfo_flags("pos:\t0\nflags:\t02100000\n"))  # O_RDONLY|O_CLOEXEC|O_LARGEFILE
+    assert flags_write(parse_fdinfo_flags(text))              # O_RDWR
+    assert flags_write(0o100001)                              # O_WRONLY
+    assert not flags_write(parse_fdinfo_flags("pos:\t0\nflags:\t02100000\n"))   # O_RDONLY|O_CLOEXEC|O_LARGEFILE
     assert parse_fdinfo_flags("pos:\t0\n") is None
     assert not flags_write(None)
 
@@ -98,7 +97,7 @@ def test_steplog_ignores_torn_line(tmp_path):
     log.record("a", "begin", src="x")
     log.close()
     with open(tmp_path / "log", "a") as f:
-        f.write('{"op":"b","step":"beg')  # a power loss mid-write
+        f.write('{"op":"b","step":"beg')            # a power loss mid-write
     log = StepLog(str(tmp_path / "log"))
     log.record("a", "done")
     assert [(r["op"], r["step"]) for r in log.records()] == [("a", "begin"), ("a", "done")]
@@ -107,14 +106,13 @@ def test_steplog_ignores_torn_line(tmp_path):
 
 # ------------------------------------------------------------------ moves on real files
 
-
 def test_move_preserves_content_and_metadata(tree, tmp_path):
     src, dst, f = tree
     want = sha(f)
     os.setxattr(f, "user.nodewarden.test", b"42")
     if os.geteuid() == 0:
         os.chown(f, 1234, 2345)
-    os.utime(f, ns=(1_600_000_000_123_456_789, 1_500_000_000_987_654_321))  # reading it moved atime
+    os.utime(f, ns=(1_600_000_000_123_456_789, 1_500_000_000_987_654_321))   # reading it moved atime
     st = os.stat(f)
     m = mover(tmp_path)
     res = m.move(str(f), str(dst / "model.bin"), after="symlink")
@@ -163,7 +161,7 @@ def test_source_changed_during_copy_is_not_moved(tree, tmp_path):
 
     def progress(n):
         if not calls:
-            with open(f, "ab") as fh:  # a writer appends while we copy
+            with open(f, "ab") as fh:   # a writer appends while we copy
                 fh.write(b"more")
         calls.append(n)
 
@@ -177,16 +175,14 @@ def test_replace_quarantines_the_old_file(tree, tmp_path):
     _src, dst, f = tree
     (dst / "model.bin").write_bytes(b"damaged")
     q = tmp_path / "quarantine"
-    res = mover(tmp_path).move(
-        str(f), str(dst / "model.bin"), after="keep", expect=hash_file(str(f)), quarantine=str(q)
-    )
+    res = mover(tmp_path).move(str(f), str(dst / "model.bin"), after="keep", expect=hash_file(str(f)),
+                               quarantine=str(q))
     assert res.status == "done"
     assert sha(dst / "model.bin") == sha(f)
     assert [p.read_bytes() for p in q.iterdir()] == [b"damaged"]
 
 
 # ------------------------------------------------------------------ open for writing
-
 
 @contextlib.contextmanager
 def holder(path: Path, mode: str):
@@ -225,7 +221,7 @@ def test_opened_for_writing_during_copy_is_not_renamed(tree, tmp_path):
     want = sha(f)
     checks = []
 
-    def writers(paths):  # a writer appears between the check before the copy and the one before the rename
+    def writers(paths):         # a writer appears between the check before the copy and the one before the rename
         checks.append(list(paths))
         return {p: [4242] for p in paths} if len(checks) > 1 else {}
 
@@ -235,7 +231,6 @@ def test_opened_for_writing_during_copy_is_not_renamed(tree, tmp_path):
 
 
 # ------------------------------------------------------------------ disk full
-
 
 @contextlib.contextmanager
 def small_tmpfs(where: Path, size: str = "2m"):
@@ -251,10 +246,10 @@ def small_tmpfs(where: Path, size: str = "2m"):
 @pytest.mark.privileged
 @pytest.mark.parametrize("preallocate", [True, False])
 def test_enospc_leaves_source_intact(tree, tmp_path, preallocate):
-    _src, _, f = tree  # 3 MiB source, 2 MiB destination filesystem
+    _src, _, f = tree            # 3 MiB source, 2 MiB destination filesystem
     want = sha(f)
     with small_tmpfs(tmp_path / "small") as small:
-        m = mover(tmp_path, preallocate=preallocate)  # without: write() fails in the middle of the copy
+        m = mover(tmp_path, preallocate=preallocate)   # without: write() fails in the middle of the copy
         res = m.move(str(f), str(small / "model.bin"), after="unlink")
         assert res.status == "failed" and res.errno == errno.ENOSPC
         assert "ENOSPC" in res.reason
@@ -265,7 +260,6 @@ def test_enospc_leaves_source_intact(tree, tmp_path, preallocate):
 
 
 # ------------------------------------------------------------------ a crash at each step
-
 
 @pytest.mark.parametrize("step", ["begin", "copied", "placed", "renamed"])
 @pytest.mark.parametrize("after", ["unlink", "symlink"])
@@ -286,12 +280,12 @@ def test_crash_after_each_step_recovers(tree, tmp_path, step, after):
     assert temps(src, dst) == []
     copies = [p for p in (f, dst / "m") if p.is_file() and not p.is_symlink()]
     assert len(copies) == 1 and sha(copies[0]) == want
-    if step in ("begin", "copied"):  # the copy was not in place yet: roll back
+    if step in ("begin", "copied"):      # the copy was not in place yet: roll back
         assert rec.rolled_back and copies[0] == f
     else:
         assert rec.finished and copies[0] == dst / "m"
         assert f.is_symlink() == (after == "symlink")
-    assert m.recover().finished == []  # idempotent
+    assert m.recover().finished == []       # idempotent
     assert all(o["step"] in ("done", "rolledback") for o in m.log.ops().values())
 
 
@@ -327,11 +321,10 @@ def test_copy_is_bandwidth_limited(tree, tmp_path):
 
     done = []
     size = f.stat().st_size
-    res = mover(tmp_path, rate_mb_s=2, clock=lambda: now[0], sleep=sleep, progress=done.append).move(
-        str(f), str(dst / "m")
-    )
+    res = mover(tmp_path, rate_mb_s=2, clock=lambda: now[0], sleep=sleep, progress=done.append) \
+        .move(str(f), str(dst / "m"))
     assert res.status == "done" and sum(done) == size
-    assert sum(slept) == pytest.approx(size / 2e6, abs=0.6)  # within one chunk of the 2 MB/s budget
+    assert sum(slept) == pytest.approx(size / 2e6, abs=0.6)     # within one chunk of the 2 MB/s budget
 
 
 def test_destination_appearing_during_copy_is_never_replaced(tree, tmp_path):
@@ -356,7 +349,7 @@ def test_crash_between_link_and_unlink_recovers(tree, tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status)
     (tmp,) = temps(dst)
-    os.link(tmp, dst / "m")  # the state that crash leaves
+    os.link(tmp, dst / "m")                  # the state that crash leaves
     m = mover(tmp_path)
     assert len(m.recover().finished) == 1
     assert temps(src, dst) == [] and not f.exists() and sha(dst / "m") == want
@@ -372,7 +365,7 @@ def test_batch_of_small_files_with_one_growing(tmp_path):
         p.write_bytes(data)
     grow = src / "f7"
 
-    def append():  # the begin records of the first batch are written: a writer appends once
+    def append():               # the begin records of the first batch are written: a writer appends once
         if grow.stat().st_size == 7000:
             with open(grow, "ab") as fh:
                 fh.write(b"more")

@@ -8,14 +8,12 @@ from agent.core.errors import RemediationError
 from remediations.backends.slurm import parse_gpu_jobs, parse_node, parse_reasons
 from remediations.rebalance import Params
 
-NODE = (
-    "NodeName=nw1 Arch=x86_64 CoresPerSocket=1 CPUAlloc=0 CPUEfctv=1 CPUTot=1 CPULoad=0.36 "
-    "AvailableFeatures=(null) Gres=gpu:a100:8 NodeAddr=127.0.0.1 NodeHostName=localhost Version=22.05.8 "
-    "RealMemory=100 AllocMem=0 FreeMem=23637 Sockets=1 Boards=1 State=IDLE+DRAIN ThreadsPerCore=1 TmpDisk=0 "
-    "Partitions=gpu CfgTRES=cpu=1,mem=100M,billing=1 AllocTRES= CapWatts=n/a CurrentWatts=0 AveWatts=0 "
-    "ExtSensorsJoules=n/s ExtSensorsWatts=0 ExtSensorsTemp=n/s "
-    "Reason=nodewarden: XID 79 on GPU 0 [root@2026-11-22T22:25:37]\n"
-)
+NODE = ("NodeName=nw1 Arch=x86_64 CoresPerSocket=1 CPUAlloc=0 CPUEfctv=1 CPUTot=1 CPULoad=0.36 "
+        "AvailableFeatures=(null) Gres=gpu:a100:8 NodeAddr=127.0.0.1 NodeHostName=localhost Version=22.05.8 "
+        "RealMemory=100 AllocMem=0 FreeMem=23637 Sockets=1 Boards=1 State=IDLE+DRAIN ThreadsPerCore=1 TmpDisk=0 "
+        "Partitions=gpu CfgTRES=cpu=1,mem=100M,billing=1 AllocTRES= CapWatts=n/a CurrentWatts=0 AveWatts=0 "
+        "ExtSensorsJoules=n/s ExtSensorsWatts=0 ExtSensorsTemp=n/s "
+        "Reason=nodewarden: XID 79 on GPU 0 [root@2026-11-22T22:25:37]\n")
 
 
 def test_parse_node_state_and_reason():
@@ -31,7 +29,8 @@ def test_parse_node_rejects_garbage():
 
 def test_parse_reasons_dedupes_partitions():
     text = "nw1|nodewarden: XID 79|drained\nnw2|none|idle\nnw1|nodewarden: XID 79|drained\nnw3|a|b c|drain\n"
-    assert parse_reasons(text) == {"nw1": "nodewarden: XID 79|drained", "nw2": "none|idle", "nw3": "a|b c|drain"}
+    assert parse_reasons(text) == {"nw1": "nodewarden: XID 79|drained", "nw2": "none|idle",
+                                   "nw3": "a|b c|drain"}
 
 
 JOBS = (
@@ -50,24 +49,14 @@ def test_parse_gpu_jobs(gpu, jobs):
     assert parse_gpu_jobs(JOBS, "nw1", gpu) == jobs
 
 
-@pytest.mark.parametrize(
-    "field,value",
-    [
-        ("node", "nw1 State=DOWN"),
-        ("node", "-nw1"),
-        ("node", ""),
-        ("gpu", "0;1"),
-        ("gpu", "1000"),
-        ("reason", "a\nb" * 200),
-    ],
-)
+@pytest.mark.parametrize("field,value", [("node", "nw1 State=DOWN"), ("node", "-nw1"), ("node", ""),
+                                         ("gpu", "0;1"), ("gpu", "1000"), ("reason", "a\nb" * 200)])
 def test_params_refuse_values_that_could_reach_argv_unsafely(field, value):
     with pytest.raises(ValueError):
         Params.model_validate({field: value})
 
 
 def test_params_accept_scheduler_names_and_gpu_uuids():
-    p = Params.model_validate(
-        {"node": "gpu-a1.rack3", "gpu": "GPU-5e1f6a2b-7c3d-4e5f-8a9b-0c1d2e3f4a5b", "reason": "xid  79\tfell off"}
-    )
+    p = Params.model_validate({"node": "gpu-a1.rack3", "gpu": "GPU-5e1f6a2b-7c3d-4e5f-8a9b-0c1d2e3f4a5b",
+                               "reason": "xid  79\tfell off"})
     assert p.reason == "xid 79 fell off"

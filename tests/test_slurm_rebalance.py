@@ -119,30 +119,20 @@ def slurm(tmp_path_factory):
     key = root / "munge.key"
     key.write_bytes(os.urandom(1024))
     key.chmod(0o400)
-    for i in (0, 1):  # GRES "device" files: enough for Slurm to hand out GPU indices 0 and 1
+    for i in (0, 1):   # GRES "device" files: enough for Slurm to hand out GPU indices 0 and 1
         (root / f"gpu{i}").touch()
     (root / "gres.conf").write_text(f"NodeName=nw1 Name=gpu File={root}/gpu[0-1]\n")
-    (root / "slurm.conf").write_text(
-        SLURM_CONF.format(dir=root, ctld_port=free_port(), d_port=free_port(), dead_port=free_port())
-    )
+    (root / "slurm.conf").write_text(SLURM_CONF.format(dir=root, ctld_port=free_port(), d_port=free_port(),
+                                                       dead_port=free_port()))
     cluster = SlurmCluster(root)
     pidfiles = [root / "slurmd.nw1.pid", root / "slurmctld.pid", root / "munged.pid"]
     try:
-        subprocess.run(
-            [
-                munged,
-                "--force",
-                f"--socket={root}/munge.sock",
-                f"--key-file={key}",
-                f"--log-file={root}/munged.log",
-                f"--pid-file={root}/munged.pid",
-                f"--seed-file={root}/munge.seed",
-            ],
-            check=True,
-            timeout=20,
-        )
+        subprocess.run([munged, "--force", f"--socket={root}/munge.sock", f"--key-file={key}",
+                        f"--log-file={root}/munged.log", f"--pid-file={root}/munged.pid",
+                        f"--seed-file={root}/munge.seed"], check=True, timeout=20)
         subprocess.run([slurmctld, "-f", str(root / "slurm.conf"), "-i"], env=cluster.env, check=True, timeout=20)
-        subprocess.run([slurmd, "-f", str(root / "slurm.conf"), "-N", "nw1"], env=cluster.env, check=True, timeout=20)
+        subprocess.run([slurmd, "-f", str(root / "slurm.conf"), "-N", "nw1"], env=cluster.env, check=True,
+                       timeout=20)
         end = time.monotonic() + 60
         while True:
             try:
@@ -181,13 +171,8 @@ routes:
           reason: "XID {{{{ $labels.xid }}}} on GPU {{{{ $labels.gpu }}}}"
 """
 
-XID79 = Alert(
-    labels={"alertname": "GpuXid", "xid": "79", "gpu": "0", "severity": "critical"},
-    annotations={},
-    state="firing",
-    active_at=0.0,
-    value=79.0,
-)
+XID79 = Alert(labels={"alertname": "GpuXid", "xid": "79", "gpu": "0", "severity": "critical"}, annotations={},
+              state="firing", active_at=0.0, value=79.0)
 
 
 def remediator(tmp_path: Path, slurm: SlurmCluster, mode="enforce", node="nw1", monkeypatch=None) -> Remediator:
@@ -221,10 +206,10 @@ def test_xid79_drains_in_enforce_and_resumes_after_revert_after(tmp_path, slurm_
     [row] = [e for e in rem.journal if e.op == "apply"]
     assert row.status == "succeeded" and row.target == "node/nw1" and row.plan["undo"] == {"owned": True}
 
-    tick(rem, [], 1010.0)  # the alert resolves
+    tick(rem, [], 1010.0)                 # the alert resolves
     tick(rem, [], 1010.0 + 59)
     assert "DRAIN" in slurm_env.state("nw1")
-    tick(rem, [], 1010.0 + 60)  # resolved for revert_after: undrained
+    tick(rem, [], 1010.0 + 60)            # resolved for revert_after: undrained
     assert "DRAIN" not in slurm_env.state("nw1")
     assert slurm_env.reasons()["nw1"] == "none"
     assert [e.status for e in rem.journal if e.op == "apply"] == ["reverted"]
@@ -242,16 +227,13 @@ def test_second_node_drain_refused_by_blast_radius(tmp_path, slurm_env):
     first = remediator(tmp_path, slurm_env, node="nw1")
     tick(first, [XID79], 1000.0)
     assert slurm_env.reasons()["nw1"].startswith("nodewarden:")
-    second = remediator(tmp_path, slurm_env, node="nw2")  # the daemon on the other node
+    second = remediator(tmp_path, slurm_env, node="nw2")    # the daemon on the other node
     tick(second, [XID79], 1000.0)
     assert not slurm_env.reasons()["nw2"].startswith("nodewarden:")
     [row] = [e for e in second.journal if e.op == "apply"]
     assert (row.status, row.reason) == ("skipped", "blast_radius")
-    assert (
-        "nodewarden_remediation_skipped_total",
-        (("action", "rebalance"), ("reason", "blast_radius")),
-        1.0,
-    ) in second.samples()
+    assert ("nodewarden_remediation_skipped_total", (("action", "rebalance"), ("reason", "blast_radius")), 1.0) \
+        in second.samples()
 
 
 def test_foreign_drain_is_left_alone(tmp_path, slurm_env):
@@ -280,10 +262,8 @@ def test_act_cli_apply_and_revert(tmp_path, slurm_env, capsys):
     from agent.commands import act, history
 
     policy = tmp_path / "p.yml"
-    policy.write_text(
-        "defaults: {blast_radius: {max_nodes: 1, max_fraction: null}}\n"
-        "plugins: {rebalance: {backend: slurm, node_name: nw1}}\nroutes: []\n"
-    )
+    policy.write_text("defaults: {blast_radius: {max_nodes: 1, max_fraction: null}}\n"
+                      "plugins: {rebalance: {backend: slurm, node_name: nw1}}\nroutes: []\n")
 
     def run(module, argv):
         parser = argparse.ArgumentParser()
@@ -303,24 +283,12 @@ def test_act_cli_apply_and_revert(tmp_path, slurm_env, capsys):
 
 
 def test_requeue_only_the_jobs_on_the_bad_gpu(tmp_path, slurm_env):
-    end = time.monotonic() + 60  # an undrained node answers again at slurmctld's next ping
+    end = time.monotonic() + 60   # an undrained node answers again at slurmctld's next ping
     while "NOT_RESPONDING" in slurm_env.state("nw1"):
         assert time.monotonic() < end, slurm_env.state("nw1")
         time.sleep(0.5)
-    jobs = [
-        slurm_env.run(
-            "sbatch",
-            "--parsable",
-            "--gres=gpu:1",
-            "--mem=1",
-            "--nodelist=nw1",
-            f"--chdir={tmp_path}",
-            "--output=/dev/null",
-            "--wrap",
-            "sleep 120",
-        ).strip()
-        for _ in range(2)
-    ]
+    jobs = [slurm_env.run("sbatch", "--parsable", "--gres=gpu:1", "--mem=1", "--nodelist=nw1", f"--chdir={tmp_path}",
+                          "--output=/dev/null", "--wrap", "sleep 120").strip() for _ in range(2)]
     end = time.monotonic() + 30
     while True:
         detail = slurm_env.run("scontrol", "--details", "--oneliner", "show", "job")
@@ -333,9 +301,8 @@ def test_requeue_only_the_jobs_on_the_bad_gpu(tmp_path, slurm_env):
     rem = remediator(tmp_path, slurm_env)
     entry = rem.act("rebalance", {"gpu": "1", "reason": "xid 79", "requeue": "true"}, apply=True)
     assert entry.status == "succeeded" and f"requeued job {on_gpu1[0]}" in entry.output
-    restarts = {
-        j: slurm_env.run("scontrol", "--oneliner", "show", "job", j).split(" Restarts=")[1].split()[0] for j in jobs
-    }
+    restarts = {j: slurm_env.run("scontrol", "--oneliner", "show", "job", j).split(" Restarts=")[1].split()[0]
+                for j in jobs}
     assert restarts == {j: ("1" if j == on_gpu1[0] else "0") for j in jobs}
     other = next(j for j in jobs if j != on_gpu1[0])
     assert slurm_env.run("squeue", "--noheader", f"--jobs={other}", "--format=%T").strip() == "RUNNING"
@@ -361,13 +328,8 @@ def test_xid79_scenario_fires_the_default_rule_and_the_default_route_drains(tmp_
 
     clock = _Clock()
     (tmp_path / "dev").mkdir()
-    collector = GpuCollector(
-        GpuConfig(kmsg=False),
-        Paths(devfs=str(tmp_path / "dev")),
-        "nw1",
-        nvml_module=FakeNvml(simulate.load("h100-xid79-lost"), clock),
-        clock=clock,
-    )
+    collector = GpuCollector(GpuConfig(kmsg=False), Paths(devfs=str(tmp_path / "dev")), "nw1",
+                             nvml_module=FakeNvml(simulate.load("h100-xid79-lost"), clock), clock=clock)
     text = (REPO / "rules" / "remediations.yml").read_text()
     text = text.replace("mode: observe ", "mode: enforce ").replace("# node_name: gpu-a1", "node_name: nw1")
     text = text.replace("max_fraction: 0.1", "max_fraction: null").replace("max_nodes: null", "max_nodes: 1")
@@ -391,10 +353,10 @@ def test_xid79_scenario_fires_the_default_rule_and_the_default_route_drains(tmp_
         rem.close(30)
 
     try:
-        for _ in range(125):  # > 10 minutes of healthy history (the XID rule needs the GPU seen before)
+        for _ in range(125):          # > 10 minutes of healthy history (the XID rule needs the GPU seen before)
             tick()
         assert "DRAIN" not in slurm_env.state("nw1")
-        clock.t += 10.5  # the scenario raises XID 79 on GPU 2 (NVML event thread)
+        clock.t += 10.5               # the scenario raises XID 79 on GPU 2 (NVML event thread)
         end = time.monotonic() + 30
         while "DRAIN" not in slurm_env.state("nw1"):
             assert time.monotonic() < end, [e.status for e in rem.journal]
@@ -438,13 +400,8 @@ def test_daemon_simulated_overheat_drains_real_slurm_node(tmp_path, slurm_env, m
 
     (tmp_path / "hot.rules.yml").write_text(DAEMON_RULES)
     (tmp_path / "policy.yml").write_text(DAEMON_POLICY)
-    cfg = {
-        "interval": "1s",
-        "mode": mode,
-        "rule_files": ["hot.rules.yml"],
-        "remediation_policy": "policy.yml",
-        "collectors": {"gpu": {"kmsg": False}},
-    }
+    cfg = {"interval": "1s", "mode": mode, "rule_files": ["hot.rules.yml"], "remediation_policy": "policy.yml",
+           "collectors": {"gpu": {"kmsg": False}}}
     with AgentProcess(tmp_path, cfg, args=["--simulate", "h100-overheat"]) as agent:
         history = [*NODEWARDEN, "history", "--json", "--state-dir", str(tmp_path / "state")]
 
@@ -452,24 +409,14 @@ def test_daemon_simulated_overheat_drains_real_slurm_node(tmp_path, slurm_env, m
             res = subprocess.run(history, capture_output=True, text=True, timeout=30)
             return [e for e in json.loads(res.stdout or "[]") if e["action"] == "rebalance"]
 
-        rows = wait_for(
-            lambda: [e for e in journaled() if e["status"] in ("succeeded", "planned")],
-            timeout=60,
-            what="rebalance journaled",
-        )
+        rows = wait_for(lambda: [e for e in journaled() if e["status"] in ("succeeded", "planned")], timeout=60,
+                        what="rebalance journaled")
         assert rows[0]["alertname"] == "GpuTooHot" and rows[0]["target"] == "node/nw1"
         if mode == "enforce":
             assert rows[0]["status"] == "succeeded"
             assert slurm_env.reasons()["nw1"] == "nodewarden: GpuTooHot gpu=3"
-            wait_for(
-                lambda: (
-                    sample_value(
-                        agent.metrics(), "nodewarden_remediations_total", action="rebalance", result="succeeded"
-                    )
-                    == 1
-                ),
-                what="remediation counted on /metrics",
-            )
+            wait_for(lambda: sample_value(agent.metrics(), "nodewarden_remediations_total", action="rebalance",
+                                          result="succeeded") == 1, what="remediation counted on /metrics")
         else:
             assert rows[0]["status"] == "planned"
             assert "DRAIN" not in slurm_env.state("nw1")

@@ -8,11 +8,9 @@ import pytest
 
 from agent.engine.templates import TemplateError, parse
 
-TMPL = (
-    "{{ $value }}|{{ humanize $value }}|{{ $value | humanize1024 }}|{{ humanizePercentage $value }}|"
-    '{{ humanizeDuration $value }}|{{ printf "%.2f" $value }}|{{ if gt $value 5.0 }}big{{ else }}small{{ end }}|'
-    "{{ .Labels.job }}|{{ $externalLabels.cluster }}"
-)
+TMPL = ('{{ $value }}|{{ humanize $value }}|{{ $value | humanize1024 }}|{{ humanizePercentage $value }}|'
+        '{{ humanizeDuration $value }}|{{ printf "%.2f" $value }}|{{ if gt $value 5.0 }}big{{ else }}small{{ end }}|'
+        '{{ .Labels.job }}|{{ $externalLabels.cluster }}')
 
 # Rendered by promtool 2.42 for the same template (alert annotation) and values.
 PROMETHEUS = [
@@ -37,10 +35,8 @@ def test_matches_prometheus_rendering(value: float, expected: str) -> None:
 
 
 def test_trim_markers_comments_else_if_and_missing_labels() -> None:
-    t = parse(
-        'a  {{- /* note */ -}}  b {{ if eq $labels.sev "page" }}P{{ else if $labels.x }}X{{ else }}-{{ end }}'
-        "[{{ $labels.nope }}]"
-    )
+    t = parse("a  {{- /* note */ -}}  b {{ if eq $labels.sev \"page\" }}P{{ else if $labels.x }}X{{ else }}-{{ end }}"
+              "[{{ $labels.nope }}]")
     assert t.render({"sev": "page"}, 1.0) == "ab P[]"
     assert t.render({"x": "1"}, 1.0) == "ab X[]"
     assert t.render({}, 1.0) == "ab -[]"
@@ -51,19 +47,16 @@ def test_execution_error_renders_like_prometheus() -> None:
     assert out.startswith("<error expanding template: ") and "incompatible types" in out
 
 
-@pytest.mark.parametrize(
-    "text, offset, fragment",
-    [
-        ("x {{ range $labels }}{{ end }}", 5, "range"),
-        ('{{ query "up" }}', 3, "query"),
-        ("{{ $labels.a", 0, "unclosed action"),
-        ("{{ if $value }}yes", 3, "missing {{end}}"),
-        ("{{ end }}", 3, "unexpected {{end}}"),
-        ("{{ .Foo }}", 3, ".Foo"),
-        ("{{ nosuch $value }}", 3, "not defined"),
-        ("{{ $x := 1 }}", 3, "$x"),
-    ],
-)
+@pytest.mark.parametrize("text, offset, fragment", [
+    ("x {{ range $labels }}{{ end }}", 5, "range"),
+    ("{{ query \"up\" }}", 3, "query"),
+    ("{{ $labels.a", 0, "unclosed action"),
+    ("{{ if $value }}yes", 3, "missing {{end}}"),
+    ("{{ end }}", 3, "unexpected {{end}}"),
+    ("{{ .Foo }}", 3, ".Foo"),
+    ("{{ nosuch $value }}", 3, "not defined"),
+    ("{{ $x := 1 }}", 3, "$x"),
+])
 def test_unsupported_syntax_is_a_parse_error_with_offset(text: str, offset: int, fragment: str) -> None:
     with pytest.raises(TemplateError) as info:
         parse(text)

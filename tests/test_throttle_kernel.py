@@ -25,11 +25,11 @@ from remediations.throttle import Throttle
 from tests.conftest import require_binary, require_root
 
 DRIVER = str(Path(__file__).with_name("throttle_driver.py"))
-CAP = 20_000_000  # bit/s
+CAP = 20_000_000                    # bit/s
 PORT_CAPPED, PORT_FREE = 15001, 15002
 A_ADDR, B_ADDR = "10.231.0.1", "10.231.0.2"
 A2_ADDR, B2_ADDR = "10.231.0.5", "10.231.0.6"
-A6_ADDR, B6_ADDR = "fd77:231::1", "fd77:231::2"  # unique local, inside the test's namespaces only
+A6_ADDR, B6_ADDR = "fd77:231::1", "fd77:231::2"       # unique local, inside the test's namespaces only
 
 
 @dataclass
@@ -42,9 +42,8 @@ class Pair:
     tc: str
 
     def run(self, ns: str, *argv: str, timeout: float = 30) -> str:
-        cp = subprocess.run(
-            [self.ip, "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout, check=False
-        )
+        cp = subprocess.run([self.ip, "netns", "exec", ns, *argv], capture_output=True, text=True,
+                            timeout=timeout, check=False)
         assert cp.returncode == 0, f"{argv}: {cp.stdout}{cp.stderr}"
         return cp.stdout
 
@@ -88,12 +87,8 @@ def pair():
 
 
 def _spawn(pair: Pair, ns: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [pair.ip, "netns", "exec", ns, sys.executable, DRIVER, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return subprocess.Popen([pair.ip, "netns", "exec", ns, sys.executable, DRIVER, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def measure(pair: Pair, flows: dict[int, tuple[str, int]] | None = None, seconds: float = 2.0) -> dict[int, float]:
@@ -105,10 +100,8 @@ def measure(pair: Pair, flows: dict[int, tuple[str, int]] | None = None, seconds
     try:
         for r in receivers.values():
             assert json.loads(r.stdout.readline()) == {"ready": True}, r.stderr.read() if r.poll() else ""
-        senders = [
-            _spawn(pair, pair.a, "send", host, str(p), str(warmup + seconds + 0.5), str(tos))
-            for p, (host, tos) in flows.items()
-        ]
+        senders = [_spawn(pair, pair.a, "send", host, str(p), str(warmup + seconds + 0.5), str(tos))
+                   for p, (host, tos) in flows.items()]
         for s in senders:
             _, err = s.communicate(timeout=30)
             assert s.returncode == 0, err
@@ -129,22 +122,19 @@ def measure(pair: Pair, flows: dict[int, tuple[str, int]] | None = None, seconds
 def test_cap_one_port_with_real_traffic_and_revert_byte_for_byte(pair):
     before = pair.tc_state()
     free = measure(pair)
-    assert free[PORT_CAPPED] > 5 * CAP and free[PORT_FREE] > 5 * CAP, free  # the cap will be visible
+    assert free[PORT_CAPPED] > 5 * CAP and free[PORT_FREE] > 5 * CAP, free   # the cap will be visible
 
-    params = {
-        "device": "va",
-        "classes": [{"name": "bulk", "rate": "20Mbit", "protocol": "tcp", "dport": str(PORT_CAPPED)}],
-    }
+    params = {"device": "va", "classes": [{"name": "bulk", "rate": "20Mbit", "protocol": "tcp",
+                                            "dport": str(PORT_CAPPED)}]}
     applied = pair.driver("apply", json.dumps(params))
     assert applied["verified"], applied
     plan = applied["plan"]
     assert plan["target"] == "netdev/va" and plan["reversible"] and not plan["noop"]
     assert ["nodewarden_throttle_active", [["device", "va"], ["class", "bulk"]], 1.0] in applied["samples"]
     catalogue = {m.name: m.labels for m in Throttle.metrics}
-    assert {s[0]: tuple(k for k, _ in s[1]) for s in applied["samples"]} == catalogue  # complete catalogue
-    assert ["nodewarden_throttle_rate_bits_per_second", [["device", "va"], ["class", "bulk"]], 2e7] in applied[
-        "samples"
-    ]
+    assert {s[0]: tuple(k for k, _ in s[1]) for s in applied["samples"]} == catalogue      # complete catalogue
+    assert ["nodewarden_throttle_rate_bits_per_second", [["device", "va"], ["class", "bulk"]], 2e7] \
+        in applied["samples"]
     qdisc, classes, filters = pair.tc_state()
     assert "qdisc htb 4e57: root" in qdisc and "default 0xffff" in qdisc
     assert "class htb 4e57:10 root" in classes and "rate 20Mbit ceil 20Mbit" in classes
@@ -167,9 +157,9 @@ def test_cap_one_port_with_real_traffic_and_revert_byte_for_byte(pair):
 
     reverted = pair.driver("revert", json.dumps(applied["plan"]))
     assert "back as before" in reverted["output"]
-    assert pair.tc_state() == before  # byte for byte: qdiscs, classes, filters
+    assert pair.tc_state() == before                    # byte for byte: qdiscs, classes, filters
     assert "noqueue 0: root" in before[0]
-    assert pair.driver("revert", json.dumps(applied["plan"]))["output"].endswith("nothing to do")  # idempotent
+    assert pair.driver("revert", json.dumps(applied["plan"]))["output"].endswith("nothing to do")   # idempotent
     after = measure(pair)
     assert after[PORT_CAPPED] > 5 * CAP, after
 
@@ -177,13 +167,9 @@ def test_cap_one_port_with_real_traffic_and_revert_byte_for_byte(pair):
 def test_ipv6_ports_and_dscp_with_real_traffic(pair):
     # IPv6 to one port, IPv4 marked AF11 (DSCP 10, plus an ECN bit) and IPv4 unmarked to the same port
     flows = {15011: (B6_ADDR, 0), 15012: (B_ADDR, 10 << 2 | 1), 15013: (B_ADDR, 0)}
-    params = {
-        "device": "va",
-        "classes": [
-            {"name": "v6", "rate": "20Mbit", "protocol": "tcp", "dport": "15011"},
-            {"name": "af11", "rate": "20Mbit", "dscp": 10},
-        ],
-    }
+    params = {"device": "va", "classes": [
+        {"name": "v6", "rate": "20Mbit", "protocol": "tcp", "dport": "15011"},
+        {"name": "af11", "rate": "20Mbit", "dscp": 10}]}
     applied = pair.driver("apply", json.dumps(params))
     assert applied["verified"], applied
     got = measure(pair, flows)
@@ -194,20 +180,17 @@ def test_ipv6_ports_and_dscp_with_real_traffic(pair):
     pair.driver("revert", json.dumps(applied["plan"]))
 
 
-@pytest.mark.parametrize(
-    "foreign",
-    [["tbf", "rate", "1gbit", "burst", "32kb", "latency", "50ms"], ["pfifo_fast"]],
-    ids=["tbf", "explicit-pfifo_fast"],
-)
+@pytest.mark.parametrize("foreign", [["tbf", "rate", "1gbit", "burst", "32kb", "latency", "50ms"], ["pfifo_fast"]],
+                         ids=["tbf", "explicit-pfifo_fast"])
 def test_foreign_root_qdisc_is_left_alone(pair, foreign, tmp_path):
     params = {"device": "va", "rate": "20Mbit", "dport": "5001"}
-    stale_plan = pair.driver("plan", json.dumps(params))["plan"]  # planned while the default was there
+    stale_plan = pair.driver("plan", json.dumps(params))["plan"]       # planned while the default was there
     pair.run(pair.a, pair.tc, "qdisc", "add", "dev", "va", "root", *foreign)
     before = pair.tc_state()
     refused = pair.driver("plan", json.dumps(params))
     assert refused["refused"] == "foreign_qdisc", refused
     assert re.search(rf"root qdisc {foreign[0]} [0-9a-f]+: that nodewarden did not create", refused["error"])
-    raced = pair.driver("apply-plan", json.dumps(stale_plan))  # it appeared between plan and apply
+    raced = pair.driver("apply-plan", json.dumps(stale_plan))          # it appeared between plan and apply
     assert raced["refused"] == "foreign_qdisc", raced
     assert pair.driver("revert", json.dumps(stale_plan))["output"].endswith("nothing to do")
     assert pair.tc_state() == before
@@ -244,7 +227,7 @@ def test_percentage_of_link_speed(pair):
     plan = pair.driver("plan", json.dumps({"device": "va", "rate": "0.5%", "dport": "5001"}))["plan"]
     assert plan["params"]["tree"]["classes"][0]["rate_bits"] == 50_000_000
     floor = pair.driver("plan", json.dumps({"device": "va", "rate": "10kbit", "dport": "5001"}))["plan"]
-    assert floor["params"]["tree"]["classes"][0]["rate_bits"] == 1_000_000  # the min_rate floor
+    assert floor["params"]["tree"]["classes"][0]["rate_bits"] == 1_000_000      # the min_rate floor
     assert any("raised to the floor" in c for c in floor["changes"])
 
 
@@ -270,7 +253,7 @@ def test_kill9_between_apply_and_journal_then_recover_reconciles(pair, tmp_path)
         journal = Journal(str(state))
         assert [(e.op, e.status) for e in journal] == [("apply", "started")]
         journal.close()
-        os.kill(child.pid, signal.SIGKILL)  # ip netns exec execs python: this is the driver itself
+        os.kill(child.pid, signal.SIGKILL)     # ip netns exec execs python: this is the driver itself
         child.wait(timeout=10)
     finally:
         if child.poll() is None:
@@ -282,8 +265,8 @@ def test_kill9_between_apply_and_journal_then_recover_reconciles(pair, tmp_path)
     rec = pair.driver("recover", str(state))
     assert rec["kept"] == ["va"] and rec["removed"] == ["va2"] and rec["expired"] == [], rec
     assert [(r["op"], r["status"], r["reason"]) for r in rec["rows"]] == [("apply", "succeeded", "recovered")]
-    assert pair.tc_state("va") == throttled  # the journaled throttle stays, untouched
-    assert pair.tc_state("va2") == before_va2  # the orphan is gone
+    assert pair.tc_state("va") == throttled               # the journaled throttle stays, untouched
+    assert pair.tc_state("va2") == before_va2             # the orphan is gone
     assert ["nodewarden_throttle_active", [["device", "va"], ["class", "throttled"]], 1.0] in rec["samples"]
 
     # a second restart changes nothing (idempotent)
@@ -332,9 +315,8 @@ def test_policy_route_throttles_on_alert_and_reverts_on_resolve(pair, tmp_path):
     before = pair.tc_state()
     out = pair.run(pair.a, sys.executable, DRIVER, "route", str(tmp_path / "state"), str(policy), timeout=90)
     firing, resolved = (json.loads(line) for line in out.strip().splitlines())
-    assert [(r["op"], r["action"], r["status"], r["target"]) for r in firing["rows"]] == [
-        ("apply", "throttle", "succeeded", "netdev/va")
-    ]
+    assert [(r["op"], r["action"], r["status"], r["target"]) for r in firing["rows"]] == \
+        [("apply", "throttle", "succeeded", "netdev/va")]
     assert "qdisc htb 4e57: root" in firing["qdisc"]
     assert ["nodewarden_throttle_active", [["device", "va"], ["class", "checkpoint"]], 1.0] in firing["samples"]
     assert [(r["op"], r["status"]) for r in resolved["rows"]] == [("apply", "reverted"), ("revert", "succeeded")]
@@ -345,15 +327,13 @@ def test_policy_route_throttles_on_alert_and_reverts_on_resolve(pair, tmp_path):
 def test_policy_route_skips_a_foreign_qdisc_with_the_reason(pair, tmp_path):
     policy = tmp_path / "remediations.yml"
     policy.write_text(POLICY)
-    pair.run(
-        pair.a, pair.tc, "qdisc", "add", "dev", "va", "root", "tbf", "rate", "1gbit", "burst", "32kb", "latency", "50ms"
-    )
+    pair.run(pair.a, pair.tc, "qdisc", "add", "dev", "va", "root", "tbf", "rate", "1gbit", "burst", "32kb",
+             "latency", "50ms")
     before = pair.tc_state()
     out = pair.run(pair.a, sys.executable, DRIVER, "route", str(tmp_path / "state"), str(policy), timeout=90)
     firing, resolved = (json.loads(line) for line in out.strip().splitlines())
-    assert [(r["op"], r["action"], r["status"], r["reason"]) for r in firing["rows"]] == [
-        ("apply", "throttle", "skipped", "refused:foreign_qdisc")
-    ]
+    assert [(r["op"], r["action"], r["status"], r["reason"]) for r in firing["rows"]] == \
+        [("apply", "throttle", "skipped", "refused:foreign_qdisc")]
     assert "foreign_qdisc" in firing["rows"][0]["output"]
     assert resolved["rows"] == firing["rows"] and firing["samples"] == []
     assert pair.tc_state() == before

@@ -39,24 +39,8 @@ def test_device_names_accepted(name):
     assert check_device(name) == name
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "",
-        "a" * 16,
-        "eth0; reboot",
-        "../eth0",
-        "eth0/x",
-        ".",
-        "..",
-        "-eth0",
-        "eth 0",
-        "eth0\n",
-        "cls\n",
-        "$(id)",
-        "{{ $labels.device }}",
-    ],
-)
+@pytest.mark.parametrize("name", ["", "a" * 16, "eth0; reboot", "../eth0", "eth0/x", ".", "..", "-eth0", "eth 0",
+                                  "eth0\n", "cls\n", "$(id)", "{{ $labels.device }}"])
 def test_device_names_refused(name):
     with pytest.raises(ValueError):
         check_device(name)
@@ -64,21 +48,11 @@ def test_device_names_refused(name):
         Params.model_validate({"device": name, "rate": "1Mbit", "dport": "1"})
 
 
-@pytest.mark.parametrize(
-    "text,expected",
-    [
-        ("20Mbit", (20e6, False)),
-        ("20mbit", (20e6, False)),
-        ("1.5Gbit", (1.5e9, False)),
-        ("800kbit", (8e5, False)),
-        ("1Tbit", (1e12, False)),
-        ("5000000", (5e6, False)),
-        (5000000, (5e6, False)),
-        ("25%", (25.0, True)),
-        (" 0.5 % ", (0.5, True)),
-        ("123bit", (123.0, False)),
-    ],
-)
+@pytest.mark.parametrize("text,expected", [
+    ("20Mbit", (20e6, False)), ("20mbit", (20e6, False)), ("1.5Gbit", (1.5e9, False)), ("800kbit", (8e5, False)),
+    ("1Tbit", (1e12, False)), ("5000000", (5e6, False)), (5000000, (5e6, False)), ("25%", (25.0, True)),
+    (" 0.5 % ", (0.5, True)), ("123bit", (123.0, False)),
+])
 def test_parse_rate(text, expected):
     assert parse_rate(text) == expected
 
@@ -89,26 +63,14 @@ def test_parse_rate_refuses(text):
         parse_rate(text)
 
 
-@pytest.mark.parametrize(
-    "lo,hi",
-    [
-        (0, 65535),
-        (5001, 5001),
-        (5000, 5100),
-        (1, 65534),
-        (1024, 2047),
-        (0, 0),
-        (65535, 65535),
-        (4999, 5002),
-        (12345, 54321),
-    ],
-)
+@pytest.mark.parametrize("lo,hi", [(0, 65535), (5001, 5001), (5000, 5100), (1, 65534), (1024, 2047), (0, 0),
+                                   (65535, 65535), (4999, 5002), (12345, 54321)])
 def test_port_prefixes_cover_exactly_the_range(lo, hi):
     prefixes = port_prefixes(lo, hi)
     covered = sorted(p for v, m in prefixes for p in range(65536) if p & m == v)
     assert covered == list(range(lo, hi + 1))
-    assert all(v & ~m & 0xFFFF == 0 for v, m in prefixes)  # values are prefix-aligned
-    assert len(prefixes) <= 30  # at most 2 * 15 blocks
+    assert all(v & ~m & 0xFFFF == 0 for v, m in prefixes)        # values are prefix-aligned
+    assert len(prefixes) <= 30                                    # at most 2 * 15 blocks
 
 
 def test_parse_ports():
@@ -121,12 +83,10 @@ def test_parse_ports():
             parse_ports(bad)
 
 
-def _packet_v4(
-    proto: int, sport: int, dport: int, tos: int = 0, dst: str = "10.231.0.2", ihl: int = 5, frag: int = 0
-) -> bytes:
-    hdr = struct.pack(
-        ">BBHHHBBH4s4s", 0x40 | ihl, tos, 40, 0, frag, 64, proto, 0, bytes(4), ipaddress.ip_address(dst).packed
-    ) + bytes(4 * (ihl - 5))
+def _packet_v4(proto: int, sport: int, dport: int, tos: int = 0, dst: str = "10.231.0.2", ihl: int = 5,
+               frag: int = 0) -> bytes:
+    hdr = struct.pack(">BBHHHBBH4s4s", 0x40 | ihl, tos, 40, 0, frag, 64, proto, 0, bytes(4),
+                      ipaddress.ip_address(dst).packed) + bytes(4 * (ihl - 5))
     return hdr + struct.pack(">HH", sport, dport) + bytes(16)
 
 
@@ -138,10 +98,8 @@ def _packet_v6(proto: int, sport: int, dport: int, tclass: int = 0, dst: str = "
 
 def _matches(keys, packet: bytes) -> bool:
     """What the kernel's u32 classifier does with one key list at the network header."""
-    return all(
-        off + 4 <= len(packet) and struct.unpack_from(">I", packet, off)[0] & mask == val & mask
-        for off, mask, val in keys
-    )
+    return all(off + 4 <= len(packet) and struct.unpack_from(">I", packet, off)[0] & mask == val & mask
+               for off, mask, val in keys)
 
 
 def _selector_matches(sel: Selector, family: int, packet: bytes) -> bool:
@@ -153,9 +111,9 @@ def test_u32_keys_match_the_packets_they_should():
     assert _selector_matches(sel, ETH_P_IP, _packet_v4(6, 40000, 5000))
     assert _selector_matches(sel, ETH_P_IP, _packet_v4(6, 40000, 5100))
     assert not _selector_matches(sel, ETH_P_IP, _packet_v4(6, 40000, 5101))
-    assert not _selector_matches(sel, ETH_P_IP, _packet_v4(6, 5000, 4999))  # sport is not dport
-    assert not _selector_matches(sel, ETH_P_IP, _packet_v4(17, 40000, 5050))  # udp
-    assert not _selector_matches(sel, ETH_P_IP, _packet_v4(6, 40000, 5050, ihl=6))  # options: ports moved
+    assert not _selector_matches(sel, ETH_P_IP, _packet_v4(6, 5000, 4999))       # sport is not dport
+    assert not _selector_matches(sel, ETH_P_IP, _packet_v4(17, 40000, 5050))     # udp
+    assert not _selector_matches(sel, ETH_P_IP, _packet_v4(6, 40000, 5050, ihl=6))   # options: ports moved
     assert not _selector_matches(sel, ETH_P_IP, _packet_v4(6, 40000, 5050, frag=3))  # later fragment
     assert _selector_matches(sel, ETH_P_IPV6, _packet_v6(6, 40000, 5050))
     assert not _selector_matches(sel, ETH_P_IPV6, _packet_v6(17, 40000, 5050))
@@ -165,9 +123,9 @@ def test_u32_keys_any_protocol_sport_dscp_and_cidr():
     anyp = Selector(rate="1Gbit", sport="873")
     assert _selector_matches(anyp, ETH_P_IP, _packet_v4(6, 873, 1))
     assert _selector_matches(anyp, ETH_P_IP, _packet_v4(17, 873, 1))
-    assert not _selector_matches(anyp, ETH_P_IP, _packet_v4(1, 873, 1))  # icmp carries no ports
-    dscp = Selector(rate="1Gbit", dscp=10)  # AF11
-    assert _selector_matches(dscp, ETH_P_IP, _packet_v4(6, 1, 2, tos=10 << 2 | 1))  # ECN bits ignored
+    assert not _selector_matches(anyp, ETH_P_IP, _packet_v4(1, 873, 1))           # icmp carries no ports
+    dscp = Selector(rate="1Gbit", dscp=10)                                       # AF11
+    assert _selector_matches(dscp, ETH_P_IP, _packet_v4(6, 1, 2, tos=10 << 2 | 1))   # ECN bits ignored
     assert not _selector_matches(dscp, ETH_P_IP, _packet_v4(6, 1, 2, tos=12 << 2))
     assert _selector_matches(dscp, ETH_P_IPV6, _packet_v6(6, 1, 2, tclass=10 << 2 | 2))
     assert not _selector_matches(dscp, ETH_P_IPV6, _packet_v6(6, 1, 2, tclass=46 << 2))
@@ -188,17 +146,14 @@ def test_too_many_filters_refused():
 
 
 def test_key_bytes_is_split_independent():
-    assert (
-        key_bytes([(20, 0x0000FFFF, 0x1388)])
-        == key_bytes([(22, 0xFFFF0000, 0x13880000)])
-        == ((22, 0xFF, 0x13), (23, 0xFF, 0x88))
-    )
+    assert key_bytes([(20, 0x0000FFFF, 0x1388)]) == key_bytes([(22, 0xFFFF0000, 0x13880000)]) == \
+        ((22, 0xFF, 0x13), (23, 0xFF, 0x88))
     assert key_bytes([(0, 0x0F000000, 0x05000000), (8, 0x00FF0000, 0x00060000)]) == ((0, 0x0F, 5), (9, 0xFF, 6))
     assert key_bytes([(4, 0, 0)]) == ()
 
 
 def test_u32_selector_keys_decoded_from_raw_bytes():
-    class Sel(dict):  # the shape of pyroute2's nla: raw buffer, offset, decoded header fields
+    class Sel(dict):      # the shape of pyroute2's nla: raw buffer, offset, decoded header fields
         pass
 
     raw = bytes(8) + struct.pack("=HH", 20 + 32, 5) + bytes(16)
@@ -213,16 +168,13 @@ def test_u32_selector_keys_decoded_from_raw_bytes():
 def test_build_tree_rates_floor_and_percent():
     sels = [Selector(name="ckpt", rate="10%", dport="5001"), Selector(name="tiny", rate="10kbit", dscp=8)]
     tree, notes = build_tree("eth0", sels, speed_bits=100e9, min_rate=1e6, unlimited=1e12)
-    assert [(c["name"], c["classid"], c["rate_bits"]) for c in tree["classes"]] == [
-        ("ckpt", ROOT | 0x10, 10_000_000_000),
-        ("tiny", ROOT | 0x11, 1_000_000),
-    ]
+    assert [(c["name"], c["classid"], c["rate_bits"]) for c in tree["classes"]] == \
+        [("ckpt", ROOT | 0x10, 10_000_000_000), ("tiny", ROOT | 0x11, 1_000_000)]
     assert tree["default"] == ROOT | 0xFFFF and tree["default_rate_bits"] == 10**12
     assert notes == ["class tiny: 10Kbit raised to the floor 1Mbit"]
     prios = [f["prio"] for c in tree["classes"] for f in c["filters"]]
-    assert len(set(zip(prios, [f["protocol"] for c in tree["classes"] for f in c["filters"]], strict=True))) == len(
-        set(prios)
-    )  # one protocol per filter priority (kernel rule)
+    assert len(set(zip(prios, [f["protocol"] for c in tree["classes"] for f in c["filters"]], strict=True))) \
+        == len(set(prios))                                   # one protocol per filter priority (kernel rule)
     with pytest.raises(Refused) as err:
         build_tree("veth0", sels, speed_bits=None, min_rate=1e6, unlimited=1e12)
     assert err.value.reason == "link_speed_unknown"
@@ -239,41 +191,30 @@ def test_owner_of_an_egress_tree():
     assert owner([q("noqueue", 0)]) == "default"
     assert owner([q("pfifo_fast", 0)]) == "default"
     assert owner([q("mq", 0), *(q("fq_codel", 0, 1 + i) for i in range(4))]) == "default"
-    assert owner([q("mq", 0), q("fq_codel", 0, 1), q("fq", 0x80010000, 2)]) == "foreign"  # a tuned child
-    assert owner([q("fq_codel", 0x80010000)]) == "foreign"  # set explicitly
+    assert owner([q("mq", 0), q("fq_codel", 0, 1), q("fq", 0x80010000, 2)]) == "foreign"   # a tuned child
+    assert owner([q("fq_codel", 0x80010000)]) == "foreign"                                 # set explicitly
     assert owner([q("tbf", 0x10000)]) == "foreign"
     assert owner([q("htb", ROOT), q("pfifo", 0x80020000, ROOT | 0x10)]) == "ours"
-    assert owner([q("htb", 0x10000)]) == "foreign"  # someone else's htb
-    assert owner([q("noqueue", 0), q("clsact", 0xFFFF0000, 0xFFFFFFF1)]) == "default"  # ingress untouched
+    assert owner([q("htb", 0x10000)]) == "foreign"                                         # someone else's htb
+    assert owner([q("noqueue", 0), q("clsact", 0xFFFF0000, 0xFFFFFFF1)]) == "default"      # ingress untouched
     assert owner([]) == "none"
-    assert snapshot([q("mq", 0), q("pfifo_fast", 0, 2), q("pfifo_fast", 0, 1)]) == [
-        ["mq", 0, ROOT_PARENT],
-        ["pfifo_fast", 0, 1],
-        ["pfifo_fast", 0, 2],
-    ]
+    assert snapshot([q("mq", 0), q("pfifo_fast", 0, 2), q("pfifo_fast", 0, 1)]) == \
+        [["mq", 0, ROOT_PARENT], ["pfifo_fast", 0, 1], ["pfifo_fast", 0, 2]]
 
 
 def test_params_flat_form_and_validation():
     p = Params.model_validate({"device": "eth0", "rate": "20Mbit", "dport": "5001", "dscp": "8"})
     assert p.classes == [Selector(rate="20Mbit", dport="5001", dscp=8)]
-    full = Params.model_validate(
-        {
-            "device": "eth0",
-            "duration": "15m",
-            "allow_default_route": "true",
-            "classes": [
-                {"name": "a", "rate": "1Gbit", "dst": "10.231.0.9/30"},
-                {"name": "b", "rate": "5%", "protocol": "udp"},
-            ],
-        }
-    )
+    full = Params.model_validate({"device": "eth0", "duration": "15m", "allow_default_route": "true",
+                                  "classes": [{"name": "a", "rate": "1Gbit", "dst": "10.231.0.9/30"},
+                                              {"name": "b", "rate": "5%", "protocol": "udp"}]})
     assert full.allow_default_route is True and full.classes[0].dst == "10.231.0.8/30"
     bad = [
-        {"device": "eth0", "rate": "20Mbit"},  # selects nothing
+        {"device": "eth0", "rate": "20Mbit"},                                       # selects nothing
         {"device": "eth0", "rate": "fast", "dport": "1"},
-        {"device": "eth0", "rate": "1Mbit", "dport": "1", "classes": []},  # both forms
-        {"device": "eth0", "classes": [{"name": "x", "rate": "1Mbit", "dport": "1"}] * 2},  # duplicate names
-        {"device": "eth0", "classes": [{"rate": "1Mbit", "dport": str(i)} for i in range(9)]},  # > 8 classes
+        {"device": "eth0", "rate": "1Mbit", "dport": "1", "classes": []},           # both forms
+        {"device": "eth0", "classes": [{"name": "x", "rate": "1Mbit", "dport": "1"}] * 2},   # duplicate names
+        {"device": "eth0", "classes": [{"rate": "1Mbit", "dport": str(i)} for i in range(9)]},   # > 8 classes
         {"device": "eth0", "rate": "1Mbit", "dscp": 64},
         {"device": "eth0", "rate": "1Mbit", "dst": "10.231.0.300/24"},
         {"device": "eth0", "rate": "1Mbit", "dport": "1", "duration": "0"},
@@ -297,7 +238,7 @@ def test_config_and_link_speed_from_sysfs(tmp_path):
     assert t.link_speed_bits("eth0") == 100e9
     assert t.link_speed_bits("veth0") is None and t.link_speed_bits("lo") is None
     assert t.link_speed_bits("nosuch") is None
-    assert t.min_rate == 5e6 and t.default_duration == 3600.0  # default capped by max_duration
+    assert t.min_rate == 5e6 and t.default_duration == 3600.0     # default capped by max_duration
     with pytest.raises(ValidationError):
         Config(min_rate="10%")
 
@@ -342,24 +283,9 @@ def test_expired_counts_from_the_journaled_start():
     def entry(eid: int, ts: float, expires: float, action: str = "throttle") -> Entry:
         params = {"device": "eth0", "tree": {}, "expires_after": expires}
         plan = Plan(action=action, target="netdev/eth0", params=params, changes=[], reversible=True)
-        return Entry(
-            id=eid,
-            ts=ts,
-            updated=ts,
-            op="apply",
-            action=action,
-            target="netdev/eth0",
-            status="succeeded",
-            mode="enforce",
-            reason="",
-            fingerprint="",
-            alertname="",
-            route="",
-            step=0,
-            plan=plan.to_dict(),
-            output="",
-            parent=None,
-        )
+        return Entry(id=eid, ts=ts, updated=ts, op="apply", action=action, target="netdev/eth0", status="succeeded",
+                     mode="enforce", reason="", fingerprint="", alertname="", route="", step=0, plan=plan.to_dict(),
+                     output="", parent=None)
 
     t = Throttle(clock=lambda: 10_000.0)
     active = [entry(1, 8_000.0, 1800.0), entry(2, 9_000.0, 1800.0), entry(3, 0.0, 60.0, action="rebalance")]

@@ -18,29 +18,9 @@ from tests.conftest import require_binary
 def _cert(tmp_path):
     openssl = require_binary("openssl")
     key, crt = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(crt),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
     return crt, key
 
 
@@ -58,13 +38,10 @@ def _get(url: str, ctx: ssl.SSLContext, user: str | None = None, password: str |
 def test_tls_and_basic_auth(tmp_path):
     crt, key = _cert(tmp_path)
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode().replace("$2b$", "$2y$", 1)
-    web = write_yaml(
-        tmp_path / "web.yml",
-        {
-            "tls_server_config": {"cert_file": str(crt), "key_file": str(key)},
-            "basic_auth_users": {"prom": hashed},
-        },
-    )
+    web = write_yaml(tmp_path / "web.yml", {
+        "tls_server_config": {"cert_file": str(crt), "key_file": str(key)},
+        "basic_auth_users": {"prom": hashed},
+    })
     agent = AgentProcess(tmp_path, {"interval": "1s"}, args=["--web.config.file", str(web)]).start(wait=False)
     ctx = ssl.create_default_context(cafile=str(crt))
     base = f"https://127.0.0.1:{agent.port}"
@@ -91,19 +68,11 @@ def test_tls_and_basic_auth(tmp_path):
 def test_bad_web_config_is_rejected_with_position(tmp_path):
     web = tmp_path / "web.yml"
     web.write_text("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth: x\n")
-    res = subprocess.run(
-        [*NODEWARDEN, "run", "--web.config.file", str(web), "--state-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    res = subprocess.run([*NODEWARDEN, "run", "--web.config.file", str(web), "--state-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=30)
     assert res.returncode == 2
     assert f"{web}:4:3: tls_server_config.client_auth: unknown key 'client_auth'" in res.stderr
     web.write_text("basic_auth_users:\n  prom: plaintext\n")
-    res = subprocess.run(
-        [*NODEWARDEN, "run", "--web.config.file", str(web), "--state-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    res = subprocess.run([*NODEWARDEN, "run", "--web.config.file", str(web), "--state-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "bcrypt" in res.stderr

@@ -30,10 +30,8 @@ def test_kmsg_fixture_records_and_no_false_positives(gpud_fixtures):
 
 
 def test_kmsg_record_with_xid_and_continuation():
-    rec = xid.parse_kmsg_record(
-        "4,1201,3750123456,-;NVRM: Xid (PCI:0000:3b:00): 79, pid='<unknown>', "
-        "name=<unknown>, GPU has fallen off the bus."
-    )
+    rec = xid.parse_kmsg_record("4,1201,3750123456,-;NVRM: Xid (PCI:0000:3b:00): 79, pid='<unknown>', "
+                                "name=<unknown>, GPU has fallen off the bus.")
     assert rec.priority == 4 and rec.sequence == 1201
     event = xid.parse_xid(rec.message)
     assert event == xid.XidEvent(79, "0000:3b:00", None, "<unknown>", "GPU has fallen off the bus.")

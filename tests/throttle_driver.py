@@ -36,7 +36,7 @@ def recv(port: int, warmup: float, window: float) -> None:
     """Accept one connection; goodput over [first byte + warmup, + window]."""
     srv = socket.socket(socket.AF_INET6)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 and IPv6
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)    # IPv4 and IPv6
     srv.bind(("::", port))
     srv.listen(1)
     srv.settimeout(20)
@@ -89,7 +89,7 @@ def _plugin(hold_mark: str | None = None, clock=time.time):
             out = super().apply(plan)
             with open(hold_mark, "w") as f:
                 f.write("applied\n")
-            time.sleep(120)  # the test kills -9 here: the change is made, the outcome not journaled
+            time.sleep(120)   # the test kills -9 here: the change is made, the outcome not journaled
             return out
 
     return Hold(clock=clock)
@@ -135,14 +135,8 @@ def main(argv: list[str]) -> int:
             if cmd in ("apply", "apply-plan"):
                 outcome = plugin.apply(plan)
                 plan = plan.with_undo(outcome.undo)
-                _out(
-                    {
-                        "plan": plan.to_dict(),
-                        "output": outcome.output,
-                        "verified": plugin.verify(plan),
-                        "samples": [list(s) for s in plugin.samples()],
-                    }
-                )
+                _out({"plan": plan.to_dict(), "output": outcome.output, "verified": plugin.verify(plan),
+                      "samples": [list(s) for s in plugin.samples()]})
             else:
                 _out({"plan": plan.to_dict()})
         except Refused as err:
@@ -175,16 +169,8 @@ def main(argv: list[str]) -> int:
         rem = Remediator(Policy(), journal, {"throttle": plugin}, mode="enforce", clock=clock)
         rec = rem.recover()["throttle"]  # recover() reconciles and reverts what expired
         rem.close(30.0)
-        _out(
-            {
-                "kept": rec.kept,
-                "removed": rec.removed,
-                "reapplied": rec.reapplied,
-                "expired": rec.expired,
-                "samples": [list(s) for s in plugin.samples()],
-                "rows": _rows(journal),
-            }
-        )
+        _out({"kept": rec.kept, "removed": rec.removed, "reapplied": rec.reapplied, "expired": rec.expired,
+              "samples": [list(s) for s in plugin.samples()], "rows": _rows(journal)})
         return 0
     if cmd == "route":
         return route(args[0], args[1])
@@ -201,17 +187,11 @@ def route(state: str, policy_path: str) -> int:
 
     now = [1_000_000.0]
     policy = load_policy(policy_path, classes().plugins)
-    loaded = load_remediations(policy.plugins)  # entry-point discovery, as the daemon does it
+    loaded = load_remediations(policy.plugins)          # entry-point discovery, as the daemon does it
     journal = Journal(state, clock=lambda: now[0])
     rem = Remediator(policy, journal, loaded.plugins, mode="enforce", clock=lambda: now[0])
-    alert = Alert(
-        labels={"alertname": "NetworkLinkSaturated", "device": "va", "severity": "warning"},
-        annotations={},
-        state="firing",
-        active_at=now[0] - 600,
-        value=0.95,
-        fired_at=now[0] - 300,
-    )
+    alert = Alert(labels={"alertname": "NetworkLinkSaturated", "device": "va", "severity": "warning"},
+                  annotations={}, state="firing", active_at=now[0] - 600, value=0.95, fired_at=now[0] - 300)
 
     def settle(alerts) -> None:
         end = time.monotonic() + 30
@@ -222,15 +202,16 @@ def route(state: str, policy_path: str) -> int:
 
     def report(phase: str) -> None:
         samples = [list(s) for p in loaded.plugins.values() for s in getattr(p, "samples", list)()]
-        _out({"phase": phase, "rows": _rows(journal), "qdisc": _tc("qdisc", "show", "dev", "va"), "samples": samples})
+        _out({"phase": phase, "rows": _rows(journal), "qdisc": _tc("qdisc", "show", "dev", "va"),
+              "samples": samples})
 
     rem.on_tick([alert], now[0])
     settle([alert])
     report("firing")
     now[0] += 5
-    rem.on_tick([], now[0])  # resolved: revert_after starts
+    rem.on_tick([], now[0])                               # resolved: revert_after starts
     now[0] += 120
-    rem.on_tick([], now[0])  # past revert_after: revert dispatched
+    rem.on_tick([], now[0])                               # past revert_after: revert dispatched
     settle([])
     report("resolved")
     return 0
