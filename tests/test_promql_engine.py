@@ -46,6 +46,9 @@ EXPRS = [
     "sum_over_time(deriv(m[10s])[20s:] @ 1180)",
     "present_over_time(m[3s:1s])",
     "holt_winters(m[30s], 0.3, 0.6)",
+    "max_over_time(predict_linear(m[10s] @ 1150, 5)[30s:5s])",
+    "sum_over_time((m @ 1160)[20s:2s] @ 1180)",
+    "count_over_time((rate(c[10s] @ end()) + m)[20s:3s] offset 2s)",
     'histogram_quantile(0.9, label_replace(m, "le", "$1", "i", "(.*)"))',
 ]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.engine.promql import compile_expr
-from agent.engine.promql.history import difference_warning, history_reach, retention_warning
+from agent.engine.promql.history import history_reach, retention_warning
 from tests.conftest import REPO
 
 RULES = """\
@@ -86,14 +86,3 @@ def test_check_rules_warns_past_retention(tmp_path: Path) -> None:
     warned = [w.split("rule ")[1].split(":")[0] for w in proc.stderr.splitlines() if "warning:" in w]
     assert warned == ["'LongRange'", "'DeepOffset'", "'Pinned'"], proc.stderr
 
-
-def test_difference_warning_names_at_inside_subqueries(tmp_path: Path) -> None:
-    assert difference_warning(compile_expr("max_over_time(x[5m:1m] @ 100)")) is None
-    assert difference_warning(compile_expr("x @ 100 + max_over_time(rate(x[1m])[5m:1m])")) is None
-    for expr in ("max_over_time((x @ 100)[5m:1m])", "max_over_time(rate(x[1m] @ end())[5m:])",
-                 "max_over_time(max_over_time(x[1m:10s] @ 50)[5m:1m])"):  # fmt: skip
-        assert "@ inside a subquery" in (difference_warning(compile_expr(expr)) or ""), expr
-    path = tmp_path / "r.yml"
-    path.write_text("groups: [{name: g, rules: [{alert: A, expr: 'max_over_time((up @ 100)[5m:1m]) > 0'}]}]\n")
-    proc = nodewarden("check", "rules", "--no-catalogue", str(path))
-    assert proc.returncode == 0 and "rule 'A': uses @ inside a subquery" in proc.stderr, proc.stderr

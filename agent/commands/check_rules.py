@@ -130,16 +130,15 @@ def catalogue_warnings(groups: list[rulesmod.GroupDef], catalogue: dict[str, Met
 
 
 def history_warnings(groups: list[rulesmod.GroupDef], retention: float, text: str, filename: str) -> list[str]:
-    """Warnings for rules whose range, subquery or offset reaches past the store's retention, and for @ inside
-    a subquery (evaluated differently by Prometheus 2.42)."""
-    from agent.engine.promql.history import difference_warning, retention_warning
+    """Warnings for rules whose range, subquery or offset reaches past the store's retention."""
+    from agent.engine.promql.history import retention_warning
 
     out = []
     for gi, g in enumerate(groups):
         for ri, r in enumerate(g.rules):
-            for why in (retention_warning(r.query, retention), difference_warning(r.query)):
-                if why:
-                    out.append(f"{_pos(text, filename, gi, ri)}: warning: group {g.name!r}, rule {r.name!r}: {why}")
+            why = retention_warning(r.query, retention)
+            if why:
+                out.append(f"{_pos(text, filename, gi, ri)}: warning: group {g.name!r}, rule {r.name!r}: {why}")
     return out
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 from typing import Any, NamedTuple
 
 import promql_parser as pp
 
-from agent.engine.promql import aggregate, binary, nodes
+from agent.engine.promql import aggregate, at242, binary, nodes
 from agent.engine.promql.functions import FUNCTIONS
 from agent.engine.promql.regex import RegexError, RegexUnsupported, compile_anchored
 from agent.engine.promql.selectors import LOOKBACK, Matcher, MatrixSelector, VectorSelector
@@ -42,10 +41,11 @@ def _at_time(at: Any, t: float) -> float | None:
     return None if at is None else at if at.__class__ is float else t
 
 
-def data_range(spans: list[Span], t: float) -> tuple[float, float]:
-    """The samples an instant query at ``t`` loads from storage, as Prometheus 2.42 computes it (engine.go
-    findMinMaxTime / getTimeRangesForSelector / subqueryTimes): the union of every selector's range."""
-    mint, maxt = math.inf, -math.inf
+def selector_ranges(spans: list[Span], t: float) -> dict[int, tuple[float, float]]:
+    """The samples each selector loads from storage for an instant query at ``t``, by ``id(selector)``, as
+    Prometheus 2.42 computes them (engine.go getTimeRangesForSelector / subqueryTimes; the TSDB trims every
+    selector's series to its own range). A selector used at several places gets the union."""
+    out: dict[int, tuple[float, float]] = {}
     for span in spans:
         start = end = t
         sub_offset = sub_range = 0.0
@@ -65,8 +65,10 @@ def data_range(spans: list[Span], t: float) -> tuple[float, float]:
             start -= sub_offset + sub_range
             end -= sub_offset
         start -= span.eval_range if span.eval_range else LOOKBACK
-        mint, maxt = min(mint, start - sel.offset), max(maxt, end - sel.offset)
-    return mint, maxt
+        lo, hi = start - sel.offset, end - sel.offset
+        got = out.get(id(sel))
+        out[id(sel)] = (lo, hi) if got is None else (min(got[0], lo), max(got[1], hi))
+    return out
 
 
 class Query:
@@ -81,6 +83,7 @@ class Query:
         clock: nodes.Clock | None = None,
         nested: list[Subquery] | None = None,
         spans: list[Span] | None = None,
+        plan: at242.Plan | None = None,
     ) -> None:
         self.text = text
         self.root = root
@@ -88,7 +91,8 @@ class Query:
         self._shared = shared or []  # range selectors used more than once: read once per evaluation
         self._clock = clock  # for @ start() / @ end() and the subquery step budget, when the query has them
         self._nested = nested or []  # nested subqueries: their inner results are shared across outer steps
-        self._spans = spans  # set when the query's data range matters (timestamp(x @ t))
+        self._spans = spans  # set when the query's data range matters (timestamp(x @ t), @ in a subquery)
+        self._plan = plan  # 2.42's evaluation of @ inside subqueries
 
     def eval(self, store: Any, t: float) -> Vector | Scalar:
         """Evaluate at time ``t`` (seconds) over ``store``; raises PromQLError when Prometheus would fail."""
@@ -96,7 +100,9 @@ class Query:
             self._clock.t = t
             self._clock.budget = nodes.Clock.STEPS
             if self._spans:
-                self._clock.mint, self._clock.maxt = data_range(self._spans, t)
+                self._clock.ranges = selector_ranges(self._spans, t)
+            if self._plan is not None:
+                at242.prepare(self._plan, self._clock, t)
         for m in self._shared:
             m.memo = {}
         for sub in self._nested:
@@ -122,10 +128,15 @@ def _locate(text: str, pattern: str) -> int | None:
 
 
 class _Compiler:
-    def __init__(self, text: str, subquery_step: float = 60.0) -> None:
+    def __init__(self, text: str, subquery_step: float = 60.0, emulate_at: bool = False) -> None:
         self.text = text
         self.subquery_step = subquery_step
-        self.clock: nodes.Clock | None = None
+        self.clock: nodes.Clock | None = nodes.Clock() if emulate_at else None
+        self.emu = emulate_at  # @ inside a subquery: build 2.42's evaluation of it (at242)
+        self.path: list[at242.AtSubquery] = []  # the subqueries around the node being compiled (emu only)
+        self.pinned: list[at242.Pinned] = []
+        self.emu_selectors: list[VectorSelector] = []
+        self.emu_subqueries: list[at242.AtSubquery] = []
         self.depth = 0  # subqueries around the node being compiled
         self.around: list[tuple[float, float, Any]] = []  # (range, offset, @) of those subqueries, outermost first
         self.spans: list[Span] = []  # every selector occurrence with its subqueries: the query's data range
@@ -150,6 +161,8 @@ class _Compiler:
             return self.vector_selector(node)
         if isinstance(node, pp.MatrixSelector):
             vs = self.vector_selector(node.vector_selector, node.range.total_seconds())
+            if self.emu:
+                return MatrixSelector(vs, node.range.total_seconds())
             key = (id(vs), node.range.total_seconds())
             m = self.matrices.get(key)
             if m is None:
@@ -182,6 +195,8 @@ class _Compiler:
         return self.clock, "clock"  # start() and end() are both the evaluation time of an instant query
 
     def subquery(self, node: Any) -> nodes.Node:
+        if self.emu:
+            return self.at_subquery(node)
         self.depth += 1
         offset = node.offset.total_seconds() if node.offset is not None else 0.0
         self.around.append((node.range.total_seconds(), offset, self.at(node.at)[0]))
@@ -203,6 +218,39 @@ class _Compiler:
         if self.depth > 0:
             self.nested.append(sub)
         return sub
+
+    def at_subquery(self, node: Any) -> nodes.Node:
+        """A subquery of a query with @ inside a subquery: 2.42's evaluation (at242.AtSubquery)."""
+        step = node.step.total_seconds() if node.step is not None else 0.0
+        offset = node.offset.total_seconds() if node.offset is not None else 0.0
+        at, _ = self.at(node.at)
+        sub = at242.AtSubquery(node.range.total_seconds(), step if step > 0 else self.subquery_step, offset,
+                               self.clock, at)  # fmt: skip
+        if at is not None:
+            self.pinned.append(at242.Pinned(sub, tuple(self.path)))
+        self.around.append((sub.range, offset, at))
+        self.path.append(sub)
+        try:
+            expr = self.compile(node.expr)
+        finally:
+            self.path.pop()
+            self.around.pop()
+        if expr.kind != "vector":
+            raise self.fail(f"subquery is only allowed on instant vector, got {expr.kind}", r"\[[^\]]*:")
+        sub.expr = expr
+        sub.single_name = expr.single_name
+        self.emu_subqueries.append(sub)
+        return sub
+
+    def plan(self, root: nodes.Node) -> at242.Plan:
+        """After compiling an emulated query: step-invariant wrappers, per-subquery pinned nodes, the plan."""
+        at242.wrap_invariant(root, self.clock)
+        for pinned in self.pinned:
+            for i, sub in enumerate(pinned.path):
+                sub.inner.append(at242.Pinned(pinned.node, pinned.path[i + 1 :]))
+        invariants: list[at242.StepInvariant] = []
+        at242.collect_invariants(root, invariants)
+        return at242.Plan(self.emu_selectors, self.emu_subqueries, self.pinned, invariants)
 
     def vector_selector(self, vs: Any, eval_range: float = 0.0) -> VectorSelector:
         if vs.matchers.or_matchers:
@@ -230,11 +278,15 @@ class _Compiler:
         offset = vs.offset.total_seconds() if vs.offset is not None else 0.0
         at, at_key = self.at(vs.at)
         key = (name, tuple(lint), offset, at_key)
-        sel = self.vectors.get(key)
+        sel = self.vectors.get(key) if not self.emu else None
         if sel is None:
             sel = self.vectors[key] = VectorSelector(name, matchers, offset, at)
             sel.absent_labels = _absent_labels(raw)
         self.spans.append(Span(sel, eval_range, tuple(self.around)))
+        if self.emu:
+            self.emu_selectors.append(sel)
+            if at is not None:
+                self.pinned.append(at242.Pinned(sel, tuple(self.path)))
         return sel
 
     def binary(self, node: Any) -> nodes.Node:
@@ -395,11 +447,33 @@ def compile_expr(text: str, subquery_step: float = 60.0) -> Query:
         ast = pp.parse(text)
     except ValueError as err:
         raise PromQLError(f"parse error: {err}") from err
-    compiler = _Compiler(text, subquery_step)
+    compiler = _Compiler(text, subquery_step, emulate_at=_at_inside_subquery(ast))
     root = compiler.compile(ast)
+    plan = compiler.plan(root) if compiler.emu else None
     if root.kind == "string":
         raise PromQLError("expression of type string is not supported (expected instant vector or scalar)")
     if root.kind == "matrix":
         raise PromQLError("expression of type range vector is not supported (expected instant vector or scalar)")
-    spans = compiler.spans if compiler.clip else None
-    return Query(text, root, compiler.selectors, compiler.shared, compiler.clock, compiler.nested, spans)
+    spans = compiler.spans if compiler.clip or compiler.emu else None
+    return Query(text, root, compiler.selectors, compiler.shared, compiler.clock, compiler.nested, spans, plan)
+
+
+def _at_inside_subquery(ast: Any) -> bool:
+    """Whether a selector or subquery inside a subquery carries @ (2.42 evaluates those its own way)."""
+    depth = 0
+    found = False
+
+    def pre(node: Any) -> None:
+        nonlocal depth, found
+        if isinstance(node, (pp.VectorSelector, pp.SubqueryExpr)) and depth > 0 and node.at is not None:
+            found = True
+        if isinstance(node, pp.SubqueryExpr):
+            depth += 1
+
+    def post(node: Any) -> None:
+        nonlocal depth
+        if isinstance(node, pp.SubqueryExpr):
+            depth -= 1
+
+    pp.walk(ast, pre_visit=pre, post_visit=post)
+    return found

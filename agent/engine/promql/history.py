@@ -74,23 +74,3 @@ def retention_warning(query: object, retention: float) -> str | None:
         )
     return None
 
-
-def _pinned_inside(node: Node, inside: bool) -> bool:
-    if isinstance(node, VectorSelector):
-        return inside and node.at is not None
-    if isinstance(node, MatrixSelector):
-        return inside and node.vs.at is not None
-    if isinstance(node, Subquery):
-        return (inside and node.at is not None) or _pinned_inside(node.expr, True)
-    return any(_pinned_inside(child, inside) for child in _children(node))
-
-
-def difference_warning(query: object) -> str | None:
-    """The one construct the node evaluates differently from Prometheus 2.42 (docs/promql.md), or None."""
-    root = getattr(query, "root", None)
-    if isinstance(root, Node) and _pinned_inside(root, False):
-        return (
-            "uses @ inside a subquery: Prometheus 2.42 re-bases such times on the subquery's steps and can "
-            "answer differently (or not at all); the node pins them as written"
-        )
-    return None

@@ -20,14 +20,15 @@ class Clock:
     ``@ start()`` and ``@ end()`` mean: an instant query, as a rule evaluation is, starts and ends at it), and
     ``budget``, the subquery steps the evaluation may still take. One per query, reset by ``Query.eval``."""
 
-    __slots__ = ("budget", "maxt", "mint", "t")
+    __slots__ = ("budget", "ctx_end", "ctx_start", "ranges", "t")
 
     STEPS = 100_000  # subquery steps per evaluation (nested ones multiply): bounds the time of any rule
 
     def __init__(self) -> None:
         self.t = 0.0
         self.budget = self.STEPS
-        self.mint = self.maxt = 0.0  # the query's data range (only when a timestamp(x @ t) needs it)
+        self.ranges: dict[int, tuple[float, float]] = {}  # what each selector loaded (timestamp(x @ t), at242)
+        self.ctx_start = self.ctx_end = 0.0  # the evaluator range of 2.42's @-in-subquery evaluation (at242)
 
 
 def drop_name(labels: LabelDict) -> LabelDict:

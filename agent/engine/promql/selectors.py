@@ -52,6 +52,8 @@ class VectorSelector(Node):
         self.matchers = matchers
         self.offset = offset
         self.at = at
+        self.eff: float | None = None  # 2.42's rewritten offset, for queries with @ inside a subquery (at242)
+        self.clip: tuple[float, float] | None = None  # the data range such a query loaded
         self.single_name = name is not None
         self._cache_store: Any = None
         self._cache_version: Any = None
@@ -84,6 +86,14 @@ class VectorSelector(Node):
         selected = self.select(store)
         out = []
         tick_window = getattr(store, "tick_window", None)
+        if self.clip is not None:  # only the samples the query loaded: (ref - lookback, ref] within the clip
+            mint, maxt = self.clip
+            lower = max(ref - LOOKBACK, mint)
+            ref = min(ref, maxt)
+            if ref < lower:
+                return out
+            lookback = ref - lower + _EPS
+            tick_window = None
         if tick_window is None:
             for series, labels in selected:
                 s = store.instant(series, ref, lookback)
@@ -110,6 +120,8 @@ class VectorSelector(Node):
 
     def ref_time(self, t: float) -> float:
         """The time this selector reads at when the query evaluates at ``t``: ``@`` time (or t) minus offset."""
+        if self.eff is not None:
+            return t - self.eff
         at = self.at
         if at is None:
             return t - self.offset
@@ -122,10 +134,11 @@ class VectorSelector(Node):
         """Like eval, with the sample timestamps as values (for timestamp()).
 
         With ``@``, 2.42 reads at the ``@`` time itself (timestamp() overwrites the selector's offset) among the
-        samples the query loaded, ``window`` = (mint, maxt): the offset then shows only through that window."""
-        if self.at is None or window is None:
+        samples the selector loaded, ``window`` = (mint, maxt): the offset then shows only through that window."""
+        at = self.at
+        if at is None or window is None:
             return [(labels, ms(ts) / 1000) for labels, ts, _ in self._instants(store, self.ref_time(t))]
-        ref = self.ref_time(t) + self.offset
+        ref = at if at.__class__ is float else at.t
         lower = max(ref - LOOKBACK, window[0])
         upper = min(ref, window[1])
         if upper < lower:
@@ -172,6 +185,11 @@ class MatrixSelector(Node):
         out: list[SeriesRange] = []
         selected = self.vs.select(store)
         tick_window = getattr(store, "tick_window", None)
+        if self.vs.clip is not None:  # only the samples the query loaded
+            start, end = max(start, self.vs.clip[0]), min(end, self.vs.clip[1])
+            if end < start:
+                return out
+            tick_window = None
         if tick_window is None:
             for series, labels in selected:
                 pts = store.points(series, start - _EPS, end)
@@ -198,7 +216,7 @@ class MatrixSelector(Node):
 
     def windows(self, store: Any, t: float) -> tuple[int, int] | None:
         """Ticks ``(k0, k1)`` of the window at ``t`` when the store supports :meth:`Store.marks`, else None."""
-        if getattr(store, "marks", None) is None:
+        if getattr(store, "marks", None) is None or self.vs.clip is not None:
             return None
         start, end = self.window(t)
         return store.tick_window(start - _EPS, end)

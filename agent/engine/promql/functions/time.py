@@ -18,8 +18,8 @@ def call_time(call: Call, store: Any, t: float) -> float:
 def call_timestamp(call: Call, store: Any, t: float) -> VectorT:
     arg = call.args[0]
     if isinstance(arg, VectorSelector):
-        clock = call.extra  # the query's data window, for an @ selector
-        vec = arg.eval_timestamps(store, t, (clock.mint, clock.maxt) if clock is not None else None)
+        clock = call.extra  # the data range the selector loaded, for an @ selector
+        vec = arg.eval_timestamps(store, t, clock.ranges[id(arg)] if clock is not None else None)
     else:
         now = ms(t) / 1000
         vec = [(labels, now) for labels, _ in arg.eval(store, t)]
