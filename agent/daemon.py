@@ -21,13 +21,14 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent import __version__, collectors
+from agent.collectors.kmsg import KmsgReader, start_readers
 from agent.collectors.runner import CollectorRunner, Outcome
 from agent.core import config as configmod
 from agent.core.config import Config
 from agent.core.discovery import classes as plugin_classes
 from agent.core.discovery import load_remediations
 from agent.core.errors import ConfigError, PluginLoadError, RuleError
-from agent.core.metrics import Collector, MetricSpec, Sample
+from agent.core.metrics import Collector, CollectorStarts, MetricSpec, Sample
 from agent.core.paths import Paths
 from agent.engine.rules import RuleEngine
 from agent.engine.store import Store
@@ -84,11 +85,18 @@ class Components:
     failed: dict[str, str] = field(default_factory=dict)  # collector -> load error
 
 
-def build_collectors(cfg: Config, paths: Paths | None = None, hostname: str | None = None) -> tuple[list[Collector],
-                                                                                                    dict[str, str]]:
-    """Instantiate every enabled collector; load errors are returned, not raised."""
+def build_collectors(cfg: Config, paths: Paths | None = None, hostname: str | None = None, *,
+                     kmsg_persist: bool = True) -> tuple[list[Collector], dict[str, str]]:
+    """Instantiate every enabled collector; load errors are returned, not raised.
+
+    Collectors that read the kernel log share one :class:`KmsgReader` (``kmsg=``), started by
+    :func:`agent.collectors.kmsg.start_readers` once they have all subscribed; ``kmsg_persist=False`` leaves
+    the saved kernel-log position alone (``nodewarden sample``).
+    """
     paths = paths or cfg.paths.roots()
     hostname = hostname or cfg.hostname or socket.gethostname()
+    kmsg = KmsgReader(paths.dev("kmsg"), cfg.state_dir, boot_id_path=paths.proc("sys", "kernel", "random", "boot_id"),
+                      persist=kmsg_persist)
     built: list[Collector] = []
     failed: dict[str, str] = {}
     for name, ep in sorted(collectors.discover().items()):
@@ -97,7 +105,7 @@ def build_collectors(cfg: Config, paths: Paths | None = None, hostname: str | No
             continue
         try:
             cls = collectors.load(ep)
-            built.append(cls(section, paths, hostname=hostname))
+            built.append(cls(section, paths, hostname=hostname, kmsg=kmsg, state_dir=cfg.state_dir))
         except PluginLoadError as err:
             failed[name] = str(err)
         except Exception as err:
@@ -150,10 +158,10 @@ class Daemon:
         built, failed = self.collector_factory(cfg)
         runners = []
         for coll in built:
-            starter = getattr(coll, "start", None)
-            if callable(starter):
-                starter()
+            if isinstance(coll, CollectorStarts):
+                coll.start()
             runners.append(CollectorRunner(coll, collector_timeout(cfg, coll.name), clock=self.mono))
+        start_readers(built)  # after every consumer subscribed: the records found at start reach them all
         for name, why in failed.items():
             log.error("collector_load_failed", collector=name, error=why)
         self.exporter.reset()

@@ -9,6 +9,7 @@ import sys
 from agent.collectors.runner import CollectorRunner
 from agent.commands import run as runcmd
 from agent.core.errors import ConfigError
+from agent.core.metrics import CollectorStarts, Describes
 
 HELP = "sample every collector once and print the values"
 
@@ -27,7 +28,11 @@ def _labels(labels: tuple[tuple[str, str], ...]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Run each collector once under its deadline and print what it returned."""
+    from agent.collectors.kmsg import start_readers
+    from agent.core import logs
     from agent.daemon import build_collectors, collector_timeout
+
+    logs.setup("warning", "console", sys.stderr)  # stdout is the table / JSON (kernel problems log warnings)
 
     try:
         cfg = runcmd.apply_simulate(runcmd.load(argparse.Namespace(
@@ -36,19 +41,20 @@ def main(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(problem, file=sys.stderr)
         return 2
-    built, failed = build_collectors(cfg)
+    built, failed = build_collectors(cfg, kmsg_persist=False)
     if args.collector:
         built = [c for c in built if c.name in args.collector]
     results = []
     for coll in built:
-        starter = getattr(coll, "start", None)
-        if callable(starter):
-            starter()
+        if isinstance(coll, CollectorStarts):
+            coll.start()
+    start_readers(built)
+    for coll in built:
         runner = CollectorRunner(coll, collector_timeout(cfg, coll.name))
         out = runner.run_once()
         runner.close()
         note = out.error
-        if not out.samples and hasattr(coll, "describe"):
+        if not out.samples and isinstance(coll, Describes):
             note = note or coll.describe()
         results.append((coll.name, out, note))
     if args.json:
