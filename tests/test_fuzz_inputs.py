@@ -173,11 +173,7 @@ def load_manifest(p: Path) -> object:
 
 
 WEB_SEED = b"""\
-tls_server_config:
-  cert_file: /etc/nodewarden/tls/cert.pem
-  key_file: /etc/nodewarden/tls/key.pem
-  client_auth_type: NoClientCert
-  min_version: TLS12
+# tls_server_config needs real certificate files (loaded with the config): see tests/test_web_config.py
 http_server_config:
   headers:
     X-Frame-Options: deny
