@@ -6,7 +6,6 @@ store under one timestamp, add self-metrics, render /metrics once. The HTTP side
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import signal
@@ -34,7 +33,8 @@ from agent.engine.store import Store
 from agent.remediation.journal import Journal
 from agent.remediation.policy import Policy, load_policy
 from agent.remediation.remediator import Remediator
-from agent.serve.exporter import CONTENT_TYPE, Exporter
+from agent.serve import routes as serve_routes
+from agent.serve.exporter import Exporter
 from agent.serve.systemd import Notifier
 from agent.serve.web import Server, WebConfig, load_web_config
 
@@ -195,39 +195,16 @@ class Daemon:
 
     # -- HTTP ----------------------------------------------------------------------------------
     def routes(self) -> dict[str, Callable[[], tuple[int, str, bytes]]]:
-        """GET routes served by the HTTP endpoint."""
-        return {
-            "/metrics": lambda: (200, CONTENT_TYPE, self.exporter.body),
-            "/healthz": self._healthz,
-            "/": self._index,
-            "/api/v1/status": self._status_json,
-            "/api/v1/alerts": lambda: self._json(self.api_alerts()),
-            "/api/v1/rules": lambda: self._json(self.rules.api_rules()),
-        }
+        """GET routes served by the HTTP endpoint (agent/serve/routes.py)."""
+        return serve_routes.build(self)
 
-    @staticmethod
-    def _json(doc: dict[str, Any]) -> tuple[int, str, bytes]:
-        return 200, "application/json", json.dumps(doc).encode()
+    def health_check(self) -> tuple[bool, str]:
+        """(loop on time, reason), for /healthz."""
+        return self.health.check(self.mono())
 
-    def _healthz(self) -> tuple[int, str, bytes]:
-        ok, reason = self.health.check(self.mono())
-        return (200 if ok else 503), "text/plain; charset=utf-8", (reason + "\n").encode()
-
-    def _index(self) -> tuple[int, str, bytes]:
-        html = (
-            "<!doctype html><html><head><title>nodewarden</title></head><body>"
-            f"<h1>nodewarden {__version__}</h1><ul>"
-            '<li><a href="/metrics">/metrics</a> &mdash; Prometheus exposition</li>'
-            '<li><a href="/healthz">/healthz</a> &mdash; sampling loop health</li>'
-            '<li><a href="/api/v1/status">/api/v1/status</a> &mdash; collectors (JSON)</li>'
-            '<li><a href="/api/v1/alerts">/api/v1/alerts</a> &mdash; pending and firing alerts (JSON)</li>'
-            '<li><a href="/api/v1/rules">/api/v1/rules</a> &mdash; rule groups and their health (JSON)</li>'
-            "</ul></body></html>\n"
-        )
-        return 200, "text/html; charset=utf-8", html.encode()
-
-    def _status_json(self) -> tuple[int, str, bytes]:
-        return self._json({"status": "success", "data": self.status()})
+    def api_rules(self) -> dict[str, Any]:
+        """The rule groups in the Prometheus API shape."""
+        return self.rules.api_rules()
 
     def status(self) -> dict[str, Any]:
         """A summary for `nodewarden status` and /api/v1/status."""
