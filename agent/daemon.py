@@ -136,6 +136,7 @@ class Daemon:
         self._lag = 0.0
         self._tick_duration = 0.0
         self._warned: set[str] = set()
+        self._outcomes: dict[str, Outcome] = {}
         self.server: Server | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.rules = RuleEngine(os.path.join(cfg.state_dir, "alerts.json"), dict(cfg.external_labels), clock=wall)
@@ -206,6 +207,14 @@ class Daemon:
         """The rule groups in the Prometheus API shape."""
         return self.rules.api_rules()
 
+    def recent_remediations(self, limit: int) -> list[Any]:
+        """The newest ``limit`` journal entries, newest first."""
+        return self.remediator.journal.query(order=f"id DESC LIMIT {int(limit)}")
+
+    def hostname(self) -> str:
+        """This node's name (config ``hostname`` or the system's)."""
+        return self.config.hostname or socket.gethostname()
+
     def status(self) -> dict[str, Any]:
         """A summary for `nodewarden status` and /api/v1/status."""
         ok, reason = self.health.check(self.mono())
@@ -218,9 +227,15 @@ class Daemon:
             "health": reason,
             "ticks": self.health.ticks,
             "series": self.store.series_count(),
-            "collectors": {r.name: {"busy": r.busy} for r in self.components.runners},
+            "collectors": {r.name: {"busy": r.busy, **self._last_outcome(r.name)} for r in self.components.runners},
             "failed_collectors": self.components.failed,
         }
+
+    def _last_outcome(self, name: str) -> dict[str, Any]:
+        out = self._outcomes.get(name)
+        if out is None:
+            return {}
+        return {"status": out.status, "error": out.error or "", "duration_seconds": round(out.duration, 6)}
 
     # -- the tick ------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -246,6 +261,7 @@ class Daemon:
         self_samples: list[Sample] = [
             Sample("nodewarden_build_info", (("version", __version__), ("python", platform.python_version())), 1.0)
         ]
+        self._outcomes = outcomes
         for name, out in outcomes.items():
             if out.samples:
                 self.store.add(out.samples)

@@ -10,8 +10,9 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from agent import __version__
+from agent.engine.store import Store
 from agent.serve.exporter import CONTENT_TYPE, Exporter
+from agent.serve.status_page import StatusPage
 
 Response = tuple[int, str, bytes]
 JSON = "application/json"
@@ -21,6 +22,7 @@ class Agent(Protocol):
     """What the routes read from the running agent (the daemon satisfies it)."""
 
     exporter: Exporter
+    store: Store
 
     def status(self) -> dict[str, Any]:
         """Loop and collector summary (``/api/v1/status``)."""
@@ -33,6 +35,12 @@ class Agent(Protocol):
 
     def health_check(self) -> tuple[bool, str]:
         """(loop on time, reason), as /healthz reports it."""
+
+    def recent_remediations(self, limit: int) -> list[Any]:
+        """The newest journal entries, newest first (for the status page)."""
+
+    def hostname(self) -> str:
+        """This node's name."""
 
 
 def as_json(doc: dict[str, Any]) -> Response:
@@ -50,23 +58,9 @@ def build(agent: Agent) -> dict[str, Callable[[], Response]]:
     return {
         "/metrics": lambda: (200, CONTENT_TYPE, agent.exporter.body),
         "/healthz": healthz,
-        "/": index,
+        "/": StatusPage(agent, refresh=lambda: agent.store.interval).response,
         "/api/v1/status": lambda: as_json({"status": "success", "data": agent.status()}),
         "/api/v1/alerts": lambda: as_json(agent.api_alerts()),
         "/api/v1/rules": lambda: as_json(agent.api_rules()),
     }
 
-
-def index() -> Response:
-    """A page of links to the other routes."""
-    html = (
-        "<!doctype html><html><head><title>nodewarden</title></head><body>"
-        f"<h1>nodewarden {__version__}</h1><ul>"
-        '<li><a href="/metrics">/metrics</a> &mdash; Prometheus exposition</li>'
-        '<li><a href="/healthz">/healthz</a> &mdash; sampling loop health</li>'
-        '<li><a href="/api/v1/status">/api/v1/status</a> &mdash; collectors (JSON)</li>'
-        '<li><a href="/api/v1/alerts">/api/v1/alerts</a> &mdash; pending and firing alerts (JSON)</li>'
-        '<li><a href="/api/v1/rules">/api/v1/rules</a> &mdash; rule groups and their health (JSON)</li>'
-        "</ul></body></html>\n"
-    )
-    return 200, "text/html; charset=utf-8", html.encode()
