@@ -23,8 +23,7 @@ from agent import __version__, collectors
 from agent.collectors.runner import CollectorRunner, Outcome
 from agent.core import config as configmod
 from agent.core.config import Config
-from agent.core.discovery import classes as plugin_classes
-from agent.core.discovery import load_remediations
+from agent.core.discovery import LazyClasses, load_remediations
 from agent.core.errors import ConfigError, PluginLoadError, RuleError
 from agent.core.metrics import Collector, MetricSpec, Sample
 from agent.core.paths import Paths
@@ -177,11 +176,16 @@ class Daemon:
     def _policy(cfg: Config) -> Policy:
         """The remediation policy (an empty one when none is configured); ConfigError when invalid."""
         path = configmod.policy_path(cfg)
-        return load_policy(path, plugin_classes().plugins) if path else Policy()
+        return load_policy(path, LazyClasses()) if path else Policy()
 
     def _remediator(self, cfg: Config, policy: Policy) -> Remediator:
-        loaded = load_remediations(policy.plugins, paths=cfg.paths.roots(), state_dir=cfg.state_dir)
         journal = Journal(cfg.state_dir, policy.journal.retention, policy.journal.max_rows)
+        # Only the plugins the policy routes to or configures, and those with actions still in force or cut by a
+        # crash (they must recover and reconcile): an unused plugin is never imported (throttle alone pulls in
+        # pyroute2, ~10 MB).
+        used = {s.action for r in policy.routes for s in r.steps} | set(policy.plugins)
+        used |= {e.action for e in (*journal.active(), *journal.started())}
+        loaded = load_remediations(policy.plugins, only=used, paths=cfg.paths.roots(), state_dir=cfg.state_dir)
         return Remediator(policy, journal, loaded.plugins, mode=cfg.mode, clock=self.wall,
                           pause_flag_path=os.path.join(cfg.state_dir, "paused"))
 
