@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +77,8 @@ def free_port() -> int:
 
 
 def wait_metrics(url: str, proc: subprocess.Popen, timeout: float = 30) -> bool:
+    import urllib.request  # not at the top: it pulls in ssl and email, which would count as "interpreter"
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -123,6 +124,8 @@ def node_exporter(root: Path) -> float | None:
     try:
         if not wait_metrics(f"http://127.0.0.1:{port}/metrics", proc):
             return None
+        import urllib.request
+
         for _ in range(20):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         return rss_mb(proc.pid)
