@@ -25,7 +25,7 @@ from agent.core import config as configmod
 from agent.core.config import Config
 from agent.core.discovery import LazyClasses, load_remediations
 from agent.core.errors import ConfigError, PluginLoadError, RuleError
-from agent.core.metrics import Collector, MetricSpec, Sample
+from agent.core.metrics import Collector, CollectorStarts, MetricSpec, Sample
 from agent.core.paths import Paths
 from agent.engine.rules import RuleEngine
 from agent.engine.store import Store
@@ -150,9 +150,8 @@ class Daemon:
         built, failed = self.collector_factory(cfg)
         runners = []
         for coll in built:
-            starter = getattr(coll, "start", None)
-            if callable(starter):
-                starter()
+            if isinstance(coll, CollectorStarts):
+                coll.start()
             runners.append(CollectorRunner(coll, collector_timeout(cfg, coll.name), clock=self.mono))
         for name, why in failed.items():
             log.error("collector_load_failed", collector=name, error=why)

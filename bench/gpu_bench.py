@@ -19,9 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.collectors.gpu import GpuCollector
+from agent.collectors.gpu import GpuCollector, GpuConfig
 from agent.collectors.nvml import load_module
-from agent.core.config import GpuConfig
 from agent.core.paths import Paths
 
 

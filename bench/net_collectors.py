@@ -23,10 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.collectors.infiniband import InfinibandCollector
-from agent.collectors.netstat import NetstatCollector
-from agent.collectors.network import NetworkCollector
-from agent.core.config import InfinibandConfig, NetstatConfig, NetworkConfig
+from agent.collectors.infiniband import InfinibandCollector, InfinibandConfig
+from agent.collectors.netstat import NetstatCollector, NetstatConfig
+from agent.collectors.network import NetworkCollector, NetworkConfig
 from agent.core.errors import CollectorError, NoData
 from agent.core.paths import Paths
 from bench.scaled_tree import FIXTURES, build_scaled_tree

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.collectors.disk import DEFAULT_DEVICE_EXCLUDE, DiskCollector, DiskStats, parse_diskstats
-from agent.core.config import DiskConfig
+from agent.collectors.disk import DEFAULT_DEVICE_EXCLUDE, DiskCollector, DiskConfig, DiskStats, parse_diskstats
 from agent.core.errors import CollectorError, NoData
 from agent.core.metrics import Collector
 from agent.core.paths import Paths

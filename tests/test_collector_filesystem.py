@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from agent.collectors.filesystem import FilesystemCollector, Mount, parse_mountinfo
-from agent.core.config import FilesystemConfig
+from agent.collectors.filesystem import FilesystemCollector, FilesystemConfig, Mount, parse_mountinfo
 from agent.core.errors import CollectorError, NoData
 from agent.core.metrics import Collector
 from agent.core.paths import Paths

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.collectors.common import read_attr
-from agent.collectors.infiniband import InfinibandCollector, parse_rate, parse_state
-from agent.core.config import InfinibandConfig
+from agent.collectors.infiniband import InfinibandCollector, InfinibandConfig, parse_rate, parse_state
 from agent.core.errors import NoData
 from agent.core.metrics import catalogue
 from agent.core.paths import Paths

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.collectors.common import read_attr
-from agent.collectors.netstat import NetstatCollector, parse_snmp
-from agent.collectors.network import NetworkCollector, parse_net_dev, parse_speed
-from agent.core.config import NetstatConfig, NetworkConfig
+from agent.collectors.netstat import NetstatCollector, NetstatConfig, parse_snmp
+from agent.collectors.network import NetworkCollector, NetworkConfig, parse_net_dev, parse_speed
 from agent.core.errors import CollectorError
 from agent.core.metrics import catalogue
 from agent.core.paths import Paths

@@ -10,9 +10,8 @@ import pytest
 
 from agent.collectors import simulate
 from agent.collectors.fakenvml import FakeNvml
-from agent.collectors.gpu import METRICS, GpuCollector, PartialFailure
+from agent.collectors.gpu import METRICS, GpuCollector, GpuConfig, PartialFailure
 from agent.collectors.nvml import load_module
-from agent.core.config import GpuConfig
 from agent.core.errors import ConfigError, NoData
 from agent.core.paths import Paths
 

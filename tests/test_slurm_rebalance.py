@@ -320,8 +320,7 @@ def test_xid79_scenario_fires_the_default_rule_and_the_default_route_drains(tmp_
     """Fake NVML scenario -> GPU collector -> store -> default GPU rules -> default policy (enforce) -> Slurm."""
     from agent.collectors import simulate
     from agent.collectors.fakenvml import FakeNvml
-    from agent.collectors.gpu import GpuCollector, PartialFailure
-    from agent.core.config import GpuConfig
+    from agent.collectors.gpu import GpuCollector, GpuConfig, PartialFailure
     from agent.core.paths import Paths
     from agent.engine.rules import RuleEngine
     from agent.engine.store import Store

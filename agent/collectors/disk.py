@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from agent.collectors.common import DeviceFilter
-from agent.core.config import DiskConfig
+from agent.core.config import DeviceFilterConfig
 from agent.core.errors import CollectorError, NoData
 from agent.core.metrics import Labels, MetricSpec, Sample
 from agent.core.paths import Paths
@@ -87,6 +87,10 @@ _FIELDS: tuple[tuple[MetricSpec, int, float], ...] = (
 _EMIT = tuple((spec.name, index, scale) for spec, index, scale in _FIELDS)
 
 
+class DiskConfig(DeviceFilterConfig):
+    """node_exporter diskstats collector equivalent."""
+
+
 class DiskCollector:
     """``node_disk_*`` counters per block device, filtered by fully anchored include/exclude regexes.
 
@@ -95,6 +99,7 @@ class DiskCollector:
     """
 
     NAME = NAME
+    Config = DiskConfig
     metrics = [spec for spec, _, _ in _FIELDS]
 
     def __init__(self, config: DiskConfig, paths: Paths, **_deps: Any) -> None:

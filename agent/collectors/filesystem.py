@@ -23,9 +23,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import structlog
+from pydantic import Field
 
 from agent.collectors.common import DeviceFilter
-from agent.core.config import FilesystemConfig
+from agent.core.config import CollectorConfig, Duration, Regex
 from agent.core.errors import CollectorError, NoData
 from agent.core.metrics import Labels, MetricSpec, Sample
 from agent.core.paths import Paths
@@ -118,6 +119,16 @@ def _label(value: str) -> str:
     return value if value.isascii() else value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+class FilesystemConfig(CollectorConfig):
+    """node_exporter filesystem collector equivalent."""
+
+    mount_points_include: Regex | None = None
+    mount_points_exclude: Regex | None = None
+    fs_types_include: Regex | None = None
+    fs_types_exclude: Regex | None = None
+    stat_timeout: Duration = Field(1.0, gt=0, description="deadline for one statfs() call")
+
+
 class FilesystemCollector:
     """``node_filesystem_*`` per mount, filtered by fully anchored mount point and fs type regexes.
 
@@ -126,6 +137,7 @@ class FilesystemCollector:
     """
 
     NAME = NAME
+    Config = FilesystemConfig
     metrics = [SIZE, FREE, AVAIL, FILES, FILES_FREE, READONLY, DEVICE_ERROR]
 
     def __init__(

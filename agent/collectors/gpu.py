@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
+from pydantic import Field
 
 from agent.collectors import xid as xidlib
 from agent.collectors.nvml import (
@@ -33,6 +34,7 @@ from agent.collectors.nvml import (
     load_module,
     unavailable_reason,
 )
+from agent.core.config import CollectorConfig, Duration
 from agent.core.errors import CollectorError, NoData
 from agent.core.metrics import Labels, MetricSpec, Sample
 from agent.core.paths import Paths
@@ -184,10 +186,22 @@ class _Gpu:
         self.last_xid = 0.0
 
 
+class GpuConfig(CollectorConfig):
+    """NVIDIA GPUs through NVML."""
+
+    simulate: str | None = Field(None, description="scenario name or file: fake NVML instead of pynvml")
+    call_timeout: Duration = 2.0
+    max_abandoned_calls: int = Field(4, ge=1, le=64)
+    kmsg: bool = Field(True, description="also read NVRM Xid lines from /dev/kmsg (root only)")
+    xid_dedup_window: Duration = Field(10.0, description="an XID seen by NVML and kmsg within this counts once")
+    export_process_memory: bool = Field(False, description="export per-process GPU memory with a pid label")
+
+
 class GpuCollector:
     """The ``gpu`` collector (see module docstring)."""
 
     NAME = NAME
+    Config = GpuConfig
     name = NAME
     metrics = METRICS
 

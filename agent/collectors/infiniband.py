@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from agent.collectors.common import DeviceFilter, Reader, read_attr
-from agent.core.config import InfinibandConfig
+from agent.core.config import DeviceFilterConfig
 from agent.core.errors import CollectorError, NoData
 from agent.core.metrics import Labels, MetricSpec, Sample
 from agent.core.paths import Paths
@@ -168,10 +168,15 @@ class _Port(NamedTuple):
     counters: tuple[tuple[str, str, int], ...]  # (path, metric, multiplier)
 
 
+class InfinibandConfig(DeviceFilterConfig):
+    """InfiniBand / RoCE port counters from sysfs."""
+
+
 class InfinibandCollector:
     """Port state, rate and counters of every InfiniBand / RoCE device."""
 
     NAME = NAME
+    Config = InfinibandConfig
     metrics = METRICS
 
     def __init__(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agent.collectors.common import read_all
-from agent.core.config import NetstatConfig
+from agent.core.config import CollectorConfig
 from agent.core.errors import CollectorError
 from agent.core.metrics import MetricSpec, Sample
 from agent.core.paths import Paths
@@ -32,10 +32,15 @@ def parse_snmp(text: str) -> dict[str, dict[str, int]]:
     return out
 
 
+class NetstatConfig(CollectorConfig):
+    """TCP counters from /proc/net/snmp."""
+
+
 class NetstatCollector:
     """TCP segments sent and retransmitted (the retransmit ratio is a classic fabric-health signal)."""
 
     NAME = NAME
+    Config = NetstatConfig
     metrics = METRICS
 
     def __init__(self, config: NetstatConfig, paths: Paths, **_deps: object) -> None:

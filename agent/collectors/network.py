@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 
 from agent.collectors.common import DeviceFilter, Reader, read_all, read_attr
-from agent.core.config import NetworkConfig
+from agent.core.config import DeviceFilterConfig
 from agent.core.errors import CollectorError
 from agent.core.metrics import Labels, MetricSpec, Sample
 from agent.core.paths import Paths
@@ -69,10 +69,15 @@ def _read_parsed(read: Reader, path: str, parse: Callable[[bytes], int | None]) 
         return None
 
 
+class NetworkConfig(DeviceFilterConfig):
+    """node_exporter netdev + netclass equivalent."""
+
+
 class NetworkCollector:
     """Per-device counters from procfs plus operstate/carrier/speed from sysfs."""
 
     NAME = NAME
+    Config = NetworkConfig
     metrics = METRICS
 
     def __init__(

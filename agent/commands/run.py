@@ -48,7 +48,7 @@ def apply_simulate(cfg: configmod.Config, scenario: str | None) -> configmod.Con
     from agent.collectors import simulate
 
     simulate.load(scenario)  # a bad scenario is a usage error (exit 2), not a silently GPU-less agent
-    gpu = cfg.collectors.gpu.model_copy(update={"enabled": True, "simulate": scenario})
+    gpu = cfg.collectors.get("gpu").model_copy(update={"enabled": True, "simulate": scenario})
     return cfg.model_copy(update={"collectors": cfg.collectors.model_copy(update={"gpu": gpu})})
 
 

@@ -6,47 +6,20 @@ frozen models, unknown keys rejected). Every problem is reported as ``file:line:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.core import yamlpos
-from agent.core.durations import parse_duration
 from agent.core.errors import ConfigError
+from agent.core.model import Configurable, Duration, Model, Regex
 from agent.core.paths import Paths
 
 DEFAULT_LISTEN = "127.0.0.1:9842"
 # The default rule library (top-level rules/); rules/remediations.yml is the policy, not a rule file.
 DEFAULT_RULE_FILES = ("rules/gpu.yml", "rules/network.yml", "rules/storage.yml")
 DEFAULT_POLICY = "rules/remediations.yml"
-
-
-def _duration(value: Any) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        raise ValueError(f"duration must be a string like 30s or 5m, got {value!r}")
-    return parse_duration(value)
-
-
-def _regex(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("expected a regular expression string")
-    try:
-        re.compile(value)
-    except re.error as err:
-        raise ValueError(f"invalid regular expression {value!r}: {err}") from err
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(_duration)]
-Regex = Annotated[str, BeforeValidator(_regex)]
-
-
-class Model(BaseModel):
-    """Base for every config section: frozen, strict types, unknown keys rejected."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class CollectorConfig(Model):
@@ -67,81 +40,74 @@ class DeviceFilterConfig(CollectorConfig):
     device_exclude: Regex | None = None
 
 
-class DiskConfig(DeviceFilterConfig):
-    """node_exporter diskstats collector equivalent."""
-
-
-class FilesystemConfig(CollectorConfig):
-    """node_exporter filesystem collector equivalent."""
-
-    mount_points_include: Regex | None = None
-    mount_points_exclude: Regex | None = None
-    fs_types_include: Regex | None = None
-    fs_types_exclude: Regex | None = None
-    stat_timeout: Duration = Field(1.0, gt=0, description="deadline for one statfs() call")
-
-
-class NetworkConfig(DeviceFilterConfig):
-    """node_exporter netdev + netclass equivalent."""
-
-
-class NetstatConfig(CollectorConfig):
-    """TCP counters from /proc/net/snmp."""
-
-
-class InfinibandConfig(DeviceFilterConfig):
-    """InfiniBand / RoCE port counters from sysfs."""
-
-
-class GpuConfig(CollectorConfig):
-    """NVIDIA GPUs through NVML."""
-
-    simulate: str | None = Field(None, description="scenario name or file: fake NVML instead of pynvml")
-    call_timeout: Duration = 2.0
-    max_abandoned_calls: int = Field(4, ge=1, le=64)
-    kmsg: bool = Field(True, description="also read NVRM Xid lines from /dev/kmsg (root only)")
-    xid_dedup_window: Duration = Field(10.0, description="an XID seen by NVML and kmsg within this counts once")
-    export_process_memory: bool = Field(False, description="export per-process GPU memory with a pid label")
-
-
 class CollectorsConfig(Model):
-    """Per-collector settings, keyed by collector name (third-party collectors by their entry-point name)."""
+    """Per-collector settings, keyed by collector name (built-in and third-party alike).
+
+    Each collector owns its settings model (its class's ``Config`` attribute, like remediation plugins).
+    :func:`config_model` builds the schema with one field per installed collector, so a problem is located
+    at ``collectors.NAME.key``; a section not configured reads as that collector's defaults.
+    """
 
     model_config = ConfigDict(frozen=True, extra="allow", strict=True)
 
-    disk: DiskConfig = DiskConfig()
-    filesystem: FilesystemConfig = FilesystemConfig()
-    network: NetworkConfig = NetworkConfig()
-    netstat: NetstatConfig = NetstatConfig()
-    infiniband: InfinibandConfig = InfinibandConfig()
-    gpu: GpuConfig = GpuConfig()
-
     @model_validator(mode="after")
-    def _third_party(self) -> CollectorsConfig:
-        from agent.collectors import discover
+    def _installed(self) -> CollectorsConfig:
+        from agent.core import discovery
 
-        known = discover()
+        known = discovery.discover(discovery.COLLECTORS)
+        fields = type(self).model_fields
         for name, value in (self.model_extra or {}).items():
             if name not in known:
-                names = ", ".join(sorted(set(known) | set(type(self).model_fields)))
+                names = ", ".join(sorted(set(known) | set(fields)))
                 raise ValueError(f"unknown collector {name!r} (installed: {names})")
-            self.model_extra[name] = CollectorConfig.model_validate(value)
+            if not isinstance(value, CollectorConfig):
+                self.model_extra[name] = section_model(name).model_validate(value)
         return self
 
     def get(self, name: str) -> CollectorConfig:
-        """The section for collector ``name`` (defaults for a third-party one not configured)."""
+        """The settings of collector ``name``: as configured, or its defaults."""
         if name in type(self).model_fields:
             return getattr(self, name)
-        return (self.model_extra or {}).get(name) or CollectorConfig()
+        found = (self.model_extra or {}).get(name)
+        return found if found is not None else section_model(name)()
+
+
+def section_model(name: str) -> type[CollectorConfig]:
+    """The settings model collector ``name`` declares (``CollectorConfig`` when it declares none or fails to load)."""
+    from agent.core import discovery
+
+    cls = discovery.collector_class(name)
+    model = cls.Config if isinstance(cls, Configurable) else None
+    return model if isinstance(model, type) and issubclass(model, CollectorConfig) else CollectorConfig
+
+
+_MODELS: dict[tuple[str, ...], type[Config]] = {}
+
+
+def config_model() -> type[Config]:
+    """:class:`Config` with ``collectors`` typed per installed collector (built once per set of collectors)."""
+    from pydantic import create_model
+
+    from agent.core import discovery
+
+    names = tuple(sorted(discovery.discover(discovery.COLLECTORS)))
+    if names not in _MODELS:
+        fields: dict[str, Any] = {n: (section_model(n), section_model(n)()) for n in names}
+        sections = create_model("CollectorsConfig", __base__=CollectorsConfig, **fields)
+        _MODELS[names] = create_model("Config", __base__=Config, collectors=(sections, sections()))
+    return _MODELS[names]
+
+
+_ROOTS = Paths()
 
 
 class PathsConfig(Model):
     """Roots of the pseudo filesystems (point them at fixture trees or a container's host mounts)."""
 
-    procfs: str = "/proc"
-    sysfs: str = "/sys"
-    devfs: str = "/dev"
-    rootfs: str = "/"
+    procfs: str = _ROOTS.procfs  # the defaults live in agent.core.paths only
+    sysfs: str = _ROOTS.sysfs
+    devfs: str = _ROOTS.devfs
+    rootfs: str = _ROOTS.rootfs
 
     def roots(self) -> Paths:
         """The :class:`agent.core.paths.Paths` collectors and plugins take."""
@@ -206,7 +172,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def load_text(text: str, filename: str = "<config>") -> Config:
     """Parse and validate YAML text; ConfigError lists every problem with its position."""
-    return yamlpos.load_model(Config, text, filename, "config")[0]
+    return yamlpos.load_model(config_model(), text, filename, "config")[0]
 
 
 def load_file(path: str | Path) -> Config:

@@ -1,8 +1,9 @@
-"""Entry-point discovery of remediation plugins (group ``nodewarden.remediations``).
+"""Entry-point discovery of collectors (group ``nodewarden.collectors``) and remediation plugins
+(``nodewarden.remediations``): the one place that lists, imports and constructs them.
 
-Built-in plugins are registered in pyproject.toml exactly like third-party ones. Discovery lists entry points
-without importing them; loading imports and constructs each one separately, so a plugin that fails to load
-is reported (by name) and disabled while the others keep working.
+Built-in collectors and plugins are registered in pyproject.toml exactly like third-party ones. Discovery
+lists entry points without importing them; loading imports and constructs each one separately, so one
+that fails to load is reported (by name) and disabled while the others keep working.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from agent.core.errors import PluginLoadError
+from agent.core.model import Configurable
 
-GROUP = "nodewarden.remediations"
+COLLECTORS = "nodewarden.collectors"
+REMEDIATIONS = "nodewarden.remediations"
+GROUP = REMEDIATIONS
 log = structlog.get_logger("nodewarden.plugins")
 
 
@@ -34,6 +38,28 @@ def discover(group: str = GROUP) -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=group)}
 
 
+def load_collector(ep: EntryPoint) -> type:
+    """Import one collector class; a failure names the collector and disables only it."""
+    try:
+        return ep.load()
+    except Exception as err:  # a broken third-party collector must not take the daemon down
+        raise PluginLoadError(f"collector {ep.name} ({ep.value}) failed to load: {type(err).__name__}: {err}") from err
+
+
+_COLLECTOR_CLASSES: dict[str, type | None] = {}
+
+
+def collector_class(name: str) -> type | None:
+    """The class of installed collector ``name`` (cached), or None when it is not installed or fails to load."""
+    if name not in _COLLECTOR_CLASSES:
+        ep = discover(COLLECTORS).get(name)
+        try:
+            _COLLECTOR_CLASSES[name] = load_collector(ep) if ep is not None else None
+        except PluginLoadError:
+            _COLLECTOR_CLASSES[name] = None
+    return _COLLECTOR_CLASSES[name]
+
+
 def load_class(ep: EntryPoint) -> type:
     """Import one plugin class; PluginLoadError naming it on any failure."""
     try:
@@ -48,7 +74,7 @@ def load_class(ep: EntryPoint) -> type:
 
 def build(cls: type, name: str, settings: Mapping[str, Any] | None, **deps: Any) -> Any:
     """Construct a plugin with its settings validated by its ``Config`` model (when it has one)."""
-    config_model: type[BaseModel] | None = getattr(cls, "Config", None)
+    config_model: type[BaseModel] | None = cls.Config if isinstance(cls, Configurable) else None
     try:
         config = config_model.model_validate(dict(settings or {})) if config_model else dict(settings or {})
         return cls(config, **deps)
