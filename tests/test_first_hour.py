@@ -159,6 +159,7 @@ def test_gpu_lost_drain_reason_has_no_empty_label(tmp_path, tree):
             rows = [e for e in json.loads(proc.stdout or "[]") if e["alertname"] == "GpuLost"]
             return rows
         rows = wait_for(planned, timeout=30, what="a GpuLost plan in the journal")
+    assert rows[0]["route"] == "gpu-lost"
     reason = rows[0]["plan"]["params"]["reason"]
     assert reason == "nodewarden: GpuLost gpu=0"
     assert not re.search(r"\w=(\s|$)", reason)

@@ -16,6 +16,7 @@ import re
 import shutil
 import struct
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
