@@ -20,6 +20,7 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent import __version__, collectors
+from agent.collectors.kmsg import KmsgReader, start_readers
 from agent.collectors.runner import CollectorRunner, Outcome
 from agent.core import config as configmod
 from agent.core.config import Config
@@ -83,11 +84,18 @@ class Components:
     failed: dict[str, str] = field(default_factory=dict)  # collector -> load error
 
 
-def build_collectors(cfg: Config, paths: Paths | None = None, hostname: str | None = None) -> tuple[list[Collector],
-                                                                                                    dict[str, str]]:
-    """Instantiate every enabled collector; load errors are returned, not raised."""
+def build_collectors(cfg: Config, paths: Paths | None = None, hostname: str | None = None, *,
+                     kmsg_persist: bool = True) -> tuple[list[Collector], dict[str, str]]:
+    """Instantiate every enabled collector; load errors are returned, not raised.
+
+    Collectors that read the kernel log share one :class:`KmsgReader` (``kmsg=``), started by
+    :func:`agent.collectors.kmsg.start_readers` once they have all subscribed; ``kmsg_persist=False`` leaves
+    the saved kernel-log position alone (``nodewarden sample``).
+    """
     paths = paths or cfg.paths.roots()
     hostname = hostname or cfg.hostname or socket.gethostname()
+    kmsg = KmsgReader(paths.dev("kmsg"), cfg.state_dir, boot_id_path=paths.proc("sys", "kernel", "random", "boot_id"),
+                      persist=kmsg_persist)
     built: list[Collector] = []
     failed: dict[str, str] = {}
     for name, ep in sorted(collectors.discover().items()):
@@ -96,7 +104,7 @@ def build_collectors(cfg: Config, paths: Paths | None = None, hostname: str | No
             continue
         try:
             cls = collectors.load(ep)
-            built.append(cls(section, paths, hostname=hostname))
+            built.append(cls(section, paths, hostname=hostname, kmsg=kmsg, state_dir=cfg.state_dir))
         except PluginLoadError as err:
             failed[name] = str(err)
         except Exception as err:
@@ -153,6 +161,7 @@ class Daemon:
             if isinstance(coll, CollectorStarts):
                 coll.start()
             runners.append(CollectorRunner(coll, collector_timeout(cfg, coll.name), clock=self.mono))
+        start_readers(built)  # after every consumer subscribed: the records found at start reach them all
         for name, why in failed.items():
             log.error("collector_load_failed", collector=name, error=why)
         self.exporter.reset()

@@ -18,7 +18,9 @@ from agent.core.paths import Paths
 
 DEFAULT_LISTEN = "127.0.0.1:9842"
 # The default rule library (top-level rules/); rules/remediations.yml is the policy, not a rule file.
-DEFAULT_RULE_FILES = ("rules/gpu.yml", "rules/network.yml", "rules/storage.yml")
+DEFAULT_RULE_FILES = (
+    "rules/gpu.yml", "rules/network.yml", "rules/storage.yml", "rules/host.yml", "rules/kernel.yml",
+)
 DEFAULT_POLICY = "rules/remediations.yml"
 
 
