@@ -213,6 +213,8 @@ def test_dockerfile_installs_the_wheel_and_copies_files_that_exist(manifests):
                 assert re.fullmatch(r"dist/nodewarden-\*-py3-none-any\.whl", src)  # `make wheel` writes it
             else:
                 assert (REPO / src).exists(), src
+    rules_copy = next(src for src, dest in copies if dest == "/etc/nodewarden/rules/")
+    assert rules_copy.split() == list(configmod.DEFAULT_RULE_FILES)  # the whole default library, not the policy
     entry = json.loads(re.search(r"^ENTRYPOINT (.+)$", text, re.M).group(1))
     assert entry == ["/opt/nodewarden/bin/nodewarden"]
     assert build_parser().parse_args(json.loads(re.search(r"^CMD (.+)$", text, re.M).group(1))).command == "run"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.core.config import DEFAULT_RULE_FILES
 from tests.conftest import free_port, require_binary, require_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,9 +80,9 @@ def test_install_lays_out_files_conffiles_and_enables_the_unit(installed):
     root = installed
     assert field(root, "Status") == "install ok installed"
     conffiles = {line.split()[0] for line in field(root, "Conffiles").splitlines() if line.strip()}
+    rules = {f"/etc/nodewarden/rules/{Path(f).name}" for f in DEFAULT_RULE_FILES}  # the whole default library
     assert conffiles == {"/etc/nodewarden/config.yml", "/etc/nodewarden/remediations.yml",
-                         "/etc/nodewarden/rules/gpu.yml", "/etc/nodewarden/rules/network.yml",
-                         "/etc/nodewarden/rules/storage.yml", "/etc/default/nodewarden"}
+                         "/etc/default/nodewarden", *rules}
     assert (root / "usr/bin/nodewarden").resolve() == (root / "usr/lib/nodewarden/bin/nodewarden")
     unit = (root / "lib/systemd/system/nodewarden.service").read_text()
     assert "ExecStart=/usr/bin/nodewarden run --config /etc/nodewarden/config.yml $ARGS" in unit
@@ -128,8 +129,8 @@ def test_installed_agent_checks_config_and_serves_metrics(installed):
     require_binary("unshare")
     check = in_root(root, "/usr/bin/nodewarden", "check", "config", "/etc/nodewarden/config.yml")
     assert check.returncode == 0, check.stdout + check.stderr
-    rules = in_root(root, "/usr/bin/nodewarden", "check", "rules", "/etc/nodewarden/rules/gpu.yml",
-                    "/etc/nodewarden/rules/network.yml", "/etc/nodewarden/rules/storage.yml",
+    rules = in_root(root, "/usr/bin/nodewarden", "check", "rules",
+                    *(f"/etc/nodewarden/rules/{Path(f).name}" for f in DEFAULT_RULE_FILES),
                     "/etc/nodewarden/remediations.yml")
     assert rules.returncode == 0, rules.stdout + rules.stderr
     where = in_root(root, "/usr/lib/nodewarden/bin/python3", "-c", "import agent, pydantic; "

@@ -51,7 +51,9 @@ sed -e "s|^ExecStart=.*|EnvironmentFile=-/etc/default/nodewarden\nExecStart=/usr
     systemd/nodewarden.service > "$ROOT/lib/systemd/system/nodewarden.service"
 chmod 0644 "$ROOT/lib/systemd/system/nodewarden.service"
 install -m 0644 systemd/config.yml "$ROOT/etc/nodewarden/config.yml"
-install -m 0644 rules/gpu.yml rules/network.yml rules/storage.yml "$ROOT/etc/nodewarden/rules/"
+for f in rules/*.yml; do   # the default rule library (the policy is not a rule file: it goes beside the rules)
+  [ "$f" = rules/remediations.yml ] || install -m 0644 "$f" "$ROOT/etc/nodewarden/rules/"
+done
 install -m 0644 rules/remediations.yml "$ROOT/etc/nodewarden/remediations.yml"
 install -m 0644 packaging/deb/default "$ROOT/etc/default/nodewarden"
 install -m 0644 packaging/deb/copyright "$ROOT/usr/share/doc/nodewarden/copyright"
