@@ -84,6 +84,14 @@ class Components:
     failed: dict[str, str] = field(default_factory=dict)  # collector -> load error
 
 
+def identity_labels(cfg: Config) -> dict[str, str]:
+    """Labels every alert carries outside this node: ``external_labels`` and the node label (hostname)."""
+    out = dict(cfg.external_labels)
+    if cfg.node_label:
+        out.setdefault(cfg.node_label, cfg.hostname or socket.gethostname())
+    return out
+
+
 def build_collectors(cfg: Config, paths: Paths | None = None, hostname: str | None = None, *,
                      kmsg_persist: bool = True) -> tuple[list[Collector], dict[str, str]]:
     """Instantiate every enabled collector; load errors are returned, not raised.
@@ -195,7 +203,7 @@ class Daemon:
         used |= {e.action for e in (*journal.active(), *journal.started())}
         loaded = load_remediations(policy.plugins, only=used, paths=cfg.paths.roots(), state_dir=cfg.state_dir)
         return Remediator(policy, journal, loaded.plugins, mode=cfg.mode, clock=self.wall,
-                          pause_flag_path=os.path.join(cfg.state_dir, "paused"))
+                          pause_flag_path=os.path.join(cfg.state_dir, "paused"), labels=identity_labels(cfg))
 
     @staticmethod
     def _web_config(cfg: Config) -> WebConfig:
@@ -415,6 +423,9 @@ class Daemon:
             for a in doc["data"]["alerts"]:
                 if fingerprint(a["labels"]) in exhausted:
                     a["labels"] = {**a["labels"], "remediation": "exhausted"}
+        identity = identity_labels(self.config)
+        for a in doc["data"]["alerts"]:
+            a["labels"] = {**identity, **a["labels"]}   # the alert's own labels win, as in Prometheus
         return doc
 
     def stop(self, timeout: float = 4.0) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from typing import Any
 
 from pydantic import Field
@@ -24,6 +23,7 @@ from agent.core.config import CollectorConfig, Regex
 from agent.core.errors import CollectorError, NoData
 from agent.core.metrics import Labels, MetricSpec, Sample
 from agent.core.paths import Paths
+from agent.core.regex import compile_unanchored
 
 NAME = "cpu"
 USER_HZ = 100.0
@@ -158,8 +158,8 @@ class CpuCollector:
         self._cfg = config
         self._paths = paths
         self._info = config.info or config.flags_include is not None or config.bugs_include is not None
-        self._flags = re.compile(config.flags_include) if config.flags_include else None
-        self._bugs = re.compile(config.bugs_include) if config.bugs_include else None
+        self._flags = compile_unanchored(config.flags_include) if config.flags_include else None   # RE2, as Go
+        self._bugs = compile_unanchored(config.bugs_include) if config.bugs_include else None
         self._stats: dict[str, list[float]] = {}
         self._labels: dict[tuple[str, str, str], Labels] = {}
 

@@ -18,6 +18,7 @@ from agent.core.config import CollectorConfig, Regex
 from agent.core.errors import NoData
 from agent.core.metrics import MetricSpec, Sample
 from agent.core.paths import Paths
+from agent.core.regex import compile_unanchored
 
 NAME = "hwmon"
 SENSOR_TYPES = frozenset(("vrm", "beep_enable", "update_interval", "in", "cpu", "fan", "pwm", "temp", "curr",
@@ -192,7 +193,7 @@ class HwmonConfig(CollectorConfig):
 
 
 def _rx(pattern: str | None) -> re.Pattern[str] | None:
-    return re.compile(pattern) if pattern else None
+    return compile_unanchored(pattern) if pattern else None   # RE2, as Go
 
 
 def _ignored(name: str, include: re.Pattern[str] | None, exclude: re.Pattern[str] | None) -> bool:

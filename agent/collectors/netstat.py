@@ -7,8 +7,6 @@ untyped ``node_netstat_<Protocol>_<Field>``, as node_exporter does.
 
 from __future__ import annotations
 
-import re
-
 from pydantic import Field
 
 from agent.collectors.common import read_all
@@ -16,6 +14,7 @@ from agent.core.config import CollectorConfig, Regex
 from agent.core.errors import CollectorError
 from agent.core.metrics import MetricSpec, Sample
 from agent.core.paths import Paths
+from agent.core.regex import compile_unanchored
 
 NAME = "netstat"
 DEFAULT_FIELDS = (
@@ -90,7 +89,7 @@ class NetstatCollector:
     def __init__(self, config: NetstatConfig, paths: Paths, **_deps: object) -> None:
         self.name = NAME
         self._paths = paths
-        self._wanted = re.compile(config.fields)
+        self._wanted = compile_unanchored(config.fields)   # RE2, as Go
         self._names: dict[tuple[str, str], str | None] = {}  # (proto, field) -> metric name, None = not wanted
 
     def _read(self, name: str, parse, missing_ok: bool) -> dict[str, dict[str, int]]:

@@ -15,6 +15,7 @@ from agent.core.config import CollectorConfig, Regex
 from agent.core.errors import CollectorError, NoData
 from agent.core.metrics import MetricSpec, Sample
 from agent.core.paths import Paths
+from agent.core.regex import compile_unanchored
 
 NAME = "vmstat"
 DEFAULT_FIELDS = r"^(oom_kill|pgpg|pswp|pg.*fault).*"
@@ -52,7 +53,7 @@ class VmstatCollector:
     def __init__(self, config: VmstatConfig, paths: Paths, **_deps: object) -> None:
         self.name = NAME
         self._path = paths.proc("vmstat")
-        self._wanted = re.compile(config.fields)
+        self._wanted = compile_unanchored(config.fields)   # RE2, as Go
         self._names: dict[str, str] = {}
 
     def collect(self) -> list[Sample]:

@@ -136,7 +136,12 @@ class Config(Model):
     rule_files: list[str] = Field(
         default_factory=lambda: list(DEFAULT_RULE_FILES),
         description="Prometheus rule files (globs), relative to the config file's directory")
-    external_labels: dict[str, str] = Field(default_factory=dict, description="$externalLabels in templates")
+    external_labels: dict[str, str] = Field(
+        default_factory=dict, description="$externalLabels in templates; added to every alert sent to "
+                                          "Alertmanager and shown on /api/v1/alerts")
+    node_label: str | None = Field(
+        "instance", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="label naming this node (value: hostname) on every alert sent and on /api/v1/alerts; null: none")
     remediation_policy: str | None = Field(
         DEFAULT_POLICY, description="remediation policy file (relative to the config file's directory); null: none")
     paths: PathsConfig = PathsConfig()
