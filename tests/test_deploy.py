@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,9 @@ from agent.core import config as configmod
 from agent.core.discovery import classes
 from agent.remediation.policy import load_policy_text
 from tests.conftest import require_binary
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"))
+from sync_configmap import KUBERNETES, SLURM
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "deploy" / "kubernetes"
@@ -104,20 +108,27 @@ def test_configmap_config_and_policy_are_valid_and_track_the_defaults(manifests)
     assert configmod.parse_listen(cfg.listen)[1] == ctr["ports"][0]["containerPort"]
     policy = load_policy_text(cm["data"]["remediations.yml"], classes().plugins)
     assert policy.plugins["rebalance"]["backend"] == "kubernetes"
+    assert policy.plugins["rebalance"]["kubernetes"]["lease_namespace"] == cm["metadata"]["namespace"]
     default = (REPO / "rules" / "remediations.yml").read_text()
-    assert cm["data"]["remediations.yml"] == default.replace("backend: slurm      ", "backend: kubernetes ")
+    # after changing rules/remediations.yml: python deploy/kubernetes/sync_configmap.py
+    assert cm["data"]["remediations.yml"] == default.replace(SLURM, KUBERNETES)
 
 
-# kubernetes client method -> (resource, verb) it needs
+# kubernetes client method -> (resource, verb) it needs: cluster-wide (CoreV1Api) and in the lease namespace
 API_NEEDS = {"read_node": ("nodes", "get"), "patch_node": ("nodes", "patch"), "list_node": ("nodes", "list"),
              "list_pod_for_all_namespaces": ("pods", "list"),
              "create_namespaced_pod_eviction": ("pods/eviction", "create")}
+LEASE_NEEDS = {"list_namespaced_lease": "list", "create_namespaced_lease": "create",
+               "delete_namespaced_lease": "delete", "read_namespaced_lease": "get",
+               "replace_namespaced_lease": "update", "patch_namespaced_lease": "patch"}
 
 
 def test_rbac_grants_what_the_kubernetes_backend_calls_and_no_more(manifests):
     source = (REPO / "remediations" / "backends" / "kubernetes.py").read_text()
-    used = set(re.findall(r"self\.api\.([a-z_]+)", source))
+    used = set(re.findall(r"self\.api\.([a-z_]+)", source)) - {"api_client"}  # the connection, not a call
     assert used and used <= set(API_NEEDS), f"new API calls need RBAC: {used - set(API_NEEDS)}"
+    lease_calls = set(re.findall(r"self\.leases\.([a-z_]+)", source))
+    assert lease_calls <= set(LEASE_NEEDS), f"new Lease calls need RBAC: {lease_calls - set(LEASE_NEEDS)}"
     needed = {API_NEEDS[m] for m in used}
     (role,) = manifests["ClusterRole"]
     granted = {(res, verb) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]}
@@ -129,8 +140,9 @@ def test_rbac_grants_what_the_kubernetes_backend_calls_and_no_more(manifests):
     ds = one(manifests, "DaemonSet")
     assert ds["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
     (lease_role,) = manifests["Role"]
+    assert lease_role["metadata"]["namespace"] == one(manifests, "ConfigMap")["metadata"]["namespace"]
     assert lease_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                                    "verbs": ["get", "list", "create", "update"]}]
+                                    "verbs": sorted(LEASE_NEEDS[c] for c in lease_calls)}]
 
 
 def test_service_and_servicemonitor_select_the_agents(manifests):
