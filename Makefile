@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean deb wheel image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,5 +25,17 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
+# Debian package (dist/nodewarden_VERSION-1_ARCH.deb): private venv under /usr/lib/nodewarden, see docs/packaging.md
+deb: $(STAMP)
+	packaging/deb/build.sh dist
+
+# The wheel the .deb and the container image (deploy/Dockerfile) install
+wheel: $(STAMP)
+	rm -f dist/nodewarden-*.whl
+	$(BIN)/pip wheel -q --no-deps -w dist .
+
+image: wheel
+	docker build -f deploy/Dockerfile -t nodewarden:latest .
+
 clean:
-	rm -rf $(VENV) var build *.egg-info
+	rm -rf $(VENV) var var-sim build dist *.egg-info

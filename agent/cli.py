@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from agent import __version__
@@ -63,9 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nodewarden`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args._main(args) or 0)
+        status = int(args._main(args) or 0)
+        sys.stdout.flush()  # a closed pipe (`| head -1`) shows here, inside the handler, not at exit
+        return status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away: stop quietly, as a C tool killed by SIGPIPE would (exit 128 + 13).
+        # Point stdout at /dev/null so the interpreter's final flush cannot raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

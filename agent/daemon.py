@@ -6,7 +6,6 @@ store under one timestamp, add self-metrics, render /metrics once. The HTTP side
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import signal
@@ -25,8 +24,7 @@ from agent.collectors.kmsg import KmsgReader, start_readers
 from agent.collectors.runner import CollectorRunner, Outcome
 from agent.core import config as configmod
 from agent.core.config import Config
-from agent.core.discovery import classes as plugin_classes
-from agent.core.discovery import load_remediations
+from agent.core.discovery import LazyClasses, load_remediations
 from agent.core.errors import ConfigError, PluginLoadError, RuleError
 from agent.core.instance import StateLock
 from agent.core.metrics import Collector, CollectorStarts, MetricSpec, Sample
@@ -36,7 +34,8 @@ from agent.engine.store import Store
 from agent.remediation.journal import Journal
 from agent.remediation.policy import Policy, load_policy, used_plugins
 from agent.remediation.remediator import Remediator
-from agent.serve.exporter import CONTENT_TYPE, Exporter
+from agent.serve import routes as serve_routes
+from agent.serve.exporter import Exporter
 from agent.serve.systemd import Notifier
 from agent.serve.web import Server, WebConfig, load_web_config
 
@@ -156,6 +155,7 @@ class Daemon:
         self._lag = 0.0
         self._tick_duration = 0.0
         self._warned: set[str] = set()
+        self._outcomes: dict[str, Outcome] = {}
         self.server: Server | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.state_lock = StateLock(cfg.state_dir)
@@ -201,12 +201,21 @@ class Daemon:
     def _policy(cfg: Config) -> Policy:
         """The remediation policy (an empty one when none is configured); ConfigError when invalid."""
         path = configmod.policy_path(cfg)
-        return load_policy(path, plugin_classes().plugins) if path else Policy()
+        return load_policy(path, LazyClasses()) if path else Policy()
 
     @staticmethod
     def _plugins(cfg: Config, policy: Policy) -> dict[str, Any]:
         """Construct the plugins; ConfigError when one the policy names (settings or a step) cannot load."""
-        loaded = load_remediations(policy.plugins, paths=cfg.paths.roots(), state_dir=cfg.state_dir)
+        # Only the plugins the policy routes to or configures, and those with actions still in force or cut by a
+        # crash (they must recover and reconcile): an unused plugin is never imported (throttle alone pulls in
+        # pyroute2, ~10 MB).
+        used = {s.action for r in policy.routes for s in r.steps} | set(policy.plugins)
+        journal = Journal(cfg.state_dir, policy.journal.retention, policy.journal.max_rows)
+        try:
+            used |= {e.action for e in (*journal.active(), *journal.started())}
+        finally:
+            journal.close()
+        loaded = load_remediations(policy.plugins, only=used, paths=cfg.paths.roots(), state_dir=cfg.state_dir)
         bad = [f"{configmod.policy_path(cfg) or 'policy'}: plugin {name!r} cannot load: {loaded.errors[name]}"
                for name in sorted(used_plugins(policy) & set(loaded.errors))]
         if bad:
@@ -271,39 +280,24 @@ class Daemon:
 
     # -- HTTP ----------------------------------------------------------------------------------
     def routes(self) -> dict[str, Callable[[], tuple[int, str, bytes]]]:
-        """GET routes served by the HTTP endpoint."""
-        return {
-            "/metrics": lambda: (200, CONTENT_TYPE, self.exporter.body),
-            "/healthz": self._healthz,
-            "/": self._index,
-            "/api/v1/status": self._status_json,
-            "/api/v1/alerts": lambda: self._json(self.api_alerts()),
-            "/api/v1/rules": lambda: self._json(self.rules.api_rules()),
-        }
+        """GET routes served by the HTTP endpoint (agent/serve/routes.py)."""
+        return serve_routes.build(self)
 
-    @staticmethod
-    def _json(doc: dict[str, Any]) -> tuple[int, str, bytes]:
-        return 200, "application/json", json.dumps(doc).encode()
+    def health_check(self) -> tuple[bool, str]:
+        """(loop on time, reason), for /healthz."""
+        return self.health.check(self.mono())
 
-    def _healthz(self) -> tuple[int, str, bytes]:
-        ok, reason = self.health.check(self.mono())
-        return (200 if ok else 503), "text/plain; charset=utf-8", (reason + "\n").encode()
+    def api_rules(self) -> dict[str, Any]:
+        """The rule groups in the Prometheus API shape."""
+        return self.rules.api_rules()
 
-    def _index(self) -> tuple[int, str, bytes]:
-        html = (
-            "<!doctype html><html><head><title>nodewarden</title></head><body>"
-            f"<h1>nodewarden {__version__}</h1><ul>"
-            '<li><a href="/metrics">/metrics</a> &mdash; Prometheus exposition</li>'
-            '<li><a href="/healthz">/healthz</a> &mdash; sampling loop health</li>'
-            '<li><a href="/api/v1/status">/api/v1/status</a> &mdash; collectors (JSON)</li>'
-            '<li><a href="/api/v1/alerts">/api/v1/alerts</a> &mdash; pending and firing alerts (JSON)</li>'
-            '<li><a href="/api/v1/rules">/api/v1/rules</a> &mdash; rule groups and their health (JSON)</li>'
-            "</ul></body></html>\n"
-        )
-        return 200, "text/html; charset=utf-8", html.encode()
+    def recent_remediations(self, limit: int) -> list[Any]:
+        """The newest ``limit`` journal entries, newest first."""
+        return self.remediator.journal.query(order=f"id DESC LIMIT {int(limit)}")
 
-    def _status_json(self) -> tuple[int, str, bytes]:
-        return self._json({"status": "success", "data": self.status()})
+    def hostname(self) -> str:
+        """This node's name (config ``hostname`` or the system's)."""
+        return self.config.hostname or socket.gethostname()
 
     def status(self) -> dict[str, Any]:
         """A summary for `nodewarden status` and /api/v1/status."""
@@ -317,9 +311,15 @@ class Daemon:
             "health": reason,
             "ticks": self.health.ticks,
             "series": self.store.series_count(),
-            "collectors": {r.name: {"busy": r.busy} for r in self.components.runners},
+            "collectors": {r.name: {"busy": r.busy, **self._last_outcome(r.name)} for r in self.components.runners},
             "failed_collectors": self.components.failed,
         }
+
+    def _last_outcome(self, name: str) -> dict[str, Any]:
+        out = self._outcomes.get(name)
+        if out is None:
+            return {}
+        return {"status": out.status, "error": out.error or "", "duration_seconds": round(out.duration, 6)}
 
     # -- the tick ------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -345,6 +345,7 @@ class Daemon:
         self_samples: list[Sample] = [
             Sample("nodewarden_build_info", (("version", __version__), ("python", platform.python_version())), 1.0)
         ]
+        self._outcomes = outcomes
         for name, out in outcomes.items():
             if out.samples:
                 self.store.add(out.samples)

@@ -88,6 +88,9 @@ class Params(ParamsModel):
     @model_validator(mode="before")
     @classmethod
     def _flat(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "classes" not in data and not any(k in data for k in _FLAT):
+            raise ValueError("nothing to throttle: give rate= and at least one of dport=, sport=, dscp=, dst=, "
+                             "protocol= (or a classes list in a policy)")
         if isinstance(data, Mapping) and any(k in data for k in _FLAT):
             if "classes" in data:
                 raise ValueError("give either classes or one class's fields at the top level, not both")

@@ -78,7 +78,8 @@ def test_default_policy_file_is_valid_and_observes():
     assert "rebalance" in found.plugins, found.errors   # registered through the entry point
     policy = load_policy("rules/remediations.yml", found.plugins)
     assert policy.defaults.mode == "observe"
-    assert [(r.name, policy.guards(r).revert_after) for r in policy.routes] == [("gpu-drain-node", None),
+    assert [(r.name, policy.guards(r).revert_after) for r in policy.routes] == [("gpu-lost", None),
+                                                                                 ("gpu-drain-node", None),
                                                                                  ("gpu-reset-needed", 1800.0),
                                                                                  ("dataset-repair", None)]
     xid79 = {"alertname": "GpuFallenOffBus", "severity": "critical", "action": "drain_node", "gpu": "0"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agent.commands._remed import add_common, pause_path, print_entry, report, state_dir
+from agent.commands._remed import add_common, pause_path, policy_file, print_entry, report, state_dir
 from agent.core.discovery import classes, load_remediations
 from agent.core.errors import ConfigError, RemediationError
 from agent.core.instance import StateDirLocked, StateLock
@@ -40,6 +40,33 @@ def _params(items: list[str]) -> dict[str, str]:
     return out
 
 
+def param_problems(model: type, params: dict[str, str]) -> list[str]:
+    """Validate ``params`` against a plugin's Params model: one ``field: message`` line per problem, none if valid.
+
+    pydantic's own text (types, input dumps, links to errors.pydantic.dev) is for developers, not for the SRE at
+    the prompt.
+    """
+    from pydantic import ValidationError
+
+    try:
+        model.model_validate(params)  # type: ignore[attr-defined]
+    except ValidationError as err:
+        out = []
+        for e in err.errors(include_url=False):
+            msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            parts = [str(p) for p in e["loc"]]
+            if len(parts) > 2 and parts[0] not in params and parts[1] == "0":
+                parts = parts[2:]  # a list the plugin built from flat params (throttle's rate= dport=)
+            loc = ".".join(parts)
+            if e["type"] == "missing":
+                msg = "missing (give " + (loc.rsplit(".", 1)[-1]) + "=VALUE)"
+            elif e["type"] == "extra_forbidden":
+                msg = "unknown parameter"
+            out.append(f"{loc}: {msg}" if loc else msg)
+        return out
+    return []
+
+
 def main(args: argparse.Namespace) -> int:
     """Plan, apply or revert; exit 0 on success, 1 when refused or failed, 2 on bad input."""
     import structlog
@@ -54,12 +81,23 @@ def main(args: argparse.Namespace) -> int:
     try:
         directory = state_dir(args)
         found = classes()
-        policy = load_policy(args.policy, found.plugins) if args.policy else Policy()
+        path = policy_file(args)
+        policy = load_policy(path, found.plugins) if path else Policy()
     except ConfigError as err:
         return report(err)
     loaded = load_remediations(policy.plugins, state_dir=directory)
     for name, error in loaded.errors.items():
         print(f"warning: plugin {name} disabled: {error}", file=sys.stderr)
+    if args.plugin in loaded.plugins:
+        try:
+            params = _params(args.params)
+        except RemediationError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        problems = param_problems(loaded.plugins[args.plugin].Params, params)
+        if problems:
+            print(f"error: bad params for {args.plugin}:", *(f"  {p}" for p in problems), sep="\n", file=sys.stderr)
+            return 2
     lock = StateLock(directory)
     try:
         lock.acquire()  # one process per state dir: never settle or repeat an action a running agent owns

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import TextIO
 
-from agent.commands._remed import add_common, pause_path, print_entry, report, state_dir
+from agent.commands._remed import DEFAULT_POLICY, add_common, pause_path, policy_file, print_entry, report, state_dir
 from agent.core.errors import ConfigError, PluginLoadError, RemediationError
 
 HELP = "plan (default) or --apply moving files between storage tiers (demote, promote, evacuate)"
@@ -85,7 +85,7 @@ def main(args: argparse.Namespace) -> int:
         structlog.configure(logger_factory=lambda *_: structlog.PrintLogger(sys.stderr))
     try:
         directory = state_dir(args)
-        policy = load_policy(args.policy, classes().plugins)
+        policy = load_policy(policy_file(args) or DEFAULT_POLICY, classes().plugins)
     except ConfigError as err:
         return report(err)
     bar = ProgressBar(sys.stderr) if args.apply and sys.stderr.isatty() and not args.no_progress else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 import structlog
@@ -76,4 +77,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
     except OSError as err:
         structlog.get_logger("run").error("startup_failed", error=str(err))
+        if err.errno == errno.EADDRINUSE:
+            print(f"nodewarden: cannot listen on {cfg.listen}: address already in use (another agent, e.g. "
+                  "`make run`?); give this one its own --listen HOST:PORT and --state-dir", file=sys.stderr)
         return 1

@@ -17,8 +17,11 @@ HELP = "show the running agent's health, collectors and pending/firing alerts"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register arguments."""
-    parser.add_argument("--config", metavar="FILE", help="read the listen address from this config")
-    parser.add_argument("--url", help="agent base URL (default: http://<listen address from config>)")
+    parser.add_argument("--config", metavar="FILE", help="read the listen address from this config (default: "
+                                                         "$NODEWARDEN_CONFIG, else /etc/nodewarden/config.yml)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--listen", metavar="HOST:PORT", help="the agent's listen address, as given to `run --listen`")
+    where.add_argument("--url", help="agent base URL, e.g. https://gpu-a1:9842 (default: from --listen or the config)")
     parser.add_argument("--json", action="store_true", help="print the raw JSON documents")
 
 
@@ -31,8 +34,15 @@ def base_url(args: argparse.Namespace) -> str:
     """The agent's URL from --url or the config's listen address."""
     if args.url:
         return args.url.rstrip("/")
-    cfg = configmod.load_file(args.config) if args.config else configmod.Config()
-    host, port = configmod.parse_listen(cfg.listen)
+    if getattr(args, "listen", None):
+        try:
+            host, port = configmod.parse_listen(args.listen)
+        except ValueError as err:
+            raise ConfigError(f"--listen: {err}") from err
+    else:
+        from agent.commands._remed import load_config
+
+        host, port = configmod.parse_listen(load_config(args).listen)
     host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 

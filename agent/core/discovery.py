@@ -8,7 +8,7 @@ that fails to load is reported (by name) and disabled while the others keep work
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -85,11 +85,13 @@ def build(cls: type, name: str, settings: Mapping[str, Any] | None, **deps: Any)
 
 
 def load_remediations(settings: Mapping[str, Mapping[str, Any]] | None = None, group: str = GROUP,
-                      **deps: Any) -> LoadResult:
-    """Discover and construct every plugin; failures disable only that plugin."""
+                      only: Collection[str] | None = None, **deps: Any) -> LoadResult:
+    """Discover and construct every plugin (or those named in ``only``); failures disable only that plugin."""
     plugins, errors = {}, {}
     found = discover(group)
     for name, ep in sorted(found.items()):
+        if only is not None and name not in only:
+            continue  # not imported at all: a plugin no route uses costs no memory
         try:
             plugins[name] = build(load_class(ep), name, (settings or {}).get(name), **deps)
         except PluginLoadError as err:
@@ -110,3 +112,22 @@ def classes(group: str = GROUP) -> LoadResult:
         except PluginLoadError as err:
             errors[name] = str(err)
     return LoadResult(out, errors)
+
+
+class LazyClasses(Mapping[str, type]):
+    """Plugin classes by name, each imported on first access (validating a policy imports only what it names)."""
+
+    def __init__(self, group: str = GROUP) -> None:
+        self._eps = discover(group)
+        self._loaded: dict[str, type] = {}
+
+    def __getitem__(self, name: str) -> type:
+        if name not in self._loaded:
+            self._loaded[name] = load_class(self._eps[name])  # KeyError for an unknown name
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._eps)
+
+    def __len__(self) -> int:
+        return len(self._eps)
