@@ -50,9 +50,48 @@ NUMERIC_FIELDS: dict[str, str] = {
     "nvlink_crc_data": "NVLink data CRC errors",
     "nvlink_replay": "NVLink replay errors",
     "nvlink_recovery": "NVLink recovery errors",
+    "enc_util": "encoder utilization, %",
+    "dec_util": "decoder utilization, %",
+    "nvlink_tx_kibps": "NVLink data transmitted, KiB/s (the all-links TX counter integrates it)",
+    "nvlink_rx_kibps": "NVLink data received, KiB/s (the all-links RX counter integrates it)",
+    "nvlink_tx_kib": "NVLink data transmitted at scenario start, KiB",
+    "nvlink_rx_kib": "NVLink data received at scenario start, KiB",
+    "gr_engine_active": "GPM: fraction of time the graphics/compute engine was active, 0-1",
+    "sm_active": "GPM: fraction of SMs busy, 0-1",
+    "sm_occupancy": "GPM: fraction of resident warps vs the maximum, 0-1",
+    "tensor_active": "GPM: fraction of time any tensor pipe was active, 0-1",
+    "dram_active": "GPM: fraction of DRAM bandwidth used, 0-1",
+    "power_limit_w": "power management limit, W (power draw is held at or below it)",
+    "power_limit_default_w": "default power limit, W",
+    "power_limit_min_w": "lowest settable power limit, W",
+    "power_limit_max_w": "highest settable power limit, W",
+    "pcie_link_gen": "current PCIe link generation",
+    "pcie_link_width": "current PCIe link width (lanes)",
+    "pcie_max_link_gen": "maximum PCIe link generation (GPU and slot)",
+    "pcie_max_link_width": "maximum PCIe link width",
+    "vgpu_license_status": "1 when the vGPU license feature is licensed (with grid_license_supported)",
+}
+# Fields NVML reports as counters the fake integrates from a rate field: counter -> (rate field, scale per second).
+INTEGRATED: dict[str, tuple[str, float]] = {
+    "energy_mj": ("power_w", 1000.0),
+    "nvlink_tx_kib": ("nvlink_tx_kibps", 1.0),
+    "nvlink_rx_kib": ("nvlink_rx_kibps", 1.0),
+}
+# GPM (nvmlGpmMetricsGet) quantities the fake averages between two samples: scenario field -> scale to NVML's unit.
+GPM_FIELDS: dict[str, float] = {
+    "gr_engine_active": 100.0,            # ratio -> %
+    "sm_active": 100.0,
+    "sm_occupancy": 100.0,
+    "tensor_active": 100.0,
+    "dram_active": 100.0,
+    "pcie_tx_kbps": 1000.0 / 1048576.0,   # KB/s -> MiB/s
+    "pcie_rx_kbps": 1000.0 / 1048576.0,
+    "nvlink_tx_kibps": 1.0 / 1024.0,      # KiB/s -> MiB/s
+    "nvlink_rx_kibps": 1.0 / 1024.0,
 }
 # Fields that can be marked NotSupported (numeric ones plus these groups).
-SUPPORT_FIELDS = frozenset(NUMERIC_FIELDS) | {"clocks_event_reasons", "processes", "mig", "xid_events", "utilization"}
+SUPPORT_FIELDS = frozenset(NUMERIC_FIELDS) | {"clocks_event_reasons", "processes", "mig", "xid_events", "utilization",
+                                              "gpm", "power_management", "set_power_limit"}
 
 CLOCK_EVENT_REASONS: dict[str, int] = {
     "gpu_idle": 0x1,
@@ -83,6 +122,11 @@ HANGABLE = frozenset(
         "nvmlDeviceGetComputeRunningProcesses",
         "nvmlDeviceGetMigMode",
         "nvmlDeviceGetMigDeviceHandleByIndex",
+        "nvmlDeviceGetEncoderUtilization",
+        "nvmlDeviceGetPowerManagementLimit",
+        "nvmlDeviceSetPowerManagementLimit",
+        "nvmlGpmSampleGet",
+        "nvmlGpmMetricsGet",
     }
 )
 
@@ -116,10 +160,11 @@ def _seconds(value: Any) -> float:
 
 
 class Process(_Model):
-    """A compute process on a GPU."""
+    """A compute process on a GPU (``cgroup``: its /proc/PID/cgroup text, written by the node simulator)."""
 
     pid: int = Field(ge=1)
     used_mib: float = Field(0, ge=0)
+    cgroup: str | None = None
 
 
 class MigInstance(_Model):
@@ -127,6 +172,11 @@ class MigInstance(_Model):
 
     profile: str
     fb_used_mib: float = Field(0, ge=0)
+    gr_engine_active: float = Field(0, ge=0, le=1)
+    sm_active: float = Field(0, ge=0, le=1)
+    sm_occupancy: float = Field(0, ge=0, le=1)
+    tensor_active: float = Field(0, ge=0, le=1)
+    dram_active: float = Field(0, ge=0, le=1)
 
     @field_validator("profile")
     @classmethod
@@ -173,6 +223,27 @@ class GpuSpec(_Model):
     nvlink_crc_data: float = 0
     nvlink_replay: float = 0
     nvlink_recovery: float = 0
+    enc_util: float = 0
+    dec_util: float = 0
+    nvlink_tx_kibps: float = 0
+    nvlink_rx_kibps: float = 0
+    nvlink_tx_kib: float = 0
+    nvlink_rx_kib: float = 0
+    gr_engine_active: float = 0
+    sm_active: float = 0
+    sm_occupancy: float = 0
+    tensor_active: float = 0
+    dram_active: float = 0
+    power_limit_w: float = 700
+    power_limit_default_w: float = 700
+    power_limit_min_w: float = 200
+    power_limit_max_w: float = 700
+    pcie_link_gen: float = 5
+    pcie_link_width: float = 16
+    pcie_max_link_gen: float = 5
+    pcie_max_link_width: float = 16
+    vgpu_license_status: float = 0
+    grid_license_supported: bool = False
     clocks_event_reasons: list[str] = []
     processes: list[Process] = []
     mig: list[MigInstance] | None = None
