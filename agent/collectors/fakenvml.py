@@ -10,10 +10,16 @@ GPM (``nvmlGpmSampleGet`` / ``nvmlGpmMetricsGet``) works as on Hopper: a sample 
 the activity fields, a metric is the average between two samples. ``nvmlDeviceSetPowerManagementLimit``
 is honoured: power draw is held at the limit, the ``sw_power_cap`` clock reason is set while it bites, and
 the temperature falls by :data:`C_PER_W` for every watt the cap takes off the demand (a simulation heuristic).
+
+Settable state (power limits, compute mode) lives on the hardware, not in the agent: with ``state_path`` (or
+``$NODEWARDEN_FAKE_NVML_STATE``) it is kept in a JSON file, so it survives an agent restart or kill -9 the
+way a real GPU keeps its power limit until the driver reloads.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections import deque
@@ -119,6 +125,7 @@ class Device:
         self.gpm_acc: dict[str, float] = dict.fromkeys(simulate.GPM_FIELDS, 0.0)
         self.mig = [MigDevice(self, i, inst) for i, inst in enumerate(spec.mig or [])]
         self.mig_enabled = spec.mig is not None
+        self.compute_mode = 0  # NVML_COMPUTEMODE_DEFAULT
 
     def power(self) -> float:
         """Power draw in W: the demand, held at the power limit."""
@@ -161,8 +168,10 @@ class _GpmSample:
 class FakeNvml:
     """Module-like fake of ``pynvml`` for one scenario. ``clock`` returns seconds (monotonic)."""
 
-    def __init__(self, scenario: Scenario, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, scenario: Scenario, clock: Callable[[], float] = time.monotonic,
+                 state_path: str | None = None) -> None:
         self.scenario = scenario
+        self.state_path = state_path if state_path is not None else os.environ.get("NODEWARDEN_FAKE_NVML_STATE")
         self._clock = clock
         self._lock = threading.RLock()
         self._t0: float | None = None
@@ -180,6 +189,49 @@ class FakeNvml:
         self._next = 0
         self.calls = 0  # number of NVML calls served (for tests and the benchmark)
         self.set_limit_calls = 0  # nvmlDeviceSetPowerManagementLimit calls that changed a limit
+        self.resets = 0  # reset_gpu() calls (nvidia-smi --gpu-reset stand-in)
+        self._load_state()
+
+    # -- persistent settable state ("the hardware") --------------------------------------------------
+    def _load_state(self) -> None:
+        if not self.state_path:
+            return
+        try:
+            with open(self.state_path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            return
+        for dev in self.devices:
+            d = saved.get(dev.spec.uuid) or {}
+            if "power_limit_w" in d:
+                dev.values["power_limit_w"] = float(d["power_limit_w"])
+            if "compute_mode" in d:
+                dev.compute_mode = int(d["compute_mode"])
+
+    def _save_state(self) -> None:
+        if not self.state_path:
+            return
+        doc = {d.spec.uuid: {"power_limit_w": d.values["power_limit_w"], "compute_mode": d.compute_mode}
+               for d in self.devices}
+        tmp = f"{self.state_path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.state_path)
+
+    def reset_gpu(self, index: int) -> None:
+        """What ``nvidia-smi --gpu-reset`` does to the simulated GPU: lost -> back, settings to defaults."""
+        dev = self.devices[index]
+        with self._lock:
+            self._integrate(dev, self.now())
+            dev.lost = False
+            dev.values["power_limit_w"] = dev.values["power_limit_default_w"]
+            dev.values["remap_pending"] = 0.0
+            dev.values["ecc_dbe_volatile"] = dev.values["ecc_sbe_volatile"] = 0.0
+            dev.compute_mode = 0
+            self._save_state()
+            self.resets += 1
 
     # -- module-like fallbacks ---------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -334,6 +386,29 @@ class FakeNvml:
             raise NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
         return dev
 
+    def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes) -> Device:
+        self._enter("nvmlDeviceGetHandleByUUID")
+        text = uuid.decode() if isinstance(uuid, bytes) else uuid
+        for dev in self.devices:
+            if dev.spec.uuid == text:
+                if dev.lost:
+                    raise NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+                return dev
+        raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+
+    def nvmlDeviceGetComputeMode(self, handle: Any) -> int:
+        return self._enter("nvmlDeviceGetComputeMode", self._dev(handle)).compute_mode
+
+    def nvmlDeviceSetComputeMode(self, handle: Any, mode: int) -> None:
+        dev = self._enter("nvmlDeviceGetComputeMode", self._dev(handle))
+        with self._lock:
+            dev.compute_mode = int(mode)
+            self._save_state()
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: Any) -> list[_Obj]:
+        self._enter("nvmlDeviceGetGraphicsRunningProcesses", self._dev(handle), "processes")
+        return []
+
     # -- identity -------------------------------------------------------------------------------------
     def nvmlDeviceGetUUID(self, handle: Any) -> str:
         dev = self._enter("nvmlDeviceGetUUID", self._dev(handle))
@@ -430,6 +505,7 @@ class FakeNvml:
         with self._lock:
             self._integrate(dev, self.now())
             v["power_limit_w"] = limit_mw / 1000.0
+            self._save_state()
         self.set_limit_calls += 1
 
     # -- PCIe link ---------------------------------------------------------------------------------------

@@ -39,6 +39,9 @@ from agent.collectors.nvml import (
     load_module,
     unavailable_reason,
 )
+from agent.collectors.nvml import (
+    forget as nvml_forget,
+)
 from agent.core.config import CollectorConfig, Duration
 from agent.core.errors import CollectorError, NoData
 from agent.core.metrics import Labels, MetricSpec, Sample
@@ -339,6 +342,7 @@ class GpuCollector:
         release = getattr(self._module, "release", None)
         if callable(release):  # the fake: let hung calls go so their threads end
             release()
+            nvml_forget(self._module)
         for t in [*self._threads, self._event_thread]:
             if t is not None:
                 t.join(timeout=1.0)
