@@ -117,9 +117,12 @@ class Daemon:
     def __init__(self, cfg: Config, *, config_path: str | None = None, overrides: dict[str, Any] | None = None,
                  collector_factory: Callable[[Config], tuple[list[Collector], dict[str, str]]] = build_collectors,
                  notifier: Notifier | None = None, wall: Callable[[], float] = time.time,
-                 mono: Callable[[], float] = time.monotonic) -> None:
+                 mono: Callable[[], float] = time.monotonic, plugin_deps: dict[str, Any] | None = None,
+                 speed: float = 1.0) -> None:
         self.config_path = config_path
         self.overrides = overrides or {}
+        self.plugin_deps = dict(plugin_deps or {})  # e.g. the simulated NVML for plugins (run --simulate)
+        self.speed = speed  # simulation: wall/mono run this many times faster; ticks come as often
         self.collector_factory = collector_factory
         self.notifier = notifier or Notifier()
         self.wall = wall
@@ -179,8 +182,9 @@ class Daemon:
         return load_policy(path, plugin_classes().plugins) if path else Policy()
 
     def _remediator(self, cfg: Config, policy: Policy) -> Remediator:
-        loaded = load_remediations(policy.plugins, paths=cfg.paths.roots(), state_dir=cfg.state_dir)
-        journal = Journal(cfg.state_dir, policy.journal.retention, policy.journal.max_rows)
+        deps = {"paths": cfg.paths.roots(), **self.plugin_deps}
+        loaded = load_remediations(policy.plugins, state_dir=cfg.state_dir, **deps)
+        journal = Journal(cfg.state_dir, policy.journal.retention, policy.journal.max_rows, clock=self.wall)
         return Remediator(policy, journal, loaded.plugins, mode=cfg.mode, clock=self.wall,
                           pause_flag_path=os.path.join(cfg.state_dir, "paused"))
 
@@ -336,7 +340,7 @@ class Daemon:
                  rule_files=self.rules.files, rules=sum(len(g.rules) for g in self.rules.groups))
         self.scheduler = BackgroundScheduler(
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}, timezone="UTC")
-        self.scheduler.add_job(self.tick, "interval", seconds=cfg.interval, id="tick",
+        self.scheduler.add_job(self.tick, "interval", seconds=cfg.interval / self.speed, id="tick",
                                next_run_time=_utcnow())
         self.scheduler.start()
         if self.notifier.watchdog_interval:
@@ -381,7 +385,7 @@ class Daemon:
             self.components = self._build(cfg)
             self.health.interval = cfg.interval
             if self.scheduler and cfg.interval != old.config.interval:
-                self.scheduler.reschedule_job("tick", trigger="interval", seconds=cfg.interval)
+                self.scheduler.reschedule_job("tick", trigger="interval", seconds=cfg.interval / self.speed)
             if self.server and (web != self.web or cfg.listen != old.config.listen):
                 self.server.stop()
                 host, port = configmod.parse_listen(cfg.listen)

@@ -261,8 +261,9 @@ class FakeNvml:
         if self._next < len(self._plan) and self._plan[self._next][0] <= now:
             with self._lock:
                 while self._next < len(self._plan) and self._plan[self._next][0] <= now:
-                    t, _, step = self._plan[self._next]
-                    self._apply(step, t)
+                    t, n, step = self._plan[self._next]
+                    if step.occurs(self.scenario.seed, n, t):
+                        self._apply(step, t, n)
                     self._next += 1
         return now
 
@@ -272,10 +273,12 @@ class FakeNvml:
         idx = [step.gpu] if isinstance(step.gpu, int) else step.gpu
         return [self.devices[i] for i in idx]
 
-    def _apply(self, step: Step, t: float) -> None:
+    def _apply(self, step: Step, t: float, n: int = 0) -> None:
         targets = self._targets(step)
         for dev in targets:
             self._integrate(dev, t)  # rates change below: integrate up to now with the old ones
+            for key, (lo, hi) in step.uniform.items():
+                dev.values[key] = lo + (hi - lo) * simulate.draw(self.scenario.seed, n, t, f"{dev.index}/{key}")
             for key, value in step.set.items():
                 if key == "clocks_event_reasons":
                     dev.reasons = sum(CLOCK_EVENT_REASONS[r] for r in value or [])

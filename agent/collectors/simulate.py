@@ -1,6 +1,9 @@
-"""GPU simulation scenarios: YAML files describing GPUs, their fields over time and injected faults.
+"""Simulation scenarios: YAML files describing a node (GPUs and host), its state over time, injected faults, and
+what must happen (``expect``).
 
-A scenario drives :mod:`agent.collectors.fakenvml`. Built-in scenarios ship in ``agent/data/scenarios/NAME.yml``;
+GPUs drive :mod:`agent.collectors.fakenvml`; the host part (``node:`` objects, timeline ``host:`` / ``kmsg:`` /
+``files:`` entries) drives :mod:`agent.collectors.nodesim`, which renders procfs/sysfs/dev trees that the real
+collectors read. Built-in scenarios ship in ``agent/data/scenarios/NAME.yml``;
 any other path to a ``.yml`` file works too. Problems are reported as ``file:line:column: message``.
 See docs/gpu.md for the format.
 """
@@ -270,8 +273,91 @@ def _check_support(v: list[str]) -> list[str]:
     return v
 
 
+# Host objects (``node:`` keys ``KIND/NAME``; InfiniBand ``ib/DEVICE/PORT``; TCP is the single object ``tcp``):
+# kind -> {field: default}. Counters are floats the simulator integrates from ``rate`` (per second).
+HOST_KINDS: dict[str, dict[str, Any]] = {
+    "nic": {"rx_bytes": 0, "rx_packets": 0, "rx_errs": 0, "rx_drop": 0, "tx_bytes": 0, "tx_packets": 0,
+            "tx_errs": 0, "tx_drop": 0, "up": 1, "carrier_changes": 2, "speed_mbps": 100000},
+    "tcp": {"in_segs": 0, "out_segs": 0, "retrans_segs": 0},
+    "disk": {"reads": 0, "read_sectors": 0, "read_ms": 0, "writes": 0, "write_sectors": 0, "write_ms": 0,
+             "io_now": 0, "io_ms": 0, "weighted_ms": 0, "major": 259, "minor": 0},
+    "fs": {"device": "/dev/nvme0n1p1", "fstype": "ext4", "size_bytes": 1 << 40, "avail_bytes": 1 << 39,
+           "files": 1 << 26, "files_free": 1 << 25, "readonly": 0, "hang": 0},
+    "ib": {"state": 4, "phys_state": 5, "rate_gbps": 400, "port_rcv_data": 0, "port_xmit_data": 0,
+           "port_rcv_packets": 0, "port_xmit_packets": 0, "port_xmit_wait": 0, "link_downed": 0,
+           "link_error_recovery": 0, "symbol_error": 0, "port_rcv_errors": 0, "port_rcv_discards": 0,
+           "port_xmit_discards": 0, "np_ecn_marked_roce_packets": 0, "rp_cnp_handled": 0, "np_cnp_sent": 0,
+           "out_of_buffer": 0},
+}
+_TEXT_FIELDS = {"device", "fstype"}
+
+
+def host_kind(key: str) -> str:
+    """The kind of a host object key (``nic/eth0`` -> ``nic``); ValueError when malformed."""
+    kind, _, rest = key.partition("/")
+    if kind not in HOST_KINDS:
+        raise ValueError(f"unknown host object {key!r} (kinds: {', '.join(HOST_KINDS)}; e.g. nic/eth0, "
+                         "disk/nvme0n1, fs//data, ib/mlx5_0/1, tcp)")
+    parts = rest.split("/") if rest else []
+    if kind == "tcp":
+        ok = not parts
+    elif kind == "ib":
+        ok = len(parts) == 2 and all(parts) and parts[1].isdigit()
+    elif kind == "fs":
+        ok = rest.startswith("/")
+    else:
+        ok = len(parts) == 1 and bool(parts[0]) and parts[0] not in (".", "..")
+    if not ok:
+        raise ValueError(f"malformed host object name {key!r}")
+    return kind
+
+
+def _check_fields(kind: str, fields: dict[str, Any], where: str) -> None:
+    for name, value in fields.items():
+        if name not in HOST_KINDS[kind]:
+            raise ValueError(f"{where}: unknown {kind} field {name!r} (known: {', '.join(HOST_KINDS[kind])})")
+        if name in _TEXT_FIELDS:
+            if not isinstance(value, str):
+                raise ValueError(f"{where}.{name}: expected text")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}.{name}: expected a number")
+
+
+class HostChange(_Model):
+    """What a step does to one host object: ``set`` values, ``add`` to counters, change counter ``rate``s
+    (per second), or ``uniform`` [low, high] draws (deterministic per seed, step and time)."""
+
+    set: dict[str, Any] = {}
+    add: dict[str, float] = {}
+    rate: dict[str, float] = {}
+    uniform: dict[str, tuple[float, float]] = {}
+
+
+class Expect(_Model):
+    """What must happen in a scenario run: ``alert`` fires (within ``within``), or never (``never: true``);
+    ``action`` planned (within), or never. ``labels`` narrow the alert/action's alert labels."""
+
+    alert: str | None = None
+    action: str | None = None
+    within: float | None = None
+    never: bool = False
+    labels: dict[str, str] = {}
+
+    @field_validator("within", mode="before")
+    @classmethod
+    def _within(cls, v: Any) -> Any:
+        return None if v is None else _seconds(v)
+
+    @model_validator(mode="after")
+    def _one(self) -> Expect:
+        if (self.alert is None) == (self.action is None):
+            raise ValueError("an expectation names exactly one of alert or action")
+        return self
+
+
 class Step(_Model):
-    """A timeline entry: at ``at`` seconds (repeating ``every`` until ``until``), change the target GPUs."""
+    """A timeline entry: at ``at`` seconds (repeating ``every`` until ``until``), change the target GPUs and the
+    host objects, log kernel lines, write files. ``chance`` applies each repetition with that probability."""
 
     at: float
     every: float | None = None
@@ -284,6 +370,42 @@ class Step(_Model):
     not_supported: list[str] | None = None
     supported: list[str] | None = None
     hang: list[str] | None = None
+    uniform: dict[str, tuple[float, float]] = {}
+    chance: float = Field(1.0, gt=0, le=1)
+    host: dict[str, HostChange] = {}
+    kmsg: list[str] = []
+    files: dict[str, str] = {}
+
+    @field_validator("uniform")
+    @classmethod
+    def _uniform(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for key, (lo, hi) in v.items():
+            if key not in NUMERIC_FIELDS:
+                raise ValueError(f"uniform: unknown field {key!r}")
+            if hi < lo:
+                raise ValueError(f"uniform.{key}: high below low")
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: dict[str, HostChange]) -> dict[str, HostChange]:
+        for key, change in v.items():
+            kind = host_kind(key)
+            _check_fields(kind, change.set, f"host.{key}.set")
+            for part in ("add", "rate", "uniform"):
+                _check_fields(kind, dict.fromkeys(getattr(change, part), 0), f"host.{key}.{part}")
+        return v
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, v: dict[str, str]) -> dict[str, str]:
+        for path in v:
+            check_sim_path(path)
+        return v
+
+    def occurs(self, seed: int, index: int, t: float) -> bool:
+        """Whether this repetition happens (``chance``), the same answer for every simulator part."""
+        return self.chance >= 1.0 or draw(seed, index, t, "chance") < self.chance
 
     @field_validator("at", "every", "until", mode="before")
     @classmethod
@@ -346,11 +468,31 @@ class Step(_Model):
         return out
 
 
+def check_sim_path(path: str) -> str:
+    """A file path inside the simulated roots: ``proc/...``, ``sys/...``, ``dev/...`` or a host path; no ``..``."""
+    parts = path.strip("/").split("/")
+    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"files: {path!r}: give a relative path like proc/loadavg or sys/class/... (no ..)")
+    return path
+
+
+def draw(seed: int, index: int, t: float, what: str) -> float:
+    """A deterministic number in [0, 1) for (seed, step index, time, what): the same in every simulator part."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{seed}/{index}/{t:.6f}/{what}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 class Scenario(_Model):
-    """A simulated GPU node."""
+    """A simulated node: GPUs (``gpu``/``gpus``), optionally the host (``node``), a timeline, expectations."""
 
     name: str
     description: str
+    seed: int = 0
+    healthy: bool = Field(False, description="no default rule may fire and no action be planned")
+    node: dict[str, dict[str, Any]] | None = None
+    expect: list[Expect] = []
     duration: float = 3600.0
     nvml: Literal["ok", "library_not_found", "driver_not_loaded", "no_permission"] = "ok"
     driver_version: str = "550.54.15"
@@ -367,6 +509,19 @@ class Scenario(_Model):
     @classmethod
     def _dur(cls, v: Any) -> float:
         return _seconds(v)
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, v: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+        for key, fields in (v or {}).items():
+            kind = host_kind(key)
+            fields = dict(fields or {})
+            rate = fields.pop("rate", {}) or {}
+            if not isinstance(rate, dict):
+                raise ValueError(f"node.{key}.rate: expected a mapping of counter: per-second rate")
+            _check_fields(kind, fields, f"node.{key}")
+            _check_fields(kind, rate, f"node.{key}.rate")
+        return v
 
     @model_validator(mode="after")
     def _build(self) -> Scenario:
