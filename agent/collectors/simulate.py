@@ -333,6 +333,25 @@ class HostChange(_Model):
     uniform: dict[str, tuple[float, float]] = {}
 
 
+class Dataset(_Model):
+    """A protected dataset on the simulated host (``root`` relative to the host root), with its files; the
+    scenario runner writes them, builds the manifest and configures the ``restore`` plugin's scrubber."""
+
+    root: str
+    files: dict[str, str]
+    scrub_every: float = 60.0
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        return check_sim_path(v)
+
+    @field_validator("scrub_every", mode="before")
+    @classmethod
+    def _every(cls, v: Any) -> float:
+        return _seconds(v)
+
+
 class Expect(_Model):
     """What must happen in a scenario run: ``alert`` fires (within ``within``), or never (``never: true``);
     ``action`` planned (within), or never. ``labels`` narrow the alert/action's alert labels."""
@@ -489,9 +508,12 @@ class Scenario(_Model):
 
     name: str
     description: str
+    extends: str | None = Field(None, description="a built-in scenario whose node, GPUs and timeline this one "
+                                "starts from (expectations and healthy are not inherited)")
     seed: int = 0
     healthy: bool = Field(False, description="no default rule may fire and no action be planned")
     node: dict[str, dict[str, Any]] | None = None
+    datasets: dict[str, Dataset] = {}
     expect: list[Expect] = []
     duration: float = 3600.0
     nvml: Literal["ok", "library_not_found", "driver_not_loaded", "no_permission"] = "ok"
@@ -564,9 +586,43 @@ def mig_profile(profile: str) -> tuple[int, int, int]:
     return _MIG_PROFILE_IDS[profile], slices, mib
 
 
-def load_text(text: str, filename: str = "<scenario>") -> Scenario:
+def load_text(text: str, filename: str = "<scenario>", _depth: int = 0) -> Scenario:
     """Parse and validate a scenario; ConfigError lists every problem as ``file:line:column: message``."""
-    return yamlpos.load_model(Scenario, text, filename, "a scenario")[0]
+    sc = yamlpos.load_model(Scenario, text, filename, "a scenario")[0]
+    if sc.extends is None:
+        return sc
+    if _depth >= 4:
+        raise ConfigError(f"{filename}:1:1: extends: more than 4 levels (a loop?)")
+    base = load_text(builtin_text(sc.extends), f"{sc.extends}.yml", _depth + 1)
+    return merge(base, sc, filename)
+
+
+def merge(base: Scenario, child: Scenario, filename: str = "<scenario>") -> Scenario:
+    """``child`` on top of ``base``: node objects and GPU templates merged field by field, timelines
+    concatenated (base first), datasets merged; expectations, healthy and the rest from the child."""
+    skip = {"devices", "extends"}
+    data = base.model_dump(exclude=skip | {"expect", "healthy"})
+    own = child.model_dump(exclude=skip, exclude_unset=True)
+    node = {k: dict(v) for k, v in (base.node or {}).items()}
+    for key, fields in (child.node or {}).items():
+        merged = {**node.get(key, {}), **fields}
+        if "rate" in fields and "rate" in node.get(key, {}):
+            merged["rate"] = {**node[key]["rate"], **fields["rate"]}
+        node[key] = merged
+    data.update({k: v for k, v in own.items() if k not in ("node", "gpu", "gpus", "timeline", "datasets")})
+    data["node"] = node or None
+    data["gpu"] = {**base.gpu.model_dump(exclude_unset=True), **child.gpu.model_dump(exclude_unset=True)}
+    gpus = {i: g.model_dump(exclude_unset=True) for i, g in base.gpus.items()}
+    for i, g in child.gpus.items():
+        gpus[i] = {**gpus.get(i, {}), **g.model_dump(exclude_unset=True)}
+    data["gpus"] = gpus
+    data["timeline"] = [s.model_dump(exclude_unset=True) for s in base.timeline] + \
+        [s.model_dump(exclude_unset=True) for s in child.timeline]
+    data["datasets"] = {**data.get("datasets", {}), **own.get("datasets", {})}
+    try:
+        return Scenario.model_validate(data)
+    except ValueError as err:
+        raise ConfigError(f"{filename}:1:1: extends {base.name}: {err}") from err
 
 
 def builtin_names() -> list[str]:

@@ -115,10 +115,12 @@ def run_scenario(scenario: simulate.Scenario, workdir: str, *, interval: float =
     clock = ManualClock()
     sim = NodeSim(scenario, os.path.join(workdir, "node"), clock.mono)
     rules = rule_files if rule_files is not None else default_rule_files()
+    policy = policy or str(REPO / configmod.DEFAULT_POLICY)
+    if scenario.datasets:
+        policy = _datasets(scenario, sim, policy, workdir)
     cfg = configmod.Config.model_validate({}).model_copy(update={
         "state_dir": os.path.join(workdir, "state"), "interval": interval, "mode": "observe",
-        "hostname": sim.hostname, "rule_files": rules,
-        "remediation_policy": policy or str(REPO / configmod.DEFAULT_POLICY)})
+        "hostname": sim.hostname, "rule_files": rules, "remediation_policy": policy})
     cfg = cfg.model_copy(update={"rule_files": rules})
     os.makedirs(cfg.state_dir, exist_ok=True)
     report = Report(scenario.name)
@@ -127,9 +129,16 @@ def run_scenario(scenario: simulate.Scenario, workdir: str, *, interval: float =
                     plugin_deps={"nvml": sim.nvml, "paths": sim.paths})
     started = time.perf_counter()
     end = duration if duration is not None else scenario.duration
+    scrubber = daemon.remediator.plugins.get("restore") if scenario.datasets else None
+    scrub_every = min((d.scrub_every for d in scenario.datasets.values()), default=0.0)
+    next_scrub = 0.0
     try:
         daemon.remediator.recover()
         while clock.t <= end + 1e-9:
+            if scrubber is not None and clock.t >= next_scrub:  # the restore scrubber, on simulated time
+                sim.advance()
+                scrubber.scrub_once()
+                next_scrub = clock.t + scrub_every
             daemon.tick()
             now = clock.t
             report.ticks += 1
@@ -156,6 +165,33 @@ def run_scenario(scenario: simulate.Scenario, workdir: str, *, interval: float =
         daemon.stop(timeout=4.0)
     check(scenario, report, rule_names(rules)[0])
     return report
+
+
+def _datasets(scenario: simulate.Scenario, sim: Any, policy: str, workdir: str) -> str:
+    """Write the datasets' files and manifests on the simulated host; a policy copy whose ``restore`` plugin
+    protects them (scrubbed by the runner on simulated time)."""
+    from ruamel.yaml import YAML
+
+    from remediations.manifest import DEFAULT_NAME, create, write
+
+    settings: dict[str, Any] = {}
+    for name, ds in scenario.datasets.items():
+        root = os.path.join(sim.paths.rootfs, ds.root)
+        for rel, text in ds.files.items():
+            path = os.path.join(root, simulate.check_sim_path(rel))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Path(path).write_text(text, encoding="utf-8")
+        write(os.path.join(root, DEFAULT_NAME), create(root))
+        settings[name] = {"root": root}
+    yaml = YAML()
+    doc = yaml.load(Path(policy).read_text(encoding="utf-8"))
+    plugins = doc.setdefault("plugins", {}) or {}
+    doc["plugins"] = plugins
+    plugins["restore"] = {"scrub_interval": 0, "state_dir": os.path.join(workdir, "restore"), "datasets": settings}
+    out = os.path.join(workdir, "policy.yml")
+    with open(out, "w", encoding="utf-8") as f:
+        yaml.dump(doc, f)
+    return out
 
 
 def check(scenario: simulate.Scenario, report: Report, alerts: list[str]) -> None:
