@@ -98,6 +98,8 @@ class NodeSim:
         """Apply the timeline up to now, integrate the counters, rewrite the files; returns scenario time."""
         with self._lock:
             now = self.now()
+            if self._released.is_set():  # shut down: the tree is about to be removed
+                return now
             if now <= self._t and self._next >= len(self._plan):
                 return now
             while self._next < len(self._plan) and self._plan[self._next][0] <= now:
@@ -112,7 +114,8 @@ class NodeSim:
 
     def release(self) -> None:
         """Let every hung statvfs return (shutdown)."""
-        self._released.set()
+        with self._lock:
+            self._released.set()
         self.nvml.release()
 
     def _integrate(self, t: float) -> None:

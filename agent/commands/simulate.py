@@ -272,7 +272,7 @@ def _run(args: argparse.Namespace, parse_duration: Any) -> int:
     reports = []
     for name in args.run:
         sc = _load(name)
-        with tempfile.TemporaryDirectory(prefix="nodewarden-sim-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="nodewarden-sim-", ignore_cleanup_errors=True) as tmp:
             try:
                 rep = run_scenario(sc, tmp, interval=interval, duration=duration, rule_files=args.rules or None)
             except RuleError as err:
