@@ -61,6 +61,7 @@ class Report:
         return {"scenario": self.scenario, "ticks": self.ticks, "simulated_s": self.simulated_s,
                 "wall_s": round(self.wall_s, 3), "fired": self.fired, "actions": self.actions,
                 "action_rows": self.action_rows, "recorded": sorted(self.recorded), "failures": self.failures,
+                "pending": sorted(self.pending),
                 "series_max": self.series_max}
 
 
