@@ -52,6 +52,14 @@ def _per_call_costs(module, collector: GpuCollector, repeat: int = 200) -> list[
         ("nvmlDeviceGetCurrentClocksEventReasons", lambda: nv.nvmlDeviceGetCurrentClocksEventReasons(h)),
         (f"nvmlDeviceGetFieldValues({len(g.field_ids)} fields)", lambda: nv.nvmlDeviceGetFieldValues(h, g.field_ids)),
         ("nvmlDeviceGetComputeRunningProcesses", lambda: nv.nvmlDeviceGetComputeRunningProcesses(h)),
+        ("nvmlDeviceGetPowerManagementLimit", lambda: nv.nvmlDeviceGetPowerManagementLimit(h)),
+        ("nvmlDeviceGetEnforcedPowerLimit", lambda: nv.nvmlDeviceGetEnforcedPowerLimit(h)),
+        ("nvmlDeviceGetEncoderUtilization", lambda: nv.nvmlDeviceGetEncoderUtilization(h)),
+        ("nvmlDeviceGetDecoderUtilization", lambda: nv.nvmlDeviceGetDecoderUtilization(h)),
+        ("nvmlDeviceGetCurrPcieLinkGeneration", lambda: nv.nvmlDeviceGetCurrPcieLinkGeneration(h)),
+        ("nvmlDeviceGetCurrPcieLinkWidth", lambda: nv.nvmlDeviceGetCurrPcieLinkWidth(h)),
+        ("nvmlDeviceGetGridLicensableFeatures", lambda: nv.nvmlDeviceGetGridLicensableFeatures(h)),
+        ("nvmlGpmSampleGet", lambda: nv.nvmlGpmSampleGet(h, g.gpm[None][1]) if g.gpm else None),
     ]
     out = []
     for name, fn in calls:
