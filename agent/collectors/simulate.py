@@ -354,7 +354,8 @@ class Dataset(_Model):
 
 class Expect(_Model):
     """What must happen in a scenario run: ``alert`` fires (within ``within``), or never (``never: true``);
-    ``action`` planned (within), or never. ``labels`` narrow the alert/action's alert labels."""
+    ``action`` is journaled (planned, in observe mode) within ``within``, or never. ``labels`` narrow which
+    firing alerts count (alerts only)."""
 
     alert: str | None = None
     action: str | None = None

@@ -87,7 +87,11 @@ def simulation(cfg: configmod.Config, args: argparse.Namespace) -> dict:
     speed = args.speed or 1.0
     clock = ScaledClock(speed)
     if not scenario.node and speed == 1.0:
-        return {}  # GPU-only scenario in real time: the GPU collector loads the fake itself (apply_simulate)
+        # GPU-only scenario in real time: the GPU collector loads the fake itself (apply_simulate); plugins get
+        # the same fake (load_module shares one per scenario), so a power cap shows in the collector's readings.
+        from agent.collectors.nvml import load_module
+
+        return {"plugin_deps": {"nvml": load_module(args.simulate)}}
     sim = NodeSim(scenario, os.path.join(cfg.state_dir, "simulated-node"), clock.mono, hostname=cfg.hostname)
     out: dict = {"wall": clock.wall, "mono": clock.mono, "speed": speed, "plugin_deps": {"nvml": sim.nvml}}
     if scenario.node:
