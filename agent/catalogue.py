@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from agent import collectors
-from agent.core.metrics import MetricSpec
+from agent.core.metrics import Catalogued, MetricSpec
 
 
 def sources() -> list[tuple[str, list[MetricSpec]]]:
@@ -24,11 +24,11 @@ def sources() -> list[tuple[str, list[MetricSpec]]]:
             cls = collectors.load(ep)
         except Exception:  # a broken third-party plugin must not break the catalogue
             continue
-        out.append((f"collector `{name}`", list(getattr(cls, "metrics", []))))
+        out.append((f"collector `{name}`", list(cls.metrics) if isinstance(cls, Catalogued) else []))
     from agent.core.discovery import classes
 
     for name, cls in sorted(classes().plugins.items()):
-        if getattr(cls, "metrics", None):
+        if isinstance(cls, Catalogued) and cls.metrics:
             out.append((f"remediation plugin `{name}`", list(cls.metrics)))
     return out
 

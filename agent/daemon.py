@@ -27,7 +27,7 @@ from agent.core.config import Config
 from agent.core.discovery import classes as plugin_classes
 from agent.core.discovery import load_remediations
 from agent.core.errors import ConfigError, PluginLoadError, RuleError
-from agent.core.metrics import Collector, MetricSpec, Sample
+from agent.core.metrics import Collector, CollectorStarts, MetricSpec, Sample
 from agent.core.paths import Paths
 from agent.engine.rules import RuleEngine
 from agent.engine.store import Store
@@ -153,9 +153,8 @@ class Daemon:
         built, failed = self.collector_factory(cfg)
         runners = []
         for coll in built:
-            starter = getattr(coll, "start", None)
-            if callable(starter):
-                starter()
+            if isinstance(coll, CollectorStarts):
+                coll.start()
             # Accelerated simulation: collectors keep real-time deadlines (a slow tick lags; it does not lose data).
             clock = self.mono if self.speed == 1.0 else time.monotonic
             runners.append(CollectorRunner(coll, collector_timeout(cfg, coll.name), clock=clock))

@@ -23,17 +23,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.core.alerts import Alert
 from agent.core.errors import RemediationError
-from agent.core.plugin import REASON_RE, Entry, Outcome, ParamsModel, Plan, Runner, check_gpu, check_node, run_argv
+from agent.core.plugin import (
+    REASON_RE,
+    Entry,
+    Outcome,
+    ParamsModel,
+    Plan,
+    Refused,
+    Runner,
+    check_gpu,
+    check_node,
+    run_argv,
+)
 
 NAME = "gpu-reset"
-
-
-class Refused(RemediationError):
-    """The reset is refused on purpose; ``reason`` is a short token (not_drained, gpu_busy)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
 
 
 class Params(ParamsModel):

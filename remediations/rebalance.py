@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.core.alerts import Alert
 from agent.core.paths import Paths
-from agent.core.plugin import REASON_RE, Entry, Outcome, ParamsModel, Plan, check_gpu, check_node
+from agent.core.plugin import REASON_RE, Backend, Cluster, Entry, Outcome, ParamsModel, Plan, check_gpu, check_node
 
 NAME = "rebalance"
 PREFIX = "nodewarden:"
@@ -107,6 +107,7 @@ class Rebalance:
         self.name = NAME
         self.config = config
         self.node = config.node_name or check_node(socket.gethostname().split(".")[0])
+        self.backend: Backend  # see agent.core.plugin.Backend
         if config.backend == "slurm":
             from remediations.backends.slurm import SlurmBackend
             self.backend = SlurmBackend(config.slurm, runner=runner)
@@ -116,7 +117,7 @@ class Rebalance:
         else:
             from remediations.backends.gpu_fence import GpuFenceBackend
             self.backend = GpuFenceBackend(nvml=nvml)
-        self.cluster = self.backend if hasattr(self.backend, "held") else None
+        self.cluster = self.backend if isinstance(self.backend, Cluster) else None
 
     def plan(self, alert: Alert | None, params: Params) -> Plan:
         """Pure: what the backend would change."""

@@ -14,19 +14,19 @@ Safety: the interface carrying a default route is refused unless ``allow_default
 raised to the ``min_rate`` floor; a throttle carries ``expires_after`` (its ``duration``, capped by
 ``max_duration``) and :meth:`Throttle.reconcile` reports the journal entries past it so they get reverted.
 
-Pure planning (rate parsing, port-range prefixes, u32 keys, the tree, comparing trees) is separate from the
-netlink I/O in :mod:`remediations.tc`.
+This module is the plugin: params, settings, kernel reads and writes, reconciliation, expiry and metrics. The
+tree itself (rate parsing, port-range prefixes, u32 keys, building and comparing trees) is pure data in
+:mod:`remediations.htb`; the netlink I/O is :mod:`remediations.tc`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -35,36 +35,29 @@ from agent.core.durations import format_duration, parse_duration
 from agent.core.errors import RemediationError
 from agent.core.metrics import MetricSpec, Sample
 from agent.core.paths import Paths
-from agent.core.plugin import Entry, Outcome, ParamsModel, Plan
-from remediations.tc import ClassSpec, FilterSpec, Netlink, Qdisc
+from agent.core.plugin import Entry, Outcome, ParamsModel, Plan, Refused
+from remediations.htb import (
+    DEFAULT_MINOR,
+    MAJOR,
+    ROOT,
+    TC_H_ROOT,
+    Selector,
+    build_tree,
+    fmt_handle,
+    format_rate,
+    key_bytes,
+    owner,
+    parse_rate,
+    snapshot,
+    tree_signature,
+    tree_specs,
+)
+from remediations.tc import Netlink
 
 NAME = "throttle"
-MAJOR = 0x4E57                     # "NW": the major of every handle we create
-ROOT = MAJOR << 16                 # 4e57:
-DEFAULT_MINOR = 0xFFFF             # 4e57:ffff, the unlimited default class
-FIRST_MINOR = 0x10                 # 4e57:10, 4e57:11, ... one per selector
-TC_H_ROOT = 0xFFFFFFFF
-TC_H_INGRESS = 0xFFFFFFF1          # ingress / clsact live here; egress shaping never touches them
-ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
-PROTOCOLS = {"tcp": 6, "udp": 17}
 MAX_CLASSES = 8
-MAX_FILTERS = 64                   # per selector, after expanding port ranges into prefixes
 
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")  # IFNAMSIZ is 16 with the NUL
-CLASS_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
-RATE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(%|bit|kbit|mbit|gbit|tbit)?\s*$", re.IGNORECASE)
-_UNITS = {None: 1, "bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12}
-
-
-class Refused(RemediationError):
-    """The plan is refused on purpose (foreign qdisc, default route, ...): ``reason`` is a short token."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-
-
-# ---------------------------------------------------------------- pure helpers
 
 
 def check_device(value: str) -> str:
@@ -74,132 +67,7 @@ def check_device(value: str) -> str:
     return value
 
 
-def parse_rate(text: str | int | float) -> tuple[float, bool]:
-    """``(value, is_percent)``: bits per second (``20Mbit``, ``1.5gbit``, ``20000000``) or a percentage."""
-    if isinstance(text, bool):
-        raise ValueError(f"not a rate: {text!r}")
-    if isinstance(text, (int, float)):
-        value, unit = float(text), None
-    else:
-        m = RATE_RE.fullmatch(text)
-        if not m:
-            raise ValueError(f"not a rate: {text!r} (use e.g. 20Mbit, 2Gbit, 500000000 or 25%)")
-        value, unit = float(m.group(1)), (m.group(2) or "").lower() or None
-    if value <= 0:
-        raise ValueError(f"rate must be positive: {text!r}")
-    if unit == "%":
-        if value > 100:
-            raise ValueError(f"a percentage rate must be at most 100%: {text!r}")
-        return value, True
-    return value * _UNITS[unit], False
-
-
-def format_rate(bits: float) -> str:
-    """Human bit rate, tc style (``20Mbit``)."""
-    for unit, size in (("Tbit", 10**12), ("Gbit", 10**9), ("Mbit", 10**6), ("Kbit", 10**3)):
-        if bits >= size:
-            return f"{bits / size:g}{unit}"
-    return f"{bits:g}bit"
-
-
-def parse_ports(value: str | int | None) -> tuple[int, int] | None:
-    """``"5001"`` or ``"5000-5100"`` to an inclusive range; ValueError when malformed."""
-    if value is None or value == "":
-        return None
-    text = str(value).strip()
-    lo_s, sep, hi_s = text.partition("-")
-    if not lo_s.isdigit() or (sep and not hi_s.isdigit()):
-        raise ValueError(f"not a port or port range: {value!r} (use 5001 or 5000-5100)")
-    lo, hi = int(lo_s), int(hi_s) if sep else int(lo_s)
-    if not 0 <= lo <= hi <= 65535:
-        raise ValueError(f"port range out of order or above 65535: {value!r}")
-    return lo, hi
-
-
-def port_prefixes(lo: int, hi: int) -> list[tuple[int, int]]:
-    """Cover ``lo..hi`` with the fewest (value, mask) 16-bit prefixes (what u32 can match)."""
-    out = []
-    while lo <= hi:
-        size = lo & -lo if lo else 1 << 16
-        while size > hi - lo + 1:
-            size >>= 1
-        out.append((lo, (0xFFFF & ~(size - 1))))
-        lo += size
-    return out
-
-
-def key_bytes(keys: Iterable[tuple[int, int, int]]) -> tuple[tuple[int, int, int], ...]:
-    """Normalise u32 keys (offset, 32-bit mask, 32-bit value) into sorted (byte offset, mask, value) triples.
-
-    Two key lists match the same packets when their byte triples are equal, however they were split.
-    """
-    out: dict[int, tuple[int, int]] = {}
-    for off, mask, val in keys:
-        for i in range(4):
-            shift = 24 - 8 * i
-            bm = (mask >> shift) & 0xFF
-            if bm:
-                pm, pv = out.get(off + i, (0, 0))
-                out[off + i] = (pm | bm, pv | ((val >> shift) & bm))
-    return tuple((o, m, v) for o, (m, v) in sorted(out.items()))
-
-
-def key_string(off: int, mask: int, val: int) -> str:
-    """pyroute2's notation for one key."""
-    return f"0x{val & mask:08x}/0x{mask:08x}+{off}"
-
-
 # ---------------------------------------------------------------- params and settings
-
-
-class Selector(BaseModel):
-    """One throttled traffic class: ``rate`` plus at least one of the match fields (all must hold)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field("throttled", description="class label, e.g. checkpoint")
-    rate: str | int | float = Field(description="cap: bit/s (20Mbit, 2Gbit, 500000000) or % of link speed")
-    protocol: Literal["tcp", "udp", "any"] = "any"
-    dport: str | int | None = Field(None, description="destination port or range, e.g. 5000-5100")
-    sport: str | int | None = Field(None, description="source port or range")
-    dscp: int | None = Field(None, ge=0, le=63, description="DSCP code point (0-63)")
-    dst: str | None = Field(None, description="destination CIDR, IPv4 or IPv6")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not CLASS_RE.fullmatch(v):
-            raise ValueError(f"class name must be 1-32 of A-Za-z0-9_.- : {v!r}")
-        return v
-
-    @field_validator("rate")
-    @classmethod
-    def _rate(cls, v: str | int | float) -> str | int | float:
-        parse_rate(v)
-        return v
-
-    @field_validator("dport", "sport")
-    @classmethod
-    def _ports(cls, v: str | int | None) -> str | None:
-        r = parse_ports(v)
-        return None if r is None else (f"{r[0]}" if r[0] == r[1] else f"{r[0]}-{r[1]}")
-
-    @field_validator("dst")
-    @classmethod
-    def _dst(cls, v: str | None) -> str | None:
-        if v in (None, ""):
-            return None
-        try:
-            return str(ipaddress.ip_network(v.strip(), strict=False))
-        except ValueError as err:
-            raise ValueError(f"not a CIDR: {v!r}") from err
-
-    @model_validator(mode="after")
-    def _selective(self) -> Selector:
-        if self.dport is None and self.sport is None and self.dscp is None and self.dst is None \
-                and self.protocol == "any":
-            raise ValueError("a class needs at least one of protocol, dport, sport, dscp, dst")
-        return self
 
 
 _FLAT = ("name", "rate", "protocol", "dport", "sport", "dscp", "dst")
@@ -270,143 +138,6 @@ class Config(BaseModel):
         if parse_duration(v) <= 0:
             raise ValueError("must be positive")
         return v
-
-
-# ---------------------------------------------------------------- the tree (pure)
-
-
-def selector_filters(sel: Selector) -> list[tuple[int, tuple[tuple[int, int, int], ...]]]:
-    """(ethertype, keys) of the u32 filters that together match one selector (IPv4 and/or IPv6)."""
-    families = [ETH_P_IP, ETH_P_IPV6]
-    if sel.dst is not None:
-        families = [ETH_P_IP if ipaddress.ip_network(sel.dst).version == 4 else ETH_P_IPV6]
-    sports = port_prefixes(*parse_ports(sel.sport)) if sel.sport is not None else [None]
-    dports = port_prefixes(*parse_ports(sel.dport)) if sel.dport is not None else [None]
-    ported = sel.sport is not None or sel.dport is not None
-    protos = [PROTOCOLS[sel.protocol]] if sel.protocol != "any" else (list(PROTOCOLS.values()) if ported else [None])
-    out = []
-    for family in families:
-        v4 = family == ETH_P_IP
-        base: list[tuple[int, int, int]] = []
-        if sel.dscp is not None:
-            base.append((0, 0x00FC0000, sel.dscp << 18) if v4 else (0, 0x0FC00000, sel.dscp << 22))
-        if sel.dst is not None:
-            net = ipaddress.ip_network(sel.dst)
-            addr, mask = int(net.network_address), int(net.netmask)
-            words = 1 if v4 else 4
-            for i in range(words):
-                shift = 32 * (words - 1 - i)
-                m = (mask >> shift) & 0xFFFFFFFF
-                if m:
-                    base.append(((16 if v4 else 24) + 4 * i, m, (addr >> shift) & 0xFFFFFFFF))
-        if ported and v4:
-            base.append((0, 0x0F000000, 0x05000000))   # no IP options: ports at a fixed offset
-            base.append((4, 0x00001FFF, 0))            # first fragment only (later ones carry no ports)
-        l4 = 20 if v4 else 40
-        for proto in protos:
-            pkeys = list(base)
-            if proto is not None:
-                pkeys.append((8, 0x00FF0000, proto << 16) if v4 else (4, 0x0000FF00, proto << 8))
-            for sp in sports:
-                for dp in dports:
-                    keys = list(pkeys)
-                    if sp is not None and sp[1]:
-                        keys.append((l4, sp[1] << 16, sp[0] << 16))
-                    if dp is not None and dp[1]:
-                        keys.append((l4, dp[1], dp[0]))
-                    out.append((family, tuple(keys)))
-    if len(out) > MAX_FILTERS:
-        raise ValueError(f"class {sel.name!r} needs {len(out)} u32 filters (max {MAX_FILTERS}); use aligned "
-                         "port ranges or fewer match fields")
-    return out
-
-
-def _burst(rate_bytes: int) -> int:
-    return min(rate_bytes // 1000 + 1600, 4 << 20)        # about 1 ms at the rate plus one MTU, like tc
-
-
-def _quantum(rate_bytes: int) -> int:
-    return max(1600, min(200_000, rate_bytes // 10))     # what r2q=10 would give, kept in the kernel's bounds
-
-
-def build_tree(device: str, selectors: Sequence[Selector], speed_bits: float | None, min_rate: float,
-               unlimited: float) -> tuple[dict[str, Any], list[str]]:
-    """The desired HTB tree (JSON-able, journaled in the plan) and notes about rates (floor, link speed)."""
-    notes: list[str] = []
-    classes = []
-    for i, sel in enumerate(selectors):
-        value, pct = parse_rate(sel.rate)
-        if pct:
-            if not speed_bits:
-                raise Refused("link_speed_unknown", f"{device}: rate {sel.rate} is a percentage but the link "
-                              "speed is unknown; give an absolute rate")
-            bits = speed_bits * value / 100.0
-        else:
-            bits = value
-        if bits < min_rate:
-            notes.append(f"class {sel.name}: {format_rate(bits)} raised to the floor {format_rate(min_rate)}")
-            bits = min_rate
-        if speed_bits and bits >= speed_bits:
-            notes.append(f"class {sel.name}: {format_rate(bits)} is not below the link speed "
-                         f"{format_rate(speed_bits)}; it caps nothing")
-        # the kernel keeps one protocol per filter priority: one priority per (class, address family)
-        classes.append({"name": sel.name, "classid": ROOT | (FIRST_MINOR + i), "rate_bits": int(bits),
-                        "match": _describe(sel),
-                        "filters": [{"prio": 10 + 2 * i + (fam == ETH_P_IPV6), "protocol": fam,
-                                     "keys": [list(k) for k in keys]} for fam, keys in selector_filters(sel)]})
-    tree = {"device": device, "handle": ROOT, "default": ROOT | DEFAULT_MINOR,
-            "default_rate_bits": int(max(unlimited, speed_bits or 0)), "classes": classes}
-    return tree, notes
-
-
-def _describe(sel: Selector) -> str:
-    parts = [f"{k}={getattr(sel, k)}" for k in ("protocol", "sport", "dport", "dscp", "dst")
-             if getattr(sel, k) is not None and not (k == "protocol" and sel.protocol == "any")]
-    return " ".join(parts)
-
-
-def tree_specs(tree: Mapping[str, Any]) -> tuple[list[ClassSpec], list[FilterSpec]]:
-    """The classes and filters to create for a tree (rates converted to the kernel's bytes per second)."""
-    d = int(tree["default_rate_bits"]) // 8
-    classes = [ClassSpec(int(tree["default"]), d, d, _burst(d), _quantum(d))]
-    filters = []
-    for c in tree["classes"]:
-        r = int(c["rate_bits"]) // 8
-        classes.append(ClassSpec(int(c["classid"]), r, r, _burst(r), _quantum(r)))
-        for f in c["filters"]:
-            filters.append(FilterSpec(int(f["prio"]), int(f["protocol"]), int(c["classid"]),
-                                      tuple(key_string(*k) for k in f["keys"])))
-    return classes, filters
-
-
-def tree_signature(tree: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What the kernel must show for ``tree``: classes (id, rate, ceil) and filters (prio, proto, class, bytes)."""
-    classes, _ = tree_specs(tree)
-    return (frozenset((c.classid, c.rate, c.ceil) for c in classes),
-            frozenset((int(f["prio"]), int(f["protocol"]), int(c["classid"]), key_bytes(tuple(k) for k in f["keys"]))
-                      for c in tree["classes"] for f in c["filters"]))
-
-
-def owner(qdiscs: Sequence[Qdisc]) -> Literal["ours", "default", "foreign", "none"]:
-    """Whose egress tree is this: ours (root 4e57:), the kernel default (every handle 0:), or foreign."""
-    egress = [q for q in qdiscs if q.parent != TC_H_INGRESS and q.kind not in ("ingress", "clsact")]
-    root = [q for q in egress if q.parent == TC_H_ROOT]
-    if not root:
-        return "none"
-    if root[0].handle == ROOT and root[0].kind == "htb":
-        return "ours"
-    if all(q.handle & 0xFFFF0000 == 0 for q in egress):
-        return "default"
-    return "foreign"
-
-
-def snapshot(qdiscs: Sequence[Qdisc]) -> list[list[Any]]:
-    """A normalised, comparable dump of an interface's qdiscs (kind, handle, parent; no statistics)."""
-    return sorted([q.kind, q.handle, q.parent] for q in qdiscs)
-
-
-def _fmt_handle(h: int) -> str:
-    return f"{h >> 16:x}:" + (f"{h & 0xFFFF:x}" if h & 0xFFFF else "")
 
 
 # ---------------------------------------------------------------- the plugin
@@ -484,7 +215,7 @@ class Throttle:
         whose = owner(qdiscs)
         if whose == "foreign":
             root = next(q for q in qdiscs if q.parent == TC_H_ROOT)
-            raise Refused("foreign_qdisc", f"{device} has a root qdisc {root.kind} {_fmt_handle(root.handle)} "
+            raise Refused("foreign_qdisc", f"{device} has a root qdisc {root.kind} {fmt_handle(root.handle)} "
                           "that nodewarden did not create; left alone")
         if whose == "none":
             raise Refused("no_root_qdisc", f"{device} has no egress qdisc (is it up?)")
@@ -499,12 +230,12 @@ class Throttle:
                 raise Refused("already_throttled", f"{device} is already throttled by nodewarden with other "
                               "classes; revert that first")
             noop = True
-        changes = [f"{device}: replace the kernel default root qdisc with htb {_fmt_handle(ROOT)} "
-                   f"(default class {_fmt_handle(ROOT | DEFAULT_MINOR)} at {format_rate(tree['default_rate_bits'])})"]
-        changes += [f"{device}: class {c['name']} ({_fmt_handle(c['classid'])}) capped at "
+        changes = [f"{device}: replace the kernel default root qdisc with htb {fmt_handle(ROOT)} "
+                   f"(default class {fmt_handle(ROOT | DEFAULT_MINOR)} at {format_rate(tree['default_rate_bits'])})"]
+        changes += [f"{device}: class {c['name']} ({fmt_handle(c['classid'])}) capped at "
                     f"{format_rate(c['rate_bits'])} for {c['match']} ({len(c['filters'])} u32 filters)"
                     for c in tree["classes"]]
-        changes.append(f"revert after at most {format_duration(duration)} (deletes {_fmt_handle(ROOT)}; the "
+        changes.append(f"revert after at most {format_duration(duration)} (deletes {fmt_handle(ROOT)}; the "
                        "kernel default qdisc returns)")
         changes += notes
         if noop:
@@ -533,7 +264,7 @@ class Throttle:
         classes, filters = tree_specs(tree)
         self.nl.create_htb(index, ROOT, DEFAULT_MINOR, classes, filters)
         self._remember(device, tree)
-        return Outcome(f"{device}: htb {_fmt_handle(ROOT)} with {len(tree['classes'])} capped classes and "
+        return Outcome(f"{device}: htb {fmt_handle(ROOT)} with {len(tree['classes'])} capped classes and "
                        f"{len(filters)} filters", {"before": before} if before is not None else dict(plan.undo))
 
     def verify(self, plan: Plan) -> bool:
@@ -564,7 +295,7 @@ class Throttle:
             raise RemediationError(f"{device}: qdiscs after revert {snapshot(after)} differ from before {before}")
         if before is None and owner(after) != "default":
             raise RemediationError(f"{device}: after revert the root qdisc is {owner(after)}, not the kernel default")
-        return Outcome(f"{device}: removed htb {_fmt_handle(ROOT)}; qdiscs are back as before")
+        return Outcome(f"{device}: removed htb {fmt_handle(ROOT)}; qdiscs are back as before")
 
     def recover(self, entry: Entry) -> str:
         """An interrupted apply is finished (a journaled throttle stays); an interrupted revert is finished."""

@@ -138,13 +138,10 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.2, what: str 
 
 def sample_value(text: str, name: str, **labels: str) -> float | None:
     """The value of the first exposition line of ``name`` carrying all ``labels`` (None when absent)."""
-    for line in text.splitlines():
-        if not line.startswith(name) or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        metric = head.split("{", 1)[0]
-        if metric != name:
-            continue
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            return float(value)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
     return None

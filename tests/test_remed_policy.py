@@ -102,3 +102,19 @@ def test_route_overrides_defaults():
 def test_no_data_gate(name, value, blocked):
     a = Alert(labels={"alertname": name}, annotations={}, state="firing", active_at=0.0, value=value)
     assert NoDataGate().blocks(a) is blocked
+
+
+def test_render_uses_the_annotation_engine_and_keeps_label_values_as_data():
+    labels = {"node": "{{ $value }}", "gpu": "1"}
+    out = render("{{ $labels.node }}/{{$labels.gpu}} {{ $value }}", labels, 1234567.5)
+    assert out == "{{ $value }}/1 1.2345675e+06"
+    assert render({"v": ["{{ $value }}"]}, labels, 79.125) == {"v": ["79.125"]}
+
+
+@pytest.mark.parametrize("bad", ["{{ .Labels.gpu }}", "{{ $labels.gpu | toUpper }}", "{{ if $value }}x{{ end }}",
+                                 '{{ "lit" }}', "a }} b", "{{ $externalURL }}", "{{ $labels }}"])
+def test_param_templates_beyond_the_subset_are_refused(bad):
+    from agent.remediation.policy import check_template
+
+    with pytest.raises(ValueError, match="unsupported template"):
+        check_template(bad)

@@ -9,18 +9,12 @@ import pytest
 from pydantic import ValidationError
 
 from agent.remediation.policy import load_policy_text, validate_params
-from remediations.tc import Qdisc, U32Filter, _u32_keys
-from remediations.throttle import (
+from remediations.htb import (
     ETH_P_IP,
     ETH_P_IPV6,
     ROOT,
-    Config,
-    Params,
-    Refused,
     Selector,
-    Throttle,
     build_tree,
-    check_device,
     key_bytes,
     owner,
     parse_ports,
@@ -30,6 +24,8 @@ from remediations.throttle import (
     snapshot,
     tree_signature,
 )
+from remediations.tc import Qdisc, U32Filter, _u32_keys
+from remediations.throttle import Config, Params, Refused, Throttle, check_device
 
 ROOT_PARENT = 0xFFFFFFFF
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from agent.core.errors import NoData
-from agent.core.metrics import Collector, Sample
+from agent.core.metrics import Collector, CollectorCloses, PartialSamples, Sample
 
 Status = Literal["ok", "nodata", "error", "timeout", "hung"]
 
@@ -96,9 +96,8 @@ class CollectorRunner:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        closer = getattr(self.collector, "close", None)
-        if callable(closer):
-            closer()
+        if isinstance(self.collector, CollectorCloses):
+            self.collector.close()
 
     def _work(self) -> None:
         while True:
@@ -114,7 +113,8 @@ class CollectorRunner:
                 outcome = Outcome("nodata", error=str(err))
             except Exception as err:  # a plugin failure is data: report it, keep the loop running
                 # An error may carry partial samples (e.g. the GPU collector's hung-driver report).
-                outcome = Outcome("error", list(getattr(err, "samples", ())), error=f"{type(err).__name__}: {err}")
+                partial = list(err.samples) if isinstance(err, PartialSamples) else []
+                outcome = Outcome("error", partial, error=f"{type(err).__name__}: {err}")
             outcome.duration = self._clock() - t0
             with self._cond:
                 self._outcome = outcome

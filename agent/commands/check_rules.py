@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import importlib.metadata
 import re
 import sys
 from collections.abc import Iterable
 from typing import Any
 
+from agent.core import discovery
 from agent.core.errors import ConfigError, RuleError
-from agent.core.metrics import MetricSpec
+from agent.core.metrics import Catalogued, MetricSpec
 from agent.engine import rules as rulesmod
 from agent.remediation.policy import looks_like_policy
 
 HELP = "validate rule files like promtool (exit 0 valid, 1 invalid) and warn about metrics no collector produces"
-ENTRY_POINT_GROUP = "nodewarden.collectors"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +41,7 @@ def known_catalogue(enabled: Iterable[str] | None = None) -> tuple[dict[str, Met
     catalogue: dict[str, MetricSpec] = {}
     notes: list[str] = []
     wanted = set(enabled) if enabled is not None else None
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in discovery.discover(discovery.COLLECTORS).values():
         if wanted is not None and ep.name not in wanted:
             continue
         try:
@@ -50,7 +49,7 @@ def known_catalogue(enabled: Iterable[str] | None = None) -> tuple[dict[str, Met
         except Exception as err:  # a broken plugin disables only its own check
             notes.append(f"collector {ep.name!r} could not be loaded ({err}); its metrics are not known")
             continue
-        specs = getattr(cls, "metrics", None)
+        specs = cls.metrics if isinstance(cls, Catalogued) else None
         if not isinstance(specs, (list, tuple)) or not all(isinstance(s, MetricSpec) for s in specs):
             notes.append(f"collector {ep.name!r} has no class-level metrics catalogue; its metrics are not known")
             continue
@@ -59,7 +58,7 @@ def known_catalogue(enabled: Iterable[str] | None = None) -> tuple[dict[str, Met
     from agent.core.discovery import classes  # remediation plugins export metrics too (e.g. the restore scrubber)
 
     for cls in classes().plugins.values():
-        for spec in getattr(cls, "metrics", None) or []:
+        for spec in (cls.metrics if isinstance(cls, Catalogued) else None) or []:
             catalogue[spec.name] = spec
     return catalogue, notes
 
@@ -68,7 +67,7 @@ def _enabled_collectors(path: str) -> list[str]:
     from agent.core import config
 
     cfg = config.load_file(path)
-    names = [ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    names = list(discovery.discover(discovery.COLLECTORS))
     return [n for n in names if cfg.collectors.get(n).enabled]
 
 

@@ -9,6 +9,7 @@ import sys
 from agent.collectors.runner import CollectorRunner
 from agent.commands import run as runcmd
 from agent.core.errors import ConfigError
+from agent.core.metrics import CollectorStarts, Describes
 
 HELP = "sample every collector once and print the values"
 
@@ -41,14 +42,13 @@ def main(args: argparse.Namespace) -> int:
         built = [c for c in built if c.name in args.collector]
     results = []
     for coll in built:
-        starter = getattr(coll, "start", None)
-        if callable(starter):
-            starter()
+        if isinstance(coll, CollectorStarts):
+            coll.start()
         runner = CollectorRunner(coll, collector_timeout(cfg, coll.name))
         out = runner.run_once()
         runner.close()
         note = out.error
-        if not out.samples and hasattr(coll, "describe"):
+        if not out.samples and isinstance(coll, Describes):
             note = note or coll.describe()
         results.append((coll.name, out, note))
     if args.json:

@@ -21,11 +21,12 @@ from typing import Any
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from agent.core import yamlpos
-from agent.core.durations import format_duration, parse_duration
+from agent.core.durations import format_duration, parse_prometheus_duration
 from agent.core.errors import ConfigError, RuleError
+from agent.core.formatting import go_float
 from agent.engine.promql import PromQLError
 from agent.engine.promql.series_notation import parse_series
-from agent.engine.rules import RuleEngine, go_float_e
+from agent.engine.rules import RuleEngine
 from agent.engine.store import ABSENT_NAN, STALE_NAN, Store
 
 HELP = "run rule unit tests in promtool's test-file format (exit 0 passed, 1 failed)"
@@ -73,11 +74,6 @@ def _quote(s: str) -> str:
 def labels_str(labels: dict[str, str]) -> str:
     """Prometheus's labels.String(): ``{a="1", b="2"}`` sorted by name."""
     return "{" + ", ".join(f"{k}={_quote(labels[k])}" for k in sorted(labels)) + "}"
-
-
-def go_float_upper_e(v: float) -> str:
-    """strconv.FormatFloat(v, 'E', -1, 64)."""
-    return go_float_e(v).replace("e", "E")
 
 
 def _dur(seconds: float) -> str:
@@ -169,10 +165,10 @@ def _duration(node: Any, root: Any, filename: str, loc: list[Any]) -> float:
     if node is None:
         return 0.0
     try:
-        return parse_duration(str(node))
+        return parse_prometheus_duration(str(node))
     except ValueError as err:
         line, col = yamlpos.position(root, loc)
-        raise TestFileError(f"{filename}:{line}:{col}: not a valid duration string: {str(node)!r}") from err
+        raise TestFileError(f"{filename}:{line}:{col}: {err}") from err
 
 
 def validate_structure(root: Any, filename: str) -> None:
@@ -373,7 +369,7 @@ def _indent(text: str) -> str:
 def _samples_str(samples: list[tuple[dict[str, str], float]]) -> str:
     if not samples:
         return "nil"
-    return ", ".join(f"{labels_str(lb)} {go_float_upper_e(v)}" for lb, v in samples)
+    return ", ".join(f"{labels_str(lb)} {go_float(v, 'E')}" for lb, v in samples)
 
 
 def main(args: argparse.Namespace) -> int:

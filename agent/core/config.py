@@ -6,47 +6,20 @@ frozen models, unknown keys rejected). Every problem is reported as ``file:line:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.core import yamlpos
-from agent.core.durations import parse_duration
 from agent.core.errors import ConfigError
+from agent.core.model import Configurable, Duration, Model, Regex
 from agent.core.paths import Paths
 
 DEFAULT_LISTEN = "127.0.0.1:9842"
 # The default rule library (top-level rules/); rules/remediations.yml is the policy, not a rule file.
 DEFAULT_RULE_FILES = ("rules/gpu.yml", "rules/network.yml", "rules/storage.yml")
 DEFAULT_POLICY = "rules/remediations.yml"
-
-
-def _duration(value: Any) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        raise ValueError(f"duration must be a string like 30s or 5m, got {value!r}")
-    return parse_duration(value)
-
-
-def _regex(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("expected a regular expression string")
-    try:
-        re.compile(value)
-    except re.error as err:
-        raise ValueError(f"invalid regular expression {value!r}: {err}") from err
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(_duration)]
-Regex = Annotated[str, BeforeValidator(_regex)]
-
-
-class Model(BaseModel):
-    """Base for every config section: frozen, strict types, unknown keys rejected."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class CollectorConfig(Model):
@@ -104,7 +77,7 @@ def section_model(name: str) -> type[CollectorConfig]:
     from agent.core import discovery
 
     cls = discovery.collector_class(name)
-    model = getattr(cls, "Config", None) if cls is not None else None
+    model = cls.Config if isinstance(cls, Configurable) else None
     return model if isinstance(model, type) and issubclass(model, CollectorConfig) else CollectorConfig
 
 
@@ -125,13 +98,16 @@ def config_model() -> type[Config]:
     return _MODELS[names]
 
 
+_ROOTS = Paths()
+
+
 class PathsConfig(Model):
     """Roots of the pseudo filesystems (point them at fixture trees or a container's host mounts)."""
 
-    procfs: str = "/proc"
-    sysfs: str = "/sys"
-    devfs: str = "/dev"
-    rootfs: str = "/"
+    procfs: str = _ROOTS.procfs  # the defaults live in agent.core.paths only
+    sysfs: str = _ROOTS.sysfs
+    devfs: str = _ROOTS.devfs
+    rootfs: str = _ROOTS.rootfs
 
     def roots(self) -> Paths:
         """The :class:`agent.core.paths.Paths` collectors and plugins take."""

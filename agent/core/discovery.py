@@ -17,6 +17,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from agent.core.errors import PluginLoadError
+from agent.core.model import Configurable
 
 COLLECTORS = "nodewarden.collectors"
 REMEDIATIONS = "nodewarden.remediations"
@@ -73,7 +74,7 @@ def load_class(ep: EntryPoint) -> type:
 
 def build(cls: type, name: str, settings: Mapping[str, Any] | None, **deps: Any) -> Any:
     """Construct a plugin with its settings validated by its ``Config`` model (when it has one)."""
-    config_model: type[BaseModel] | None = getattr(cls, "Config", None)
+    config_model: type[BaseModel] | None = cls.Config if isinstance(cls, Configurable) else None
     try:
         config = config_model.model_validate(dict(settings or {})) if config_model else dict(settings or {})
         return cls(config, **deps)

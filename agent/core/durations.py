@@ -20,6 +20,17 @@ def parse_duration(text: str) -> float:
     return sum(int(g) * _UNITS[u] for g, u in zip(m.groups(), _UNITS, strict=True) if g)
 
 
+def parse_prometheus_duration(text: str | None) -> float:
+    """:func:`parse_duration` failing the way Prometheus's ``model.ParseDuration`` does in rule and test files:
+    ValueError ``not a valid duration string: "5 minutes"`` (``text`` None: a YAML mapping or list)."""
+    try:
+        if text is None:
+            raise ValueError(text)
+        return parse_duration(text)
+    except ValueError:
+        raise ValueError(f"not a valid duration string: {text!r}".replace("'", '"')) from None
+
+
 def format_duration(seconds: float) -> str:
     """The shortest Prometheus duration string for ``seconds`` (millisecond precision)."""
     ms = round(seconds * 1000)

@@ -1,7 +1,10 @@
-"""The remediation plugin protocol.
+"""The remediation plugin protocol: what a plugin must have (:class:`Remediation`), every optional hook the
+remediator looks for (one small protocol each, below), and the rebalance backends' protocol (:class:`Backend`).
 
 A plugin is a class with a ``NAME`` constant, a ``Params`` pydantic model (the schema of a policy step's
-``params``), an optional ``Config`` model (its section under ``plugins:`` in the policy file), and:
+``params``), an optional ``Config`` model (its section under ``plugins:`` in the policy file, see
+:class:`agent.core.model.Configurable`), a constructor ``cls(config, **deps)`` (``paths=``, ``state_dir=``;
+accept ``**_``), and:
 
 - ``plan(alert, params) -> Plan``: pure. Decides what would change; all that observe mode runs.
 - ``apply(plan) -> Outcome``: makes the change. ``Outcome.undo`` carries what ``revert`` needs (e.g. the
@@ -10,6 +13,10 @@ A plugin is a class with a ``NAME`` constant, a ``Params`` pydantic model (the s
 - ``revert(plan) -> Outcome``: undo it (idempotent).
 - ``recover(entry) -> str``: an entry was left ``started`` by a crash; finish it or roll it back and return
   the final status (``succeeded``, ``failed`` or ``reverted``). Must be idempotent.
+
+Optional hooks, each used only when the plugin has it (``isinstance(plugin, Hook)``; all runtime-checkable):
+:class:`Refusal` (a ``plan()`` error with a ``reason``), :class:`Reconciles`, :class:`Expires`,
+:class:`ReportsProgress`, :class:`ExportsMetrics`, :class:`Starts`, :class:`Closes`, :class:`HasCluster`.
 
 The remediator, not the plugin, enforces mode, cooldowns, rate limits, concurrency and blast radius.
 Plugins run shell-free: external programs are called with argument vectors through an injected runner,
@@ -20,7 +27,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -28,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agent.core.alerts import Alert
 from agent.core.errors import RemediationError
+from agent.core.metrics import Catalogued, Sample
 
 Scope = Literal["node", "gpu", "local"]
 
@@ -123,24 +131,154 @@ class Entry:
 
 @runtime_checkable
 class Remediation(Protocol):
-    """A remediation plugin (see module docstring)."""
+    """A remediation plugin: the required part (see module docstring). Every hook below is optional."""
 
     name: str
     Params: type[BaseModel]
 
-    def plan(self, alert: Alert | None, params: BaseModel) -> Plan: ...
-    def apply(self, plan: Plan) -> Outcome: ...
-    def verify(self, plan: Plan) -> bool: ...
-    def revert(self, plan: Plan) -> Outcome: ...
-    def recover(self, entry: Entry) -> str: ...
+    def plan(self, alert: Alert | None, params: BaseModel) -> Plan:
+        """Required. Pure: what would change; raise ``ValueError``/``NodewardenError`` to refuse."""
+        ...
+
+    def apply(self, plan: Plan) -> Outcome:
+        """Required. Make the change (enforce mode only, after every guard rail passed)."""
+        ...
+
+    def verify(self, plan: Plan) -> bool:
+        """Required. Is the change in effect?"""
+        ...
+
+    def revert(self, plan: Plan) -> Outcome:
+        """Required. Undo the change (idempotent)."""
+        ...
+
+    def recover(self, entry: Entry) -> str:
+        """Required. Finish or roll back an entry a crash left ``started``; ``succeeded``/``failed``/``reverted``."""
+        ...
+
+
+@runtime_checkable
+class Refusal(Protocol):
+    """Optional, on an error ``plan()`` raises: ``reason``, a short token (``foreign_qdisc``). The step is
+    journaled as skipped with reason ``refused:<reason>`` and the message as output (throttle; raise
+    :class:`Refused`)."""
+
+    reason: str
+
+
+class Refused(RemediationError):
+    """Raise from ``plan()`` to refuse on purpose (foreign qdisc, default route, ...): a :class:`Refusal` whose
+    ``reason`` is a short token; the message says why in words."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+@runtime_checkable
+class Reconciled(Protocol):
+    """Optional, on what ``reconcile()`` returns: ``expired`` journal ids, which the remediator reverts."""
+
+    expired: Iterable[int]
+
+
+@runtime_checkable
+class Reconciles(Protocol):
+    """Optional: make the host match the journal once at start, after ``recover()`` (throttle: remove orphan
+    qdiscs, re-apply lost ones). ``active`` holds this plugin's succeeded, not reverted entries."""
+
+    def reconcile(self, active: Sequence[Entry]) -> Any:
+        """Returns anything loggable; a :class:`Reconciled` result gets its ``expired`` ids reverted."""
+        ...
+
+
+@runtime_checkable
+class Expires(Protocol):
+    """Optional: a maximum action duration. Asked every few seconds; the ids returned are reverted (reason
+    ``expired``) and the alert's escalation goes on with its next step (throttle)."""
+
+    def expired(self, active: Sequence[Entry], now: float) -> Iterable[int]:
+        """Journal ids among ``active`` (this plugin's applied entries) that are past their deadline."""
+        ...
+
+
+@runtime_checkable
+class ReportsProgress(Protocol):
+    """Optional: a settable ``progress`` attribute, None when idle. While ``apply`` runs the remediator sets it to
+    a ``progress(done, total)`` callback (bytes) that updates the journal row at most once a second (migrate)."""
+
+    progress: Callable[[int, int], None] | None
+
+
+@runtime_checkable
+class ExportsMetrics(Catalogued, Protocol):
+    """Optional: ``metrics`` (class-level catalogue, read by ``docs/metrics.md`` and ``check rules`` without
+    constructing the plugin) and ``samples()``, called every tick: exported and visible to rules."""
+
+    def samples(self) -> list[Sample]:
+        """This tick's samples of the families in ``metrics``."""
+        ...
+
+
+@runtime_checkable
+class Starts(Protocol):
+    """Optional: background work started when the daemon starts or reloads (restore's integrity scrubber)."""
+
+    def start(self) -> None:
+        """Start it; an error is logged with the plugin's name and the plugin keeps working."""
+        ...
+
+
+@runtime_checkable
+class Closes(Protocol):
+    """Optional: stop background work on daemon stop and reload."""
+
+    def close(self, timeout: float) -> None:
+        """Stop within ``timeout`` seconds."""
+        ...
 
 
 @runtime_checkable
 class Cluster(Protocol):
-    """The cluster engine's view for the blast-radius cap."""
+    """The cluster engine's view for the blast-radius cap (the daemon's, or a plugin's :class:`HasCluster`)."""
 
     def held(self) -> tuple[int, int]:
-        """(nodes currently held out of service by nodewarden, total nodes in scope)."""
+        """Required. (nodes currently held out of service by nodewarden, total nodes in scope)."""
+        ...
+
+
+@runtime_checkable
+class HasCluster(Protocol):
+    """Optional: ``cluster``, the plugin's :class:`Cluster` (or None): the remediator asks it for the blast
+    radius of node-scope plans when the daemon was given no cluster of its own (rebalance's Slurm/Kubernetes)."""
+
+    cluster: Cluster | None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A rebalance backend (``remediations/backends/``: slurm, kubernetes, gpu_fence). The ``rebalance`` plugin
+    resolves the node and delegates each step; a backend that can count held nodes is also a :class:`Cluster`
+    (optional ``held()``), which rebalance exposes as its ``cluster``."""
+
+    def plan(self, node: str, params: BaseModel) -> Plan:
+        """Required. Pure: the change on ``node`` (rebalance's Params)."""
+        ...
+
+    def apply(self, plan: Plan) -> Outcome:
+        """Required."""
+        ...
+
+    def verify(self, plan: Plan) -> bool:
+        """Required."""
+        ...
+
+    def revert(self, plan: Plan) -> Outcome:
+        """Required. Only what is still ours (a drain someone else changed is left alone)."""
+        ...
+
+    def recover(self, entry: Entry) -> str:
+        """Required."""
         ...
 
 

@@ -24,15 +24,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from agent.core import yamlpos
 from agent.core.alerts import Alert
-from agent.core.durations import parse_duration
+from agent.core.durations import parse_prometheus_duration
 from agent.core.errors import ConfigError, RuleError
+from agent.core.formatting import go_float, rfc3339
 from agent.core.metrics import Labels, MetricSpec, Sample
 from agent.engine import templates
 from agent.engine.store import ABSENT_NAN
@@ -216,13 +216,10 @@ def parse_rule_text(text: str, filename: str, compiler: Compiler | None = None) 
 
 
 def _duration(p: _Problems, loc: list[str | int], value: Any) -> float:
-    text = _scalar_str(value)
     try:
-        if text is None:
-            raise ValueError("a duration must be a string like 30s or 5m")
-        return parse_duration(text)
-    except ValueError:
-        p.add(loc, f"not a valid duration string: {text!r}".replace("'", '"'))
+        return parse_prometheus_duration(_scalar_str(value))
+    except ValueError as err:
+        p.add(loc, str(err))
         return 0.0
 
 
@@ -377,25 +374,6 @@ class _GroupState:
 
 def _label_key(labels: Mapping[str, str]) -> tuple:
     return tuple(sorted(labels.items()))
-
-
-def _rfc3339(t: float | None) -> str:
-    if t is None:
-        return "0001-01-01T00:00:00Z"
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def go_float_e(v: float) -> str:
-    """strconv.FormatFloat(v, 'e', -1, 64): how the Prometheus API prints alert values."""
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    r = repr(float(v))
-    mant = r.split("e")[0].lstrip("-").replace(".", "").lstrip("0").rstrip("0") or "0"
-    m, e = format(v, f".{max(len(mant) - 1, 0)}e").split("e")
-    exp = int(e)
-    return f"{m}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
 
 
 METRICS = [
@@ -708,9 +686,9 @@ class RuleEngine:
     @staticmethod
     def _api_alert(a: _Active) -> dict[str, Any]:
         d = {"labels": dict(a.labels), "annotations": dict(a.annotations), "state": a.state,
-             "activeAt": _rfc3339(a.active_at), "value": go_float_e(a.value)}
+             "activeAt": rfc3339(a.active_at), "value": go_float(a.value, "e")}
         if a.keep_firing_since is not None:
-            d["keepFiringSince"] = _rfc3339(a.keep_firing_since)
+            d["keepFiringSince"] = rfc3339(a.keep_firing_since)
         return d
 
     def api_alerts(self) -> dict[str, Any]:
@@ -731,7 +709,7 @@ class RuleEngine:
                     health = {"ok": "ok", "err": "err", "nodata": "err"}.get(rs.health, "unknown")
                     common = {"name": r.name, "query": r.expr, "labels": dict(r.labels), "health": health,
                               "lastError": rs.last_error, "evaluationTime": rs.eval_duration,
-                              "lastEvaluation": _rfc3339(rs.last_eval)}
+                              "lastEvaluation": rfc3339(rs.last_eval)}
                     if r.kind == "recording":
                         rules.append({**common, "type": "recording"})
                         continue
@@ -743,7 +721,7 @@ class RuleEngine:
                                   "type": "alerting"})
                 groups.append({"name": gs.group.name, "file": gs.group.file, "rules": rules,
                                "interval": gs.group.interval or 0.0, "limit": gs.group.limit,
-                               "evaluationTime": gs.duration, "lastEvaluation": _rfc3339(gs.last_eval)})
+                               "evaluationTime": gs.duration, "lastEvaluation": rfc3339(gs.last_eval)})
         return {"status": "success", "data": {"groups": groups}}
 
     # -- persistence -----------------------------------------------------------------------

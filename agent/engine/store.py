@@ -19,7 +19,8 @@ import math
 import struct
 import threading
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Protocol, runtime_checkable
 
 from agent.core.metrics import Labels, Sample
 
@@ -277,3 +278,52 @@ class Store:
                 return tk, v
             k -= 1
         return None
+
+
+@runtime_checkable
+class SeriesSource(Protocol):
+    """Required: what the PromQL engine and the rule engine read from a store. :class:`Store` has it; a reader
+    with only this (the tests' and the benchmark's ``PlainStore``) gets the generic, uncached paths."""
+
+    by_name: Mapping[str, Mapping[Labels, Series]]
+
+    def family(self, name: str) -> Mapping[Labels, Series]:
+        """Required. The series of metric ``name`` by label tuple (empty when none)."""
+        ...
+
+    def points(self, series: Series, start: float, end: float) -> list[tuple[float, float]]:
+        """Required. ``(t, v)`` of the series with ``start < t <= end``, staleness markers dropped."""
+        ...
+
+    def instant(self, series: Series, t: float, lookback: float = 300.0) -> tuple[float, float] | None:
+        """Required. The newest sample in ``(t - lookback, t]`` unless it is stale."""
+        ...
+
+
+@runtime_checkable
+class RingSource(SeriesSource, Protocol):
+    """Optional fast paths of a store whose ticks are shared by every series (:class:`Store`): PromQL caches a
+    selection per ``version``, finds a window's ticks once for all series (``tick_window``, ``tick_times``),
+    skips NaN scans with ``marks``, and the rule engine writes ``ALERTS`` only into the open tick (``tick``,
+    ``now``). Test for it with ``isinstance(store, RingSource)`` once per evaluation, not per series."""
+
+    version: int
+    capacity: int
+    tick: int
+
+    @property
+    def now(self) -> float:
+        """Optional. Timestamp of the open tick."""
+        ...
+
+    def tick_window(self, start: float, end: float) -> tuple[int, int]:
+        """Optional. Indices ``(first, last)`` of the retained ticks with ``start < t <= end``."""
+        ...
+
+    def tick_times(self, first: int, last: int) -> list[float]:
+        """Optional. Timestamps of ticks ``first..last``."""
+        ...
+
+    def marks(self, series: Series) -> tuple[int, int]:
+        """Optional. ``(nan, drop)``: the newest ticks holding a NaN and a decrease (-1 for none)."""
+        ...

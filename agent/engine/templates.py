@@ -2,8 +2,8 @@
 
 Supported: ``{{ $labels.x }}``, ``{{ $value }}``, ``{{ $externalLabels.x }}``, ``{{ $externalURL }}`` and the
 ``.Labels.x`` / ``.Value`` / ``.ExternalLabels.x`` / ``.ExternalURL`` forms; pipelines (``$value | humanize``);
-functions ``humanize humanize1024 humanizePercentage humanizeDuration printf toUpper toLower title
-eq ne lt le gt ge and or not``; ``if`` / ``else if`` / ``else`` / ``end``; ``{{-``/``-}}`` trimming and comments.
+the functions of :mod:`agent.engine.template_funcs` plus ``and`` / ``or``; ``if`` / ``else if`` / ``else`` /
+``end``; ``{{-``/``-}}`` trimming and comments.
 Anything else (``range``, ``with``, ``define``, ``query``, variables ...) is rejected by :func:`parse` with
 the offset of the construct, so an unsupported template fails when the rule file is loaded.
 
@@ -13,11 +13,12 @@ execution error renders as ``<error expanding template: ...>`` exactly where Pro
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from agent.engine.template_funcs import ARITY, FUNCS, UNSUPPORTED, ExecError, go_print, truth
 
 
 class TemplateError(Exception):
@@ -29,281 +30,6 @@ class TemplateError(Exception):
         self.offset = offset
 
 
-class _ExecError(Exception):
-    """Raised while rendering; becomes ``<error expanding template: ...>``."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Go value formatting
-# ---------------------------------------------------------------------------------------------
-def _special(v: float) -> str | None:
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return None
-
-
-def go_float(v: float) -> str:
-    """Go's ``%v`` for a float64: shortest digits, exponent form below 1e-4 and from 1e6 on (``1e+06``)."""
-    s = _special(v)
-    if s is not None:
-        return s
-    if v == 0:
-        return "-0" if math.copysign(1.0, v) < 0 else "0"
-    r = repr(float(v))
-    mant = r.split("e")[0].lstrip("-").replace(".", "").lstrip("0").rstrip("0") or "0"
-    nd = len(mant)
-    e = format(v, f".{nd - 1}e")
-    exp = int(e.split("e")[1])
-    if exp < -4 or exp >= 6:
-        m = e.split("e")[0]
-        return f"{m}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
-    return format(v, f".{max(nd - exp - 1, 0)}f")
-
-
-def _g4(v: float) -> str:
-    """Go's ``%.4g``."""
-    return _special(v) or format(v, ".4g")
-
-
-def _to_float(v: Any) -> float:
-    if isinstance(v, bool):
-        raise _ExecError(f"can't convert {v} to float")
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError as err:
-            raise _ExecError(f'strconv.ParseFloat: parsing "{v}": invalid syntax') from err
-    raise _ExecError(f"can't convert {v!r} to float")
-
-
-def humanize(v: Any) -> str:
-    """SI prefixes (k M G ... and m u n ...), 4 significant digits."""
-    v = _to_float(v)
-    if v == 0 or math.isnan(v) or math.isinf(v):
-        return _g4(v)
-    prefix = ""
-    if abs(v) >= 1:
-        for p in ("k", "M", "G", "T", "P", "E", "Z", "Y"):
-            if abs(v) < 1000:
-                break
-            prefix = p
-            v /= 1000
-        return _g4(v) + prefix
-    for p in ("m", "u", "n", "p", "f", "a", "z", "y"):
-        if abs(v) >= 1:
-            break
-        prefix = p
-        v *= 1000
-    return _g4(v) + prefix
-
-
-def humanize1024(v: Any) -> str:
-    """Binary prefixes (ki Mi Gi ...), 4 significant digits."""
-    v = _to_float(v)
-    if abs(v) <= 1 or math.isnan(v) or math.isinf(v):
-        return _g4(v)
-    prefix = ""
-    for p in ("ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"):
-        if abs(v) < 1024:
-            break
-        prefix = p
-        v /= 1024
-    return _g4(v) + prefix
-
-
-def humanize_duration(v: Any) -> str:
-    """Seconds as ``1d 2h 3m 4s`` (or ``3.142s``, ``500ms`` below a minute/second)."""
-    v = _to_float(v)
-    if math.isnan(v) or math.isinf(v):
-        return _g4(v)
-    if v == 0:
-        return _g4(v) + "s"
-    if abs(v) >= 1:
-        sign = ""
-        if v < 0:
-            sign, v = "-", -v
-        d = int(v) if v < 2**63 else -(2**63)  # Go's int64(v) overflows to MinInt64
-
-        def quo(a: int, b: int) -> int:  # Go's truncated division
-            return -(-a // b) if a < 0 else a // b
-
-        def rem(a: int, b: int) -> int:
-            return a - b * quo(a, b)
-
-        seconds, minutes = rem(d, 60), rem(quo(d, 60), 60)
-        hours, days = rem(quo(d, 3600), 24), quo(d, 86400)
-        if days:
-            return f"{sign}{days}d {hours}h {minutes}m {seconds}s"
-        if hours:
-            return f"{sign}{hours}h {minutes}m {seconds}s"
-        if minutes:
-            return f"{sign}{minutes}m {seconds}s"
-        return f"{sign}{_g4(v)}s"
-    prefix = ""
-    for p in ("m", "u", "n", "p", "f", "a", "z", "y"):
-        if abs(v) >= 1:
-            break
-        prefix = p
-        v *= 1000
-    return f"{_g4(v)}{prefix}s"
-
-
-def humanize_percentage(v: Any) -> str:
-    """Ratio as a percentage, 4 significant digits."""
-    return _g4(_to_float(v) * 100) + "%"
-
-
-def go_print(v: Any) -> str:
-    """How ``{{ x }}`` prints a value."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return go_float(v)
-    if isinstance(v, Mapping):
-        return "map[" + " ".join(f"{k}:{go_print(v[k])}" for k in sorted(v)) + "]"
-    if v is None:
-        return "<no value>"
-    return str(v)
-
-
-_VERB = re.compile(r"%([-+# 0]*)(\d+)?(?:\.(\d+))?([a-zA-Z%])")
-
-
-def _go_type(v: Any) -> str:
-    return {bool: "bool", int: "int", float: "float64", str: "string"}.get(type(v), "map[string]string")
-
-
-def printf(fmt: Any, *args: Any) -> str:
-    """Go's ``fmt.Sprintf`` for the common verbs (%s %v %d %f %e %g %x %q %t %%)."""
-    if not isinstance(fmt, str):
-        raise _ExecError("printf: format must be a string")
-    out: list[str] = []
-    pos = 0
-    argi = 0
-    for m in _VERB.finditer(fmt):
-        out.append(fmt[pos:m.start()])
-        pos = m.end()
-        flags, width, prec, verb = m.groups()
-        if verb == "%":
-            out.append("%")
-            continue
-        if argi >= len(args):
-            out.append(f"%!{verb}(MISSING)")
-            continue
-        a = args[argi]
-        argi += 1
-        spec = flags + (width or "") + (f".{prec}" if prec is not None else "")
-        out.append(_format_one(a, verb, spec, flags, width, prec))
-    out.append(fmt[pos:])
-    if argi < len(args):
-        extra = ", ".join(f"{_go_type(a)}={go_print(a)}" for a in args[argi:])
-        out.append(f"%!(EXTRA {extra})")
-    return "".join(out)
-
-
-def _pad(s: str, flags: str, width: str | None) -> str:
-    if not width:
-        return s
-    return s.ljust(int(width)) if "-" in flags else s.rjust(int(width))
-
-
-def _format_one(a: Any, verb: str, spec: str, flags: str, width: str | None, prec: str | None) -> str:
-    bad = f"%!{verb}({_go_type(a)}={go_print(a)})"
-    if verb in "vs":
-        if verb == "s" and not isinstance(a, str):
-            return bad
-        return _pad(go_print(a), flags, width)
-    if verb == "q":
-        return _pad('"' + str(a).replace("\\", "\\\\").replace('"', '\\"') + '"', flags, width) \
-            if isinstance(a, str) else bad
-    if verb == "t":
-        return _pad(go_print(a), flags, width) if isinstance(a, bool) else bad
-    if verb in "dxXob":
-        if not isinstance(a, int) or isinstance(a, bool):
-            return bad
-        if verb == "b":
-            return _pad(format(a, "b"), flags, width)
-        return ("%" + spec + verb) % a
-    if verb in "feEgG":
-        if not isinstance(a, float):
-            return bad
-        sp = _special(a)
-        if sp is not None:
-            return _pad(sp, flags, width)
-        if verb in "gG" and prec is None:
-            return _pad(go_float(a), flags, width)
-        return ("%" + spec + verb) % a
-    return f"%!{verb}({_go_type(a)}={go_print(a)})"
-
-
-def _kind(v: Any) -> str:
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        return "int"
-    if isinstance(v, float):
-        return "float"
-    if isinstance(v, str):
-        return "string"
-    return "other"
-
-
-def _compare(name: str, a: Any, b: Any) -> bool:
-    ka, kb = _kind(a), _kind(b)
-    if ka != kb or ka == "other":
-        raise _ExecError(f"error calling {name}: incompatible types for comparison")
-    if name in ("eq", "ne"):
-        return (a == b) if name == "eq" else (a != b)
-    if ka == "bool":
-        raise _ExecError(f"error calling {name}: invalid type for comparison")
-    # Go: le = lt || eq, gt = !le, ge = !lt (so comparisons with NaN differ from Python's).
-    lt, eq = a < b, a == b
-    return {"lt": lt, "le": lt or eq, "gt": not (lt or eq), "ge": not lt}[name]
-
-
-def _truth(v: Any) -> bool:
-    if isinstance(v, float):
-        return v != 0  # NaN is true, as in Go
-    return bool(v)
-
-
-def _eq(a: Any, *bs: Any) -> bool:
-    if not bs:
-        raise _ExecError("wrong number of args for eq: want at least 1 got 0")
-    return any(_compare("eq", a, b) for b in bs)
-
-
-FUNCS: dict[str, Callable[..., Any]] = {
-    "humanize": humanize,
-    "humanize1024": humanize1024,
-    "humanizeDuration": humanize_duration,
-    "humanizePercentage": humanize_percentage,
-    "printf": printf,
-    "toUpper": lambda s: str(s).upper(),
-    "toLower": lambda s: str(s).lower(),
-    "title": lambda s: re.sub(r"\b\w", lambda m: m.group(0).upper(), str(s)),
-    "eq": _eq,
-    "ne": lambda a, b: _compare("ne", a, b),
-    "lt": lambda a, b: _compare("lt", a, b),
-    "le": lambda a, b: _compare("le", a, b),
-    "gt": lambda a, b: _compare("gt", a, b),
-    "ge": lambda a, b: _compare("ge", a, b),
-    "not": lambda a: not _truth(a),
-}
-_ARITY = {"humanize": 1, "humanize1024": 1, "humanizeDuration": 1, "humanizePercentage": 1, "toUpper": 1,
-          "toLower": 1, "title": 1, "ne": 2, "lt": 2, "le": 2, "gt": 2, "ge": 2, "not": 1}
-
-# Prometheus functions we deliberately do not offer (they need a query engine or do I/O).
-_UNSUPPORTED_FUNCS = {"query", "first", "label", "value", "strvalue", "args", "safeHtml", "match", "reReplaceAll",
-                      "graphLink", "tableLink", "sortByLabel", "pathPrefix", "externalURL", "humanizeTimestamp",
-                      "toTime", "parseDuration", "stripPort", "stripDomain", "index", "slice", "len", "html",
-                      "js", "urlquery", "print", "println", "call"}
-
-
 # ---------------------------------------------------------------------------------------------
 # Parsing
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +38,7 @@ class _Field:
     root: str  # "labels" | "externalLabels" | "value" | "externalURL"
     key: str | None
     offset: int
+    text: str = ""  # as written: "$labels.gpu", ".Labels.gpu", "$value"
 
 
 @dataclass
@@ -414,7 +141,7 @@ class _ActionParser:
             name, off = t[1], t[2]
             if name in ("range", "with", "define", "template", "block", "break", "continue"):
                 raise TemplateError(f"unsupported template action {name!r}", off)
-            if name in _UNSUPPORTED_FUNCS:
+            if name in UNSUPPORTED:
                 raise TemplateError(f"unsupported template function {name!r}", off)
             if name not in FUNCS and name not in ("and", "or"):
                 raise TemplateError(f'function "{name}" not defined', off)
@@ -472,10 +199,10 @@ class _ActionParser:
         if kind in ("value", "externalURL"):
             if rest:
                 raise TemplateError(f"can't evaluate field {rest[0]} of {root}", off)
-            return _Field(kind, None, off)
+            return _Field(kind, None, off, text)
         if len(rest) > 1:
             raise TemplateError(f"can't evaluate field {rest[1]} of a label value", off)
-        return _Field(kind, rest[0] if rest else None, off)
+        return _Field(kind, rest[0] if rest else None, off, text)
 
 
 _ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.DOTALL)
@@ -489,6 +216,19 @@ class Template:
         self.nodes = _parse(text)
         self.is_static = len(self.nodes) <= 1 and all(isinstance(n, str) for n in self.nodes)
 
+    def references(self) -> list[str] | None:
+        """The field references as written (``$labels.gpu``, ``$value``) when the template is nothing but text
+        and bare references (no function, pipeline, literal or ``if``); None otherwise."""
+        out = []
+        for node in self.nodes:
+            if isinstance(node, str):
+                continue
+            if not isinstance(node, _Pipe) or len(node.cmds) != 1 or node.cmds[0].func is not None \
+                    or not isinstance(node.cmds[0].args[0], _Field):
+                return None
+            out.append(node.cmds[0].args[0].text)
+        return out
+
     def render(self, labels: Mapping[str, str], value: float, external_labels: Mapping[str, str] | None = None,
                external_url: str = "") -> str:
         """Expand with the alert's labels and value; execution errors render as Prometheus does."""
@@ -499,7 +239,7 @@ class Template:
         out: list[str] = []
         try:
             _exec(self.nodes, data, out)
-        except _ExecError as err:
+        except ExecError as err:
             return f"<error expanding template: {err}>"
         return "".join(out)
 
@@ -603,7 +343,7 @@ def _exec(nodes: list[Any], data: dict[str, Any], out: list[str]) -> None:
             out.append(go_print(_pipe(node, data)))
         else:
             for cond, body in node.branches:
-                if _truth(_pipe(cond, data)):
+                if truth(_pipe(cond, data)):
                     _exec(body, data, out)
                     break
             else:
@@ -626,29 +366,29 @@ def _pipe(pipe: _Pipe, data: dict[str, Any]) -> Any:
 def _call(name: str, args: list[Any]) -> Any:
     if name == "and":
         if not args:
-            raise _ExecError("wrong number of args for and")
+            raise ExecError("wrong number of args for and")
         for a in args:
-            if not _truth(a):
+            if not truth(a):
                 return a
         return args[-1]
     if name == "or":
         if not args:
-            raise _ExecError("wrong number of args for or")
+            raise ExecError("wrong number of args for or")
         for a in args:
-            if _truth(a):
+            if truth(a):
                 return a
         return args[-1]
-    want = _ARITY.get(name)
+    want = ARITY.get(name)
     if want is not None and len(args) != want:
-        raise _ExecError(f"wrong number of args for {name}: want {want} got {len(args)}")
+        raise ExecError(f"wrong number of args for {name}: want {want} got {len(args)}")
     if name == "printf" and not args:
-        raise _ExecError("wrong number of args for printf: want at least 1 got 0")
+        raise ExecError("wrong number of args for printf: want at least 1 got 0")
     try:
         return FUNCS[name](*args)
-    except _ExecError as err:
+    except ExecError as err:
         if str(err).startswith("error calling"):
             raise
-        raise _ExecError(f"error calling {name}: {err}") from err
+        raise ExecError(f"error calling {name}: {err}") from err
 
 
 def _arg(a: Any, data: dict[str, Any]) -> Any:

@@ -2,12 +2,14 @@
 
 Routes match alerts with Alertmanager's matcher syntax (``alertname="X"``, ``severity=~"critical|page"``,
 ``!=``, ``!~``; regexes fully anchored). Step params are templated from the alert with a deliberately tiny
-subset: ``{{ $labels.NAME }}`` and ``{{ $value }}`` (anything else inside ``{{ }}`` is a load error). This
-module keeps its own substitution so label values are only ever data, never code.
+subset: ``{{ $labels.NAME }}`` and ``{{ $value }}`` (anything else inside ``{{ }}`` is a load error), rendered by
+the alert template engine (:mod:`agent.engine.templates`), so a label value is inserted as text and never parsed
+again: label values are only ever data, never code.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -15,23 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
 from agent.core import yamlpos
 from agent.core.alerts import Alert
-from agent.core.durations import parse_duration
 from agent.core.errors import ConfigError
+from agent.core.model import Duration, Model
+from agent.engine import templates
 
 PAGE = "page"  # the reserved action name of a paging step
 
-
-def _duration(value: Any) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        raise ValueError(f"duration must be a string like 30s or 5m, got {value!r}")
-    return parse_duration(value)
-
-
-Duration = Annotated[float, BeforeValidator(_duration)]
 
 # ---------------------------------------------------------------- matchers
 
@@ -89,21 +84,36 @@ Matchers = Annotated[tuple[Matcher, ...], BeforeValidator(_matchers)]
 
 # ---------------------------------------------------------------- templates
 
-_TEMPLATE = re.compile(r"\{\{\s*\$(labels\.([A-Za-z_][A-Za-z0-9_]*)|value)\s*\}\}")
+_REFERENCE = re.compile(r"\$labels\.([A-Za-z_][A-Za-z0-9_]*)|\$value")
+
+
+@functools.lru_cache(maxsize=4096)
+def _template(text: str) -> templates.Template:
+    """A param string parsed by the alert template engine, held to the policy's subset: text plus bare
+    ``{{ $labels.NAME }}`` / ``{{ $value }}`` references (ValueError otherwise)."""
+    try:
+        parsed = templates.parse(text)
+        refs = parsed.references()
+    except templates.TemplateError:
+        refs = None
+    if refs is None or not all(_REFERENCE.fullmatch(r) for r in refs) or "}}" in "".join(
+            n for n in parsed.nodes if isinstance(n, str)):
+        raise ValueError(f"unsupported template in {text!r}: only {{{{ $labels.NAME }}}} and {{{{ $value }}}}")
+    return parsed
 
 
 def check_template(text: str) -> None:
     """ValueError when ``text`` uses template syntax beyond ``{{ $labels.x }}`` / ``{{ $value }}``."""
-    if "{{" in _TEMPLATE.sub("", text) or "}}" in _TEMPLATE.sub("", text):
-        raise ValueError(f"unsupported template in {text!r}: only {{{{ $labels.NAME }}}} and {{{{ $value }}}}")
+    _template(text)
 
 
 def render(obj: Any, labels: Mapping[str, str], value: float = math.nan) -> Any:
-    """Substitute label values into every string inside ``obj`` (dicts and lists walked; no evaluation)."""
+    """Substitute label values into every string inside ``obj`` (dicts and lists walked; no evaluation): a label
+    value is inserted as text and never parsed again; ``$value`` prints as in annotations (Go's ``%v``)."""
     if isinstance(obj, str):
         if "{{" not in obj:
             return obj
-        return _TEMPLATE.sub(lambda m: (labels.get(m.group(2), "") if m.group(2) else f"{value:g}"), obj)
+        return _template(obj).render(labels, value)
     if isinstance(obj, dict):
         return {k: render(v, labels, value) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -114,7 +124,8 @@ def render(obj: Any, labels: Mapping[str, str], value: float = math.nan) -> Any:
 def template_labels(obj: Any) -> set[str]:
     """Label names referenced by templates inside ``obj``."""
     if isinstance(obj, str):
-        return {m.group(2) for m in _TEMPLATE.finditer(obj) if m.group(2)}
+        refs = _template(obj).references() if "{{" in obj else []
+        return {m.group(1) for r in refs or () if (m := _REFERENCE.fullmatch(r)) and m.group(1)}
     if isinstance(obj, dict):
         return set().union(*(template_labels(v) for v in obj.values())) if obj else set()
     if isinstance(obj, list):
@@ -133,12 +144,6 @@ def _walk_templates(obj: Any) -> None:
             _walk_templates(v)
 
 # ---------------------------------------------------------------- models
-
-
-class Model(BaseModel):
-    """Frozen, strict, unknown keys rejected."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
 
 
 class RateLimit(Model):

@@ -26,7 +26,6 @@ import urllib.request
 from collections import defaultdict, deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -34,6 +33,7 @@ from pydantic import ValidationError
 
 from agent.core.alerts import Alert
 from agent.core.errors import NodewardenError, RemediationError
+from agent.core.formatting import rfc3339
 from agent.core.metrics import MetricSpec, Sample
 from agent.core.plugin import Cluster, Entry, Plan, Remediation
 from agent.remediation.journal import Journal
@@ -728,16 +728,12 @@ class Remediator:
             self._starts[mode].append((e.ts, e.action))
 
 
-def _rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _am_alert(alert: Alert, resolved: bool, now: float) -> dict[str, Any]:
     labels = {**alert.labels, "remediation": "exhausted"}
     out: dict[str, Any] = {"labels": labels, "annotations": dict(alert.annotations),
-                           "startsAt": _rfc3339(alert.fired_at or alert.active_at)}
+                           "startsAt": rfc3339(alert.fired_at or alert.active_at)}
     if resolved:
-        out["endsAt"] = _rfc3339(now)
+        out["endsAt"] = rfc3339(now)
     return out
 
 

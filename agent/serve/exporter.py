@@ -7,9 +7,9 @@ each tick, and HTTP handlers read :attr:`Exporter.body` (and a lazily gzipped co
 from __future__ import annotations
 
 import gzip
-import math
 import threading
 
+from agent.core.formatting import format_value
 from agent.core.metrics import MetricSpec
 from agent.engine.store import Series, Store, is_absent
 
@@ -27,17 +27,6 @@ def escape_label_value(value: str) -> str:
 def escape_help(text: str) -> str:
     """Escape backslash and newline in HELP text."""
     return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def format_value(v: float) -> str:
-    """Go-compatible float formatting: integers without exponent noise, +Inf/-Inf/NaN spelled out."""
-    if v != v:
-        return "NaN"
-    if v in (math.inf, -math.inf):
-        return "+Inf" if v > 0 else "-Inf"
-    if v == int(v) and abs(v) < 1e15:
-        return str(int(v))
-    return repr(v)
 
 
 def series_prefix(series: Series) -> str:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from decimal import Decimal
 from fractions import Fraction
 from typing import NamedTuple
 
 from agent.core.errors import RuleError
+from agent.core.formatting import go_float
 
 NAME = "__name__"
 
@@ -265,12 +265,8 @@ def go_ceil(v: float) -> float:
 
 
 def format_float(v: float) -> str:
-    """strconv.FormatFloat(v, 'f', -1, 64): shortest round-trip digits, never an exponent."""
-    if v != v:
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return format(Decimal(repr(v)).normalize(), "f")
+    """strconv.FormatFloat(v, 'f', -1, 64): shortest round-trip digits, never an exponent (count_values)."""
+    return go_float(v, "f")
 
 
 def labels_key(labels: LabelDict) -> tuple[tuple[str, str], ...]:
