@@ -100,7 +100,8 @@ class NodeSim:
             now = self.now()
             if self._released.is_set():  # shut down: the tree is about to be removed
                 return now
-            if now <= self._t and self._next >= len(self._plan):
+            due = self._next < len(self._plan) and self._plan[self._next][0] <= now
+            if now <= self._t and not due:  # applied and rendered already (every collector calls us)
                 return now
             while self._next < len(self._plan) and self._plan[self._next][0] <= now:
                 t, n, step = self._plan[self._next]
