@@ -258,8 +258,8 @@ def main(args: argparse.Namespace) -> int:
     width = max(len(n) for n in simulate.builtin_names())
     for name in simulate.builtin_names():
         sc = simulate.load(name)
-        scope = "node" if sc.node else "GPUs"
-        print(f"{name:<{width}}  {sc.gpu_count} GPU {scope:<4}  {' '.join(sc.description.split())}")
+        scope = f"{sc.gpu_count} GPUs + host" if sc.node else f"{sc.gpu_count} GPUs"
+        print(f"{name:<{width}}  {scope:<13}  {' '.join(sc.description.split())}")
     return 0
 
 
