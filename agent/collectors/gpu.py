@@ -559,6 +559,8 @@ class GpuCollector:
                     log.warning("gpu lost", gpu=g.index, uuid=g.uuid, pci_bus_id=g.bus_nvml)
                 g.lost = True
                 out.append(Sample("nodewarden_gpu_up", g.labels, 0.0))
+        if self._jobs is not None:  # PIDs are reused: forget processes no GPU lists any more
+            self._jobs.forget_except({pid for plist in self.processes.values() for pid, _ in plist})
         for g in self._gpus:
             if not g.probed and not g.lost:
                 g.probed = True
