@@ -38,6 +38,7 @@ IB_HW_COUNTERS = ("np_ecn_marked_roce_packets", "rp_cnp_handled", "np_cnp_sent",
 IB_STATES = {1: "DOWN", 2: "INIT", 3: "ARMED", 4: "ACTIVE", 5: "ACTIVE_DEFER"}
 IB_PHYS = {1: "Sleep", 2: "Polling", 3: "Disabled", 4: "PortConfigurationTraining", 5: "LinkUp",
            6: "LinkErrorRecovery", 7: "Phy Test"}
+KMSG_SETTLE = 0.3  # real seconds a kmsg-tailing collector gets to read lines written this tick
 TCP_FIELDS = ("RtoAlgorithm", "RtoMin", "RtoMax", "MaxConn", "ActiveOpens", "PassiveOpens", "AttemptFails",
               "EstabResets", "CurrEstab", "InSegs", "OutSegs", "RetransSegs", "InErrs", "OutRsts", "InCsumErrors")
 
@@ -80,6 +81,7 @@ class NodeSim:
         self._plan = plan
         self._next = 0
         self._kmsg_seq = 0
+        self.kmsg_at: float | None = None  # scenario time of the last kernel-log write
         self._files: dict[str, str] = {}
         self.nvml = FakeNvml(scenario, clock)
         self.nvml._t0 = self._t0  # one scenario time for GPUs and host
@@ -165,6 +167,7 @@ class NodeSim:
         return os.path.join(self.paths.rootfs, rel)
 
     def _kmsg(self, lines: Iterable[str], t: float) -> None:
+        self.kmsg_at = t
         with open(self.paths.dev("kmsg"), "a", encoding="utf-8") as f:
             for line in lines:
                 self._kmsg_seq += 1
@@ -294,8 +297,12 @@ class Simulated:
         self.metrics = inner.metrics
 
     def collect(self) -> Any:
-        """Advance the node to now, then collect."""
-        self.sim.advance()
+        """Advance the node to now, then collect. When kernel-log lines were just written, give a collector that
+        tails /dev/kmsg in a thread (the GPU collector) a moment to read them in this tick: on an accelerated
+        clock several ticks can pass within one poll of the reader, and lines read late are stamped late."""
+        now = self.sim.advance()
+        if self.name == "gpu" and self.sim.kmsg_at is not None and now - self.sim.kmsg_at < 1e-6:
+            time.sleep(KMSG_SETTLE)
         return self.inner.collect()
 
     def __getattr__(self, name: str) -> Any:
