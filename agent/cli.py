@@ -20,6 +20,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("sample",): "agent.commands.sample",
     ("check", "config"): "agent.commands.check_config",
     ("check", "rules"): "agent.commands.check_rules",
+    ("check", "web-config"): "agent.commands.check_web_config",
     ("test", "rules"): "agent.commands.test_rules",
     ("simulate",): "agent.commands.simulate",
     ("status",): "agent.commands.status",

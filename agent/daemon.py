@@ -21,6 +21,7 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent import __version__, collectors
+from agent.collectors.kmsg import KmsgReader, start_readers
 from agent.collectors.runner import CollectorRunner, Outcome
 from agent.core import config as configmod
 from agent.core.config import Config
@@ -84,11 +85,26 @@ class Components:
     failed: dict[str, str] = field(default_factory=dict)  # collector -> load error
 
 
-def build_collectors(cfg: Config, paths: Paths | None = None, hostname: str | None = None) -> tuple[list[Collector],
-                                                                                                    dict[str, str]]:
-    """Instantiate every enabled collector; load errors are returned, not raised."""
+def identity_labels(cfg: Config) -> dict[str, str]:
+    """Labels every alert carries outside this node: ``external_labels`` and the node label (hostname)."""
+    out = dict(cfg.external_labels)
+    if cfg.node_label:
+        out.setdefault(cfg.node_label, cfg.hostname or socket.gethostname())
+    return out
+
+
+def build_collectors(cfg: Config, paths: Paths | None = None, hostname: str | None = None, *,
+                     kmsg_persist: bool = True) -> tuple[list[Collector], dict[str, str]]:
+    """Instantiate every enabled collector; load errors are returned, not raised.
+
+    Collectors that read the kernel log share one :class:`KmsgReader` (``kmsg=``), started by
+    :func:`agent.collectors.kmsg.start_readers` once they have all subscribed; ``kmsg_persist=False`` leaves
+    the saved kernel-log position alone (``nodewarden sample``).
+    """
     paths = paths or cfg.paths.roots()
     hostname = hostname or cfg.hostname or socket.gethostname()
+    kmsg = KmsgReader(paths.dev("kmsg"), cfg.state_dir, boot_id_path=paths.proc("sys", "kernel", "random", "boot_id"),
+                      persist=kmsg_persist)
     built: list[Collector] = []
     failed: dict[str, str] = {}
     for name, ep in sorted(collectors.discover().items()):
@@ -97,7 +113,7 @@ def build_collectors(cfg: Config, paths: Paths | None = None, hostname: str | No
             continue
         try:
             cls = collectors.load(ep)
-            built.append(cls(section, paths, hostname=hostname))
+            built.append(cls(section, paths, hostname=hostname, kmsg=kmsg, state_dir=cfg.state_dir))
         except PluginLoadError as err:
             failed[name] = str(err)
         except Exception as err:
@@ -158,6 +174,7 @@ class Daemon:
             # Accelerated simulation: collectors keep real-time deadlines (a slow tick lags; it does not lose data).
             clock = self.mono if self.speed == 1.0 else time.monotonic
             runners.append(CollectorRunner(coll, collector_timeout(cfg, coll.name), clock=clock))
+        start_readers(built)  # after every consumer subscribed: the records found at start reach them all
         for name, why in failed.items():
             log.error("collector_load_failed", collector=name, error=why)
         self.exporter.reset()
@@ -187,7 +204,7 @@ class Daemon:
         loaded = load_remediations(policy.plugins, state_dir=cfg.state_dir, **deps)
         journal = Journal(cfg.state_dir, policy.journal.retention, policy.journal.max_rows, clock=self.wall)
         return Remediator(policy, journal, loaded.plugins, mode=cfg.mode, clock=self.wall,
-                          pause_flag_path=os.path.join(cfg.state_dir, "paused"))
+                          pause_flag_path=os.path.join(cfg.state_dir, "paused"), labels=identity_labels(cfg))
 
     @staticmethod
     def _web_config(cfg: Config) -> WebConfig:
@@ -415,6 +432,9 @@ class Daemon:
             for a in doc["data"]["alerts"]:
                 if fingerprint(a["labels"]) in exhausted:
                     a["labels"] = {**a["labels"], "remediation": "exhausted"}
+        identity = identity_labels(self.config)
+        for a in doc["data"]["alerts"]:
+            a["labels"] = {**identity, **a["labels"]}   # the alert's own labels win, as in Prometheus
         return doc
 
     def stop(self, timeout: float = 4.0) -> None:

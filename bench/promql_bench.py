@@ -59,6 +59,37 @@ def build_store(n_series: int, history: int, step: float = 1.0) -> Store:
     return store
 
 
+SHAPES_242 = [  # constructs added with the whole 2.42 language (issue 13), each over one 16-series family
+    ("subquery rate 10m:1m", "max_over_time(rate(bench_counter_{f}_total[5m])[10m:1m]) > 1000"),
+    ("subquery gauge 10m:30s", "avg_over_time(bench_gauge_{f}[10m:30s]) > 85"),
+    ("nested subquery", "max_over_time(max_over_time(bench_gauge_{f}[2m:10s])[10m:1m]) > 85"),
+    ("@ end() rate", "rate(bench_counter_{f}_total[5m] @ end()) > 1000"),
+    (
+        "histogram_quantile",
+        'histogram_quantile(0.9, label_replace(rate(bench_counter_{f}_total[5m]), "le", "$1", "device", "d(.*)"))',
+    ),
+    ("holt_winters 10m", "holt_winters(bench_gauge_{f}[10m], 0.3, 0.6) > 85"),
+    ("sin + day_of_week", "sin(bench_gauge_{f}) + day_of_week()"),
+]
+
+
+def run_shapes(n_series: int, history: int, step: float, repeat: int) -> None:
+    """us per evaluation of each 2.42 shape, next to the plain 5 m rate it is built on."""
+    store = build_store(n_series, history, step)
+    now = store.now
+    shapes = [("rate 5m (reference)", "rate(bench_counter_{f}_total[5m]) > 1000"), *SHAPES_242]
+    print(f"2.42 shapes over 16 series ({n_series} in the store, {history} s of {step:g} s history):")
+    for label, template in shapes:
+        q = compile_expr(template.format(f=0))
+        q.eval(store, now)
+        samples = []
+        for _ in range(max(3, repeat)):
+            t = time.process_time()
+            q.eval(store, now)
+            samples.append(time.process_time() - t)
+        print(f"        {label:<24} {statistics.median(samples) * 1e6:9.1f} us/rule")
+
+
 def rules(n_rules: int, n_series: int) -> list[tuple[str, str]]:
     pairs = max(1, n_series // FAMILY // 2)  # counter/gauge family pairs
     out = []
@@ -195,7 +226,11 @@ def main() -> None:
     parser.add_argument("--step", type=float, default=1.0, help="sampling interval in seconds")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--library", nargs="*", help="rule files: time their expressions on a big node instead")
+    parser.add_argument("--shapes", action="store_true", help="time the 2.42 shapes (subqueries, @, ...) instead")
     args = parser.parse_args()
+    if args.shapes:
+        run_shapes(int(args.series.split(",")[0]), args.history, args.step, args.repeat)
+        return
     if args.library:
         run_library(args.library, args.history, args.step, max(1, args.repeat))
         return

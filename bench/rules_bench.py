@@ -2,6 +2,7 @@
 
     python bench/rules_bench.py                  # 8 GPUs, 16 disks + 16 filesystems, 8 NICs, 8 IB ports
     python bench/rules_bench.py --history 900 --ticks 60 --scale 2 --step 5
+    python bench/rules_bench.py --against ../main --rounds 3   # before/after: interleaved runs of both trees
 
 The store holds ``--history`` seconds of ``--step`` s samples (default 1 s) for every series the library
 reads (names and labels as the collectors emit them); a few series are driven into alert conditions so
@@ -15,7 +16,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -152,7 +157,12 @@ def main() -> None:
     ap.add_argument("--ticks", type=int, default=60, help="measured ticks (default 60)")
     ap.add_argument("--scale", type=int, default=1, help="multiply device counts (default 1 = big node)")
     ap.add_argument("-v", "--verbose", action="store_true", help="list the alerts that end up active")
+    ap.add_argument("--against", help="another checkout (e.g. main): run both, interleaved, and print the ratio")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved runs of each tree with --against")
     args = ap.parse_args()
+    if args.against:
+        compare(args)
+        return
 
     series = node_series(args.scale)
     step = args.step
@@ -194,6 +204,32 @@ def main() -> None:
     print(f"alerts: {states}")
     if args.verbose:
         print(sorted({a.name for a in engine.alerts()}))
+
+
+def _run_tree(tree: Path, args: argparse.Namespace) -> float:
+    """Median ms per tick of this benchmark run from ``tree`` (its own code) in a subprocess."""
+    cmd = [sys.executable, str(tree / "bench" / "rules_bench.py"), "--history", str(args.history), "--step",
+           str(args.step), "--ticks", str(args.ticks), "--scale", str(args.scale)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, cwd=tree, timeout=1800).stdout
+    m = re.search(r"per tick: median ([0-9.]+) ms", out)
+    if m is None:
+        raise SystemExit(f"no median in the output of {tree}:\n{out}")
+    return float(m.group(1))
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Before/after in one run: ``--rounds`` interleaved runs of the other tree and of this one."""
+    other, this = Path(args.against).resolve(), REPO
+    results: dict[Path, list[float]] = {other: [], this: []}
+    for _ in range(args.rounds):
+        for tree in (other, this):
+            results[tree].append(_run_tree(tree, args))
+    before, after = statistics.median(results[other]), statistics.median(results[this])
+    print(f"step={args.step:g}s history={args.history}s ticks={args.ticks} scale={args.scale} rounds={args.rounds}")
+    print(f"  {other}: {' '.join(f'{v:.2f}' for v in results[other])} ms/tick (median {before:.2f})")
+    print(f"  {this}: {' '.join(f'{v:.2f}' for v in results[this])} ms/tick (median {after:.2f})")
+    print(f"  after/before: {after / before:.3f}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,17 @@ from agent.core.alerts import Alert
 from agent.core.errors import RemediationError
 from agent.core.metrics import MetricSpec, Sample
 from agent.core.plugin import Entry, Outcome, ParamsModel, Plan
-from remediations.safecopy import TMP_PREFIX, Move, SafeMover, StepLog, Writers, make_parents
+from remediations.safecopy import (
+    TMP_PREFIX,
+    CanChown,
+    Move,
+    SafeMover,
+    StepLog,
+    Writers,
+    can_chown,
+    check_owners,
+    make_parents,
+)
 
 NAME = "migrate"
 LOG_NAME = "migrate.steps"
@@ -173,8 +183,10 @@ class Migrate:
 
     def __init__(self, config: Config, writers: Writers | None = None,
                  progress: Callable[[int, int], None] | None = None, state_dir: str | None = None,
-                 statvfs: Callable[[str], os.statvfs_result] = os.statvfs, **_: Any) -> None:
+                 statvfs: Callable[[str], os.statvfs_result] = os.statvfs, chown_probe: CanChown = can_chown,
+                 **_: Any) -> None:
         self.name = NAME
+        self.chown_probe = chown_probe      # may this process give a copy the source's owner
         self.config = config
         self.state_dir = state_dir or config.state_dir
         self.writers = writers
@@ -236,6 +248,7 @@ class Migrate:
             raise RemediationError(f"{dst_name} has {_gb(dfs.f_bavail * dfs.f_frsize)} free, "
                                    f"the move needs {_gb(total)}")
         moves = [[os.path.join(src.path, c.rel), os.path.join(dst.path, c.rel), c.size] for c in chosen]
+        self._check_owners([m[0] for m in moves])   # refused (journaled: refused:ownership) unless kept
         changes = [f"{params.action} {len(moves)} files ({_gb(total)}) {src_name} ({src.path}) -> "
                    f"{dst_name} ({dst.path}); {'leave symlinks' if after == 'symlink' else 'leave nothing'}"]
         if note:
@@ -266,6 +279,7 @@ class Migrate:
             if self.progress is not None:
                 self.progress(done[0], total)
 
+        self._check_owners([s for s, d, _, _ in moves if not _settled(s, d)])
         counts = {"done": 0, "already": 0, "skipped": 0, "failed": 0}
         problems: list[str] = []
         moved: list[list[str]] = []
@@ -306,6 +320,10 @@ class Migrate:
         if counts["failed"]:
             raise RemediationError(out)
         return Outcome(output=out, undo={"moved": moved})
+
+    def _check_owners(self, sources: list[str]) -> None:
+        """OwnershipRefused unless every source (and its directory) could keep its owner when copied."""
+        check_owners([*sources, *{os.path.dirname(s) for s in sources}], self.chown_probe)
 
     def apply(self, plan: Plan) -> Outcome:
         """Move the planned files (idempotent: files already moved are counted, not copied again)."""

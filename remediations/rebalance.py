@@ -79,6 +79,10 @@ class KubernetesSettings(_Section):
         "gpu", description="gpu: only the pods using the alert's GPU (NVML processes -> cgroup pod UID); "
                            "node: every GPU pod on the node")
     timeout: float = Field(15.0, gt=0)
+    lease_namespace: str = Field("kube-system", description="where the blast-radius slot Leases live")
+    maintenance_label: str | None = Field(
+        "nodewarden.io/maintenance", description="a node carrying this label or annotation (any value but "
+                                                 "\"false\") is under maintenance: actions on it are held")
 
 
 class Config(_Section):

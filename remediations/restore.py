@@ -45,7 +45,16 @@ from agent.core.errors import NodewardenError, RemediationError
 from agent.core.metrics import MetricSpec, Sample
 from agent.core.plugin import Entry, Outcome, ParamsModel, Plan
 from remediations.manifest import DEFAULT_NAME, check_rel, load
-from remediations.safecopy import SafeMover, StepLog, Writers, hash_file, make_parents
+from remediations.safecopy import (
+    CanChown,
+    SafeMover,
+    StepLog,
+    Writers,
+    can_chown,
+    check_owners,
+    hash_file,
+    make_parents,
+)
 from remediations.scrub import METRICS as SCRUB_METRICS
 from remediations.scrub import Scrubber, integrity_samples
 
@@ -182,8 +191,9 @@ class Restore:
     metrics = METRICS
 
     def __init__(self, config: Config, writers: Writers | None = None,
-                 state_dir: str | None = None, **_: Any) -> None:
+                 state_dir: str | None = None, chown_probe: CanChown = can_chown, **_: Any) -> None:
         self.name = NAME
+        self.chown_probe = chown_probe      # may this process give a restored file its replica's owner
         self.config = config
         self.state_dir = state_dir or config.state_dir
         self.writers = writers
@@ -249,6 +259,7 @@ class Restore:
         changes += [f"{state}: {rel}" for rel, state in damaged[:MAX_CHANGES]]
         if len(damaged) > MAX_CHANGES:
             changes.append(f"... and {len(damaged) - MAX_CHANGES} more")
+        self._check_owners(ds, [rel for rel, _ in damaged])   # refused (refused:ownership) unless kept
         data = {"dataset": ds.name, "paths": list(params.paths), "files": [list(d) for d in damaged],
                 "rate_mb_s": params.rate_mb_s or self.config.rate_mb_s}
         return Plan(action=NAME, target=f"dataset/{ds.name}", params=data, changes=changes, reversible=False,
@@ -260,6 +271,7 @@ class Restore:
         ds = self._dataset(p["dataset"])
         manifest = load(ds.manifest)
         sources = [r.build() for r in ds.replicas]
+        self._check_owners(ds, [rel for rel, _ in p["files"]], sources)
         mover = SafeMover(StepLog(os.path.join(self.state_dir, LOG_NAME)), rate_mb_s=p.get("rate_mb_s"),
                           writers=self.writers)
         restored, already, unrepaired, notes = 0, 0, [], []
@@ -289,6 +301,18 @@ class Restore:
         if unrepaired:
             raise RemediationError(out)
         return Outcome(output=out)
+
+    def _check_owners(self, ds: Dataset, rels: list[str], sources: list[Source] | None = None) -> None:
+        """OwnershipRefused unless each file's replica copy (whose owner it gets) could keep its owner."""
+        sources = sources if sources is not None else [r.build() for r in ds.replicas]
+        paths = []
+        for rel in rels:
+            for src in sources:
+                path = src.locate(rel)
+                if path is not None:
+                    paths += [path, os.path.dirname(path)]
+                    break
+        check_owners(paths, self.chown_probe)
 
     def _restore_one(self, mover: SafeMover, ds: Dataset, sources: list[Source], rel: str, dst: str, size: int,
                      digest: str) -> tuple[bool, list[str]]:

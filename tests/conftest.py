@@ -57,3 +57,6 @@ def gpud_fixtures() -> Path:
     if not GPUD.is_dir():
         pytest.fail(f"fixtures missing: {GPUD} (shared/ must sit beside the checkout)")
     return GPUD
+
+
+from tests.nefixture import fixture_tree  # noqa: E402, F401  (node_exporter's trees with their symlinks)

@@ -250,9 +250,9 @@ BATCH = 64          # files per safe-copy batch in the child: 5 batches, 20 grou
 def _child(tmp: Path, leave: str) -> None:
     """In a forked child: demote everything through the remediator (journal + step log), then exit."""
     try:
-        from remediations import safecopy
+        from remediations.safecopy import mover
 
-        safecopy.BATCH_FILES = BATCH
+        mover.BATCH_FILES = BATCH
         journal = Journal(str(tmp / "state"))
         rem = Remediator(Policy(), journal, {"migrate": plugin(tmp, leave)}, mode="enforce")
         entry = rem.act("migrate", {"action": "demote"}, apply=True)

@@ -22,7 +22,7 @@ from ruamel.yaml import YAML
 
 from agent.core.durations import parse_duration
 from agent.engine.promql import PromQLEvalError, Scalar, compile_expr
-from agent.engine.promql.series_notation import load_series
+from agent.engine.promql.series_notation import load_series, parse_values
 from agent.engine.store import Store
 from tests.conftest import require_binary
 
@@ -118,7 +118,11 @@ def render(tests: list[dict[str, Any]]) -> str:
             lines.append(f"      - series: {json.dumps(s['series'])}")
             lines.append(f"        values: {json.dumps(s['values'])}")
         lines.append("    promql_expr_test:")
-        for et in test["expr_tests"]:
+        # promtool loads samples only up to the group's latest eval_time: one at the last sample makes every
+        # sample visible, as in our store (negative offsets read after the eval time)
+        last = max((len(parse_values(s["values"])) for s in test["series"]), default=1) - 1
+        tail = {"expr": "vector(0)", "eval_time": last * test["interval"], "samples": [({}, 0.0)]}
+        for et in [*test["expr_tests"], tail]:
             lines.append(f"      - expr: {json.dumps(et['expr'])}")
             lines.append(f"        eval_time: {go_duration(et['eval_time'])}")
             if not et["samples"]:

@@ -36,6 +36,20 @@ EXPRS = [
     "absent_over_time(m[5s])",
     "timestamp(m)",
     "max_over_time(m[30s]) - min_over_time(m[30s])",
+    "m @ 1150.5",
+    "m offset -3s @ end()",
+    "rate(c[30s] @ 1170)",
+    "irate(c[20s] @ start())",
+    "timestamp(m @ 1160.25)",
+    "max_over_time(rate(c[20s])[40s:5s])",
+    "avg_over_time(m[30s:3s] offset 2s)",
+    "sum_over_time(deriv(m[10s])[20s:] @ 1180)",
+    "present_over_time(m[3s:1s])",
+    "holt_winters(m[30s], 0.3, 0.6)",
+    "max_over_time(predict_linear(m[10s] @ 1150, 5)[30s:5s])",
+    "sum_over_time((m @ 1160)[20s:2s] @ 1180)",
+    "count_over_time((rate(c[10s] @ end()) + m)[20s:3s] offset 2s)",
+    'histogram_quantile(0.9, label_replace(m, "le", "$1", "i", "(.*)"))',
 ]
 
 

@@ -13,8 +13,8 @@ import struct
 
 import pytest
 
-from agent.engine.promql import functions as fn
-from agent.engine.promql.values import go_div
+from agent.engine.promql.functions import kahan, over_time, regression
+from agent.engine.promql.values import go_div, ms
 
 
 def kahan_inc(inc: float, total: float, c: float) -> tuple[float, float]:
@@ -120,20 +120,20 @@ def test_fast_paths_equal_prometheus_loops(seed: int) -> None:
         n = rng.choice([2, 3, 5, 30, 61, 301, 601, 1000])
         vals = values(rng, n)
         clean = not any(v != v for v in vals)
-        assert bits(fn.sum_over_time(vals, clean)) == bits(ref_sum_over_time(vals)), vals
-        assert bits(fn.stdvar_over_time(vals, clean)) == bits(ref_stdvar_over_time(vals)), vals
-        assert bits(fn.avg_over_time(vals, clean)) == bits(ref_avg_over_time(vals)), vals
+        assert bits(over_time.sum_over_time(vals, clean)) == bits(ref_sum_over_time(vals)), vals
+        assert bits(over_time.stdvar_over_time(vals, clean)) == bits(ref_stdvar_over_time(vals)), vals
+        assert bits(over_time.avg_over_time(vals, clean)) == bits(ref_avg_over_time(vals)), vals
         t0 = 1.7e9 + rng.choice([0, 0.001, 0.123])
         step = rng.choice([1.0, 5.0, 15.0, 1.001])
         times = [round(t0 + k * step + rng.choice([0, 0, 0.001, -0.002]), 3) for k in range(n)]
         t = times[-1] + rng.choice([0, 0.5, 17.25])
-        want = ref_linear_regression(times, vals, fn.ms(t))
-        got = fn.linear_regression(times, vals, fn.ms(t), fn.x_sums(times, fn.ms(t)))
+        want = ref_linear_regression(times, vals, ms(t))
+        got = regression.linear_regression(times, vals, ms(t), regression.x_sums(times, ms(t)))
         assert [bits(v) for v in got] == [bits(v) for v in want], (vals, times, t)
-        got = fn.linear_regression(times, vals, fn.ms(t), fn.x_sums(times, fn.ms(t)), clean)
+        got = regression.linear_regression(times, vals, ms(t), regression.x_sums(times, ms(t)), clean)
         assert [bits(v) for v in got] == [bits(v) for v in want], (vals, times, t, clean)
-        want = ref_linear_regression(times, vals, fn.ms(times[0]))
-        assert bits(fn.deriv(times, vals)) == bits(want[0]), (vals, times)
+        want = ref_linear_regression(times, vals, ms(times[0]))
+        assert bits(regression.deriv(times, vals)) == bits(want[0]), (vals, times)
 
 
 def test_certificate_declines_where_fsum_differs() -> None:
@@ -150,9 +150,9 @@ def test_certificate_declines_where_fsum_differs() -> None:
         if bits(math.fsum(vals) + 0.0) == bits(want):
             continue
         found += 1
-        assert bits(fn.sum_over_time(vals, True)) == bits(want)
-        if not fn.NEUMAIER_SUM:
-            assert fn.exact_kahan_sum(vals, len(vals), fn.span(vals)) is None
+        assert bits(over_time.sum_over_time(vals, True)) == bits(want)
+        if not kahan.NEUMAIER_SUM:
+            assert kahan.exact_kahan_sum(vals, len(vals), kahan.span(vals)) is None
     assert found > 0
 
 
@@ -160,6 +160,6 @@ def test_certificate_accepts_typical_series() -> None:
     """The fast path covers the usual shapes (bytes, temperatures, a 10 m window of 1 s samples)."""
     n = 601
     for vals in ([2e12 - k * 1e6 for k in range(n)], [50 + 40 * math.sin(k / 60) for k in range(n)]):
-        assert fn.exact_kahan_sum(vals, n, fn.span(vals)) == ref_sum_over_time(vals)
-    assert fn.span([0.0, -0.0]) is None
-    assert fn.span([-3.0, 0.0, 0.25, 8.0]) == (4, -2)
+        assert kahan.exact_kahan_sum(vals, n, kahan.span(vals)) == ref_sum_over_time(vals)
+    assert kahan.span([0.0, -0.0]) is None
+    assert kahan.span([-3.0, 0.0, 0.25, 8.0]) == (4, -2)

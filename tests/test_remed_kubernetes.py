@@ -55,6 +55,9 @@ class FakeApiServer:
         self.pods = [_pod("ml", "train-0", "nw1", gpus=8), _pod("ml", "eval-0", "nw1", gpus=1, blocked=True),
                      _pod("kube-system", "dns", "nw1"), _pod("ml", "train-1", "nw2", gpus=8)]
         self.requests = []
+        self.leases = {}                  # (namespace, name) -> Lease; created atomically (409 AlreadyExists)
+        self.lock = threading.Lock()
+        self.version = 100                # resourceVersion counter
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -90,6 +93,9 @@ class FakeApiServer:
                     want = query.get("fieldSelector", "").removeprefix("spec.nodeName=")
                     items = [p for p in fake.pods if p["spec"]["nodeName"] == want]
                     return self._send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
+                if parts[:4] == ["apis", "coordination.k8s.io", "v1", "namespaces"] and parts[5:6] == ["leases"]:
+                    return self._send(*fake.lease(method, parts[4], parts[6] if len(parts) > 6 else None,
+                                                  query, body))
                 if len(parts) == 7 and parts[-1] == "eviction" and method == "POST":
                     pod = next((p for p in fake.pods if p["metadata"]["name"] == parts[5]), None)
                     if pod is None:
@@ -109,10 +115,64 @@ class FakeApiServer:
             def do_POST(self):
                 self._handle("POST")
 
+            def do_PUT(self):
+                self._handle("PUT")
+
+            def do_DELETE(self):
+                self._handle("DELETE")
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
+
+    def lease(self, method, ns, name, query, body):
+        """coordination.k8s.io/v1 Leases as the real API server answers: create is atomic (409 AlreadyExists),
+        replace and delete honour resourceVersion (409 Conflict), a missing object is 404 NotFound."""
+        def status(code, reason, message):
+            return code, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                          "message": message, "reason": reason, "code": code,
+                          "details": {"name": name or "", "group": "coordination.k8s.io", "kind": "leases"}}
+
+        what = f'leases.coordination.k8s.io "{name}"'
+        with self.lock:
+            if name is None and method == "GET":
+                want = dict(kv.split("=", 1) for kv in query.get("labelSelector", "").split(",") if "=" in kv)
+                items = [v for (n, _), v in sorted(self.leases.items()) if n == ns and
+                         all(v["metadata"].get("labels", {}).get(k) == x for k, x in want.items())]
+                return 200, {"kind": "LeaseList", "apiVersion": "coordination.k8s.io/v1",
+                             "metadata": {"resourceVersion": str(self.version)}, "items": items}
+            if name is None and method == "POST":
+                name = body["metadata"]["name"]
+                what = f'leases.coordination.k8s.io "{name}"'
+                if (ns, name) in self.leases:
+                    return status(409, "AlreadyExists", f"{what} already exists")
+                self.version += 1
+                obj = copy.deepcopy(body)
+                obj["metadata"].update(namespace=ns, resourceVersion=str(self.version), uid=str(uuid.uuid4()))
+                self.leases[(ns, name)] = obj
+                return 201, obj
+            cur = self.leases.get((ns, name))
+            if cur is None:
+                return status(404, "NotFound", f"{what} not found")
+            if method == "GET":
+                return 200, cur
+            want = (body or {}).get("preconditions", {}).get("resourceVersion") if method == "DELETE" else \
+                (body or {}).get("metadata", {}).get("resourceVersion")
+            if want is not None and want != cur["metadata"]["resourceVersion"]:
+                return status(409, "Conflict", f"Operation cannot be fulfilled on {what}: the object has been "
+                                               "modified; please apply your changes to the latest version and "
+                                               "try again")
+            if method == "DELETE":
+                del self.leases[(ns, name)]
+                return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
+            if method == "PUT":
+                self.version += 1
+                obj = copy.deepcopy(body)
+                obj["metadata"]["resourceVersion"] = str(self.version)
+                self.leases[(ns, name)] = obj
+                return 200, obj
+            return status(405, "MethodNotAllowed", f"{method} not allowed")
 
     def close(self):
         self.server.shutdown()

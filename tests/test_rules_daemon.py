@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def test_alerts_fire_and_are_served(setup):
     with AgentProcess(tmp, cfg) as agent:
         wait_for(lambda: _alerts(agent).get("DiskBusy", {}).get("state") == "firing", what="DiskBusy firing")
         a = _alerts(agent)["DiskBusy"]
-        assert a["labels"] == {"alertname": "DiskBusy", "device": "nvme0n1", "severity": "warning"}
+        assert a["labels"] == {"alertname": "DiskBusy", "device": "nvme0n1", "severity": "warning",
+                               "instance": socket.gethostname()}   # the node label (config node_label)
         assert a["annotations"]["summary"] == "nvme0n1 has 1 I/Os in flight"
         assert _alerts(agent)["DiskBusyForAnHour"]["state"] == "pending"
         text = agent.metrics()

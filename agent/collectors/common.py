@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
+
+from agent.core.regex import compile_anchored
 
 Reader = Callable[[str], bytes]
 
@@ -34,15 +35,15 @@ class DeviceFilter:
     def __init__(self, include: str | None, exclude: str | None, default_exclude: str | None = None) -> None:
         if exclude is None and include is None:
             exclude = default_exclude
-        self._include = re.compile(include) if include is not None else None
-        self._exclude = re.compile(exclude) if exclude is not None else None
+        self._include = compile_anchored(include) if include is not None else None   # RE2, as Go's regexp
+        self._exclude = compile_anchored(exclude) if exclude is not None else None
         self._cache: dict[str, bool] = {}
 
     def __call__(self, name: str) -> bool:
         ok = self._cache.get(name)
         if ok is None:
-            ok = (self._include is None or self._include.fullmatch(name) is not None) and (
-                self._exclude is None or self._exclude.fullmatch(name) is None
+            ok = (self._include is None or self._include.match(name) is not None) and (
+                self._exclude is None or self._exclude.match(name) is None
             )
             if len(self._cache) > 4096:  # device names churn (veth): keep the cache bounded
                 self._cache.clear()

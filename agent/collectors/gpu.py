@@ -14,10 +14,7 @@ makes ``collect()`` report ``nodewarden_gpu_collector_hung 1`` and fail fast ins
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
-import os
-import select
 import socket
 import threading
 import time
@@ -30,6 +27,7 @@ from pydantic import Field
 
 from agent.collectors import jobs
 from agent.collectors import xid as xidlib
+from agent.collectors.kmsg import KmsgReader, KmsgRecord
 from agent.collectors.nvml import (
     UNSUPPORTED,
     GpuLost,
@@ -327,18 +325,29 @@ class GpuCollector:
         self._event_thread: threading.Thread | None = None
         self.kmsg_status = "disabled" if not getattr(config, "kmsg", True) else "not started"
         self._jobs = jobs.Resolver(paths) if getattr(config, "job_info", True) else None
+        self.kmsg_reader: KmsgReader | None = _deps.get("kmsg") if getattr(config, "kmsg", True) else None
+        if self.kmsg_reader is not None:  # the daemon's shared reader: NVRM Xid lines are one consumer
+            self.kmsg_reader.subscribe(self._kmsg_record)
+            self.kmsg_status = f"shared reader: {self.kmsg_reader.path}"
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the kernel-log reader (NVML itself starts lazily, under a deadline, in collect())."""
-        if getattr(self.config, "kmsg", True) and not self._threads:
-            t = threading.Thread(target=self._kmsg_loop, name="gpu-kmsg", daemon=True)
-            self._threads.append(t)
-            t.start()
+        """Follow the kernel log (NVML itself starts lazily, under a deadline, in collect()).
+
+        With the daemon's shared reader (``kmsg=``) this collector is one consumer; built alone, it reads
+        ``/dev/kmsg`` with a private reader from the end (records already there are not counted).
+        """
+        if getattr(self.config, "kmsg", True) and self.kmsg_reader is None:
+            self.kmsg_reader = KmsgReader(self.paths.dev("kmsg"), start_at_end=True)
+            self.kmsg_reader.subscribe(self._kmsg_record)
+            self.kmsg_reader.start()
+            self.kmsg_status = self.kmsg_reader.status
 
     def close(self) -> None:
         """Stop background threads (bounded: at most ~1 s) and the NVML worker."""
         self._stop.set()
+        if self.kmsg_reader is not None:
+            self.kmsg_reader.unsubscribe(self._kmsg_record)
         release = getattr(self._module, "release", None)
         if callable(release):  # the fake: let hung calls go so their threads end
             release()
@@ -821,42 +830,8 @@ class GpuCollector:
             if data.eventType & xid_type:
                 self._inbox.append(("nvml", _handle_key(data.device), int(data.eventData), self._clock()))
 
-    def _kmsg_loop(self) -> None:
-        """Tail ``/dev/kmsg`` (under Paths.devfs) for NVRM Xid lines; degrade cleanly without access."""
-        path = self.paths.dev("kmsg")
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        except OSError as err:
-            self.kmsg_status = f"unavailable: {path}: {err.strerror}"
-            log.info("kernel log not readable; XIDs from NVML events only", path=path, error=err.strerror)
-            return
-        self.kmsg_status = f"reading {path}"
-        with contextlib.suppress(OSError):
-            os.lseek(fd, 0, os.SEEK_END)  # only new records: old XIDs were counted by an earlier run
-        buf = b""
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        try:
-            while not self._stop.is_set():
-                try:
-                    chunk = os.read(fd, 8192)
-                except BlockingIOError:
-                    poller.poll(500)
-                    continue
-                except OSError as err:
-                    if err.errno == errno.EPIPE:  # records overwritten before we read them
-                        continue
-                    self.kmsg_status = f"read error: {err.strerror}"
-                    return
-                if not chunk:  # regular file at EOF (tests, replays): tail it
-                    self._stop.wait(0.1)
-                    continue
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for raw in lines:
-                    self._kmsg_line(raw.decode("utf-8", "replace"))
-        finally:
-            os.close(fd)
+    def _kmsg_record(self, rec: KmsgRecord) -> None:
+        self._kmsg_line(rec.message)
 
     def _kmsg_line(self, line: str) -> None:
         if "Xid" not in line:

@@ -255,8 +255,14 @@ class NodeSim:
                    only: set[str] | None = None) -> tuple[list[Any], dict[str, str]]:
         """Every enabled collector (or those in ``only``) against the simulated roots (a ``collector_factory``)."""
         from agent import collectors as registry
+        from agent.collectors.kmsg import KmsgReader
         from agent.core.errors import PluginLoadError
 
+        # One kernel-log reader for every consumer, as the daemon builds it, on the simulated /dev/kmsg and clock
+        # (the daemon starts it once all consumers subscribed).
+        kmsg = KmsgReader(self.paths.dev("kmsg"), None, boot_id_path=self.paths.proc("sys", "kernel", "random",
+                                                                                    "boot_id"),
+                          persist=False, uptime=self.now)
         built, failed = [], {}
         for name, ep in sorted(registry.discover().items()):
             if only is not None and name not in only:
@@ -264,7 +270,8 @@ class NodeSim:
             section = cfg.collectors.get(name)
             if not section.enabled and name != "gpu":
                 continue
-            deps: dict[str, Any] = {"hostname": hostname or self.hostname}
+            deps: dict[str, Any] = {"hostname": hostname or self.hostname, "kmsg": kmsg,
+                                    "state_dir": getattr(cfg, "state_dir", None)}
             if name == "gpu":
                 updates = {"enabled": True, "simulate": None}
                 if "kmsg" in type(section).model_fields:

@@ -128,6 +128,25 @@ def catalogue_warnings(groups: list[rulesmod.GroupDef], catalogue: dict[str, Met
     return out
 
 
+def history_warnings(groups: list[rulesmod.GroupDef], retention: float, text: str, filename: str) -> list[str]:
+    """Warnings for rules whose range, subquery or offset reaches past the store's retention."""
+    from agent.engine.promql.history import retention_warning
+
+    out = []
+    for gi, g in enumerate(groups):
+        for ri, r in enumerate(g.rules):
+            why = retention_warning(r.query, retention)
+            if why:
+                out.append(f"{_pos(text, filename, gi, ri)}: warning: group {g.name!r}, rule {r.name!r}: {why}")
+    return out
+
+
+def _retention(path: str | None) -> float:
+    from agent.core import config
+
+    return config.load_file(path).retention if path else config.Config().retention
+
+
 def _daemon_metrics() -> set[str]:
     try:
         from agent.daemon import SELF_METRICS
@@ -164,6 +183,12 @@ def main(args: argparse.Namespace) -> int:
         catalogue, notes = known_catalogue(enabled)
     for note in notes:
         print(f"  NOTE: {note}", file=sys.stderr)
+    try:
+        retention = _retention(getattr(args, "config", None))
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return 1
     policies: list[str] = []
     alert_names: set[str] = set()
     for path in args.file:
@@ -192,6 +217,7 @@ def main(args: argparse.Namespace) -> int:
         n = sum(len(g.rules) for g in groups)
         alert_names |= {r.name for g in groups for r in g.rules if r.kind != "recording"}
         warnings = catalogue_warnings(groups, catalogue, text, path) if catalogue else []
+        warnings += history_warnings(groups, retention, text, path)
         sys.stdout.flush()
         for w in warnings:
             print(f"  WARNING: {w}", file=sys.stderr)

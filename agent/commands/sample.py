@@ -28,7 +28,11 @@ def _labels(labels: tuple[tuple[str, str], ...]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Run each collector once under its deadline and print what it returned."""
+    from agent.collectors.kmsg import start_readers
+    from agent.core import logs
     from agent.daemon import build_collectors, collector_timeout
+
+    logs.setup("warning", "console", sys.stderr)  # stdout is the table / JSON (kernel problems log warnings)
 
     try:
         cfg = runcmd.apply_simulate(runcmd.load(argparse.Namespace(
@@ -37,13 +41,15 @@ def main(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(problem, file=sys.stderr)
         return 2
-    built, failed = build_collectors(cfg)
+    built, failed = build_collectors(cfg, kmsg_persist=False)
     if args.collector:
         built = [c for c in built if c.name in args.collector]
     results = []
     for coll in built:
         if isinstance(coll, CollectorStarts):
             coll.start()
+    start_readers(built)
+    for coll in built:
         runner = CollectorRunner(coll, collector_timeout(cfg, coll.name))
         out = runner.run_once()
         runner.close()

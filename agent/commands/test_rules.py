@@ -11,6 +11,7 @@ only the test groups whose name matches.
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import os
 import re
@@ -252,7 +253,9 @@ def _run_group(tg: Any, root: Any, filename: str, loc: list[Any], eval_interval:
     except ValueError as err:
         return [f"{filename}: {err}"]
     ext = {str(k): str(v) for k, v in (tg.get("external_labels") or {}).items()}
-    engine = RuleEngine(None, ext, clock=lambda: 0.0, check_no_data=False)
+    # subqueries without a step use the file's evaluation_interval, as promtool does
+    compiler = functools.partial(compile_expr, subquery_step=eval_interval)
+    engine = RuleEngine(None, ext, clock=lambda: 0.0, check_no_data=False, compiler=compiler)
     engine.external_url = str(tg.get("external_url") or "")
     try:
         engine.load(rule_files)
@@ -324,7 +327,7 @@ def _run_group(tg: Any, root: Any, filename: str, loc: list[Any], eval_interval:
 
     for expr, et, exp_samples in expr_tests:
         try:
-            res = compile_expr(expr).eval(store, et)
+            res = compiler(expr).eval(store, et)
         except Exception as err:  # PromQLError and evaluation errors are test failures, as in promtool
             errs.append(f"    expr: {_quote(expr)}, time: {_dur(et)}, err: {getattr(err, 'message', None) or err}")
             continue

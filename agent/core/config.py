@@ -18,7 +18,9 @@ from agent.core.paths import Paths
 
 DEFAULT_LISTEN = "127.0.0.1:9842"
 # The default rule library (top-level rules/); rules/remediations.yml is the policy, not a rule file.
-DEFAULT_RULE_FILES = ("rules/gpu.yml", "rules/network.yml", "rules/storage.yml")
+DEFAULT_RULE_FILES = (
+    "rules/gpu.yml", "rules/network.yml", "rules/storage.yml", "rules/host.yml", "rules/kernel.yml",
+)
 DEFAULT_POLICY = "rules/remediations.yml"
 
 
@@ -134,7 +136,12 @@ class Config(Model):
     rule_files: list[str] = Field(
         default_factory=lambda: list(DEFAULT_RULE_FILES),
         description="Prometheus rule files (globs), relative to the config file's directory")
-    external_labels: dict[str, str] = Field(default_factory=dict, description="$externalLabels in templates")
+    external_labels: dict[str, str] = Field(
+        default_factory=dict, description="$externalLabels in templates; added to every alert sent to "
+                                          "Alertmanager and shown on /api/v1/alerts")
+    node_label: str | None = Field(
+        "instance", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="label naming this node (value: hostname) on every alert sent and on /api/v1/alerts; null: none")
     remediation_policy: str | None = Field(
         DEFAULT_POLICY, description="remediation policy file (relative to the config file's directory); null: none")
     paths: PathsConfig = PathsConfig()

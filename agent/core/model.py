@@ -4,12 +4,12 @@ share (:data:`Duration`, a Prometheus duration string in seconds; :data:`Regex`,
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from agent.core.durations import parse_duration
+from agent.core.regex import RegexError, compile_anchored
 
 
 class Model(BaseModel):
@@ -29,8 +29,8 @@ def _regex(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a regular expression string")
     try:
-        re.compile(value)
-    except re.error as err:
+        compile_anchored(value)   # RE2 (Go regexp) syntax and linear-time matching, as node_exporter
+    except RegexError as err:
         raise ValueError(f"invalid regular expression {value!r}: {err}") from err
     return value
 

@@ -248,6 +248,30 @@ class Cluster(Protocol):
 
 
 @runtime_checkable
+class Claims(Protocol):
+    """Optional, on a :class:`Cluster`: take and give back a slot under the cap atomically (Slurm: claim by drain
+    and rank by the controller's stamps; Kubernetes: one Lease per slot). Without it the cap is only counted."""
+
+    def claim(self, plan: Plan, cap: Cap) -> tuple[str, str]:
+        """(reason, detail): ``""`` reason means the slot is granted; ``blast_radius`` (or another reason) refuses."""
+        ...
+
+    def release(self, plan: Plan) -> None:
+        """Give ``plan``'s slot back (after a revert or a failed apply); a no-op when it holds none."""
+        ...
+
+
+@runtime_checkable
+class KnowsMaintenance(Protocol):
+    """Optional, on a :class:`Cluster`: whether the plan's node is under maintenance the engine knows about
+    (a Slurm MAINT reservation, a Kubernetes maintenance label); raises NodewardenError when it cannot tell."""
+
+    def maintenance(self, plan: Plan) -> str:
+        """A non-empty description when the node is under maintenance, ``""`` otherwise."""
+        ...
+
+
+@runtime_checkable
 class HasCluster(Protocol):
     """Optional: ``cluster``, the plugin's :class:`Cluster` (or None): the remediator asks it for the blast
     radius of node-scope plans when the daemon was given no cluster of its own (rebalance's Slurm/Kubernetes)."""
@@ -280,6 +304,24 @@ class Backend(Protocol):
     def recover(self, entry: Entry) -> str:
         """Required."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Cap:
+    """The blast-radius cap a cluster engine's ``claim(plan, cap)`` enforces (see docs/remediation.md)."""
+
+    max_nodes: int | None = None
+    max_fraction: float | None = None
+    count_unavailable: bool = False
+
+    def allowed(self, total: int) -> int:
+        """How many nodes may be held out of ``total`` (a fraction rounds down)."""
+        out = total
+        if self.max_nodes is not None:
+            out = min(out, self.max_nodes)
+        if self.max_fraction is not None:
+            out = min(out, int(self.max_fraction * total + 1e-9))
+        return max(out, 0)
 
 
 def default_recover(plugin: Remediation, entry: Entry) -> str:

@@ -23,6 +23,7 @@ from agent.core import yamlpos
 from agent.core.alerts import Alert
 from agent.core.errors import ConfigError
 from agent.core.model import Duration, Model
+from agent.core.regex import RegexError, compile_anchored
 from agent.engine import templates
 
 PAGE = "page"  # the reserved action name of a paging step
@@ -41,7 +42,7 @@ class Matcher:
     name: str
     op: str
     value: str
-    regex: re.Pattern[str] | None = None
+    regex: Any = None   # an agent.core.regex.Anchored: RE2, fully anchored (as Alertmanager's Go matchers)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         """Does the label set satisfy this matcher (a missing label is the empty string)?"""
@@ -50,7 +51,7 @@ class Matcher:
             return v == self.value
         if self.op == "!=":
             return v != self.value
-        hit = self.regex.fullmatch(v) is not None  # type: ignore[union-attr]
+        hit = self.regex.match(v) is not None  # type: ignore[union-attr]
         return hit if self.op == "=~" else not hit
 
 
@@ -66,8 +67,8 @@ def parse_matcher(text: str) -> Matcher:
     regex = None
     if op in ("=~", "!~"):
         try:
-            regex = re.compile(value)
-        except re.error as err:
+            regex = compile_anchored(value)
+        except RegexError as err:
             raise ValueError(f"invalid regular expression {value!r}: {err}") from err
     return Matcher(name, op, value, regex)
 
@@ -162,10 +163,14 @@ class FlapGate(Model):
 
 
 class BlastRadius(Model):
-    """Cluster-wide cap on nodes held out of service by nodewarden (``node``-scope plans only)."""
+    """Cluster-wide cap on nodes held out of service by nodewarden (``node``-scope plans only).
+
+    ``count_unavailable``: nodes down or drained for other reasons count toward the cap too.
+    """
 
     max_fraction: float | None = Field(0.1, gt=0, le=1)
     max_nodes: int | None = Field(None, ge=0)
+    count_unavailable: bool = False
 
 
 class Guards(Model):
@@ -230,12 +235,25 @@ class NoDataGate(Model):
         return any(all(m.matches(alert.labels) for m in ms) for ms in self.matchers)
 
 
+class SilenceCheck(Model):
+    """Before an action starts (enforce mode), skip it while an active Alertmanager silence matches the alert.
+
+    ``unreachable``: what to do when Alertmanager cannot be asked: ``act`` (default; the journal row says the
+    silences were unknown) or ``hold`` (skip with reason ``silence_unknown`` and retry).
+    """
+
+    enabled: bool = True
+    cache: Duration = 10.0
+    unreachable: Literal["act", "hold"] = "act"
+
+
 class AlertmanagerConfig(Model):
     """Where ``page`` steps push alerts (Alertmanager v2 API); no URL: pages are only journaled."""
 
     url: str | None = None
     timeout: Duration = 5.0
     resend: Duration = 60.0
+    silences: SilenceCheck = SilenceCheck()
 
 
 class JournalConfig(Model):

@@ -12,16 +12,26 @@ evicted. They are found without the kubelet: NVML lists the compute processes on
 with systemd), matched against the node's pods. When that cannot be determined (NVML cannot reach the GPU —
 e.g. it fell off the bus — or no process maps to a pod), every pod on the node requesting ``gpu_resource`` is
 evicted, and the output says so.
+
+Blast radius under concurrency (:meth:`KubernetesBackend.claim`): one ``coordination.k8s.io/v1`` Lease per
+slot (``nodewarden-slot-0`` .. ``-{allowed-1}`` in ``lease_namespace``). Creating an object is atomic in the
+API server: of two agents creating the same slot, one gets 201 and the other 409 AlreadyExists and tries the
+next slot; no free slot refuses. The slot is deleted on revert (with a resourceVersion precondition, so a
+slot someone else re-took meanwhile is never deleted).
 """
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from agent.core.errors import RemediationError
 from agent.core.paths import Paths
-from agent.core.plugin import Entry, Outcome, Plan, check_node, default_recover
+from agent.core.plugin import Cap, Entry, Outcome, Plan, check_node, default_recover
+
+SLOT = "nodewarden-slot-"
+MANAGED = {"app.kubernetes.io/managed-by": "nodewarden"}
 
 _POD_UID = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
 
@@ -72,7 +82,7 @@ class KubernetesBackend:
             return fn(*args, _request_timeout=self.s.timeout, **kwargs)
         except ApiException as err:
             raise RemediationError(f"kubernetes {what}: HTTP {err.status} {err.reason}") from err
-        except OSError as err:
+        except _transport_errors() as err:   # API server unreachable (urllib3 gives up after its retries)
             raise RemediationError(f"kubernetes {what}: {err}") from err
 
     # ---- plugin protocol
@@ -178,7 +188,104 @@ class KubernetesBackend:
     def held(self) -> tuple[int, int]:
         """(nodes carrying our taint, all nodes)."""
         nodes = self._call("list nodes", self.api.list_node).items
-        return sum(1 for n in nodes if any(t.key == self.s.taint_key for t in n.spec.taints or [])), len(nodes)
+        return sum(1 for n in nodes if self._tainted(n)), len(nodes)
+
+    def _tainted(self, node) -> bool:
+        return bool(node.spec) and any(t.key == self.s.taint_key for t in node.spec.taints or [])
+
+    @property
+    def leases(self):
+        """CoordinationV1Api on the same connection (built on first use)."""
+        if getattr(self, "_leases", None) is None:
+            from kubernetes import client
+
+            self._leases = client.CoordinationV1Api(self.api.api_client)
+        return self._leases
+
+    def claim(self, plan: Plan, cap: Cap) -> tuple[str, str]:
+        """Take a slot Lease (see module docstring); (reason, detail), reason ``""`` when held."""
+        from kubernetes.client.exceptions import ApiException
+
+        name = check_node(plan.params["node"])
+        nodes = self._call("list nodes", self.api.list_node).items
+        allowed = cap.allowed(len(nodes))
+        if cap.count_unavailable:
+            allowed -= sum(1 for n in nodes if n.metadata.name != name and not self._tainted(n) and _unavailable(n))
+        ns = self.s.lease_namespace
+        held = self._call("list leases", self.leases.list_namespaced_lease, ns, label_selector=_selector()).items
+        mine = [lease.metadata.name for lease in held if (lease.spec and lease.spec.holder_identity) == name]
+        if mine:
+            return "", f"blast radius: holds lease {ns}/{mine[0]}"
+        tainted = sorted(n.metadata.name for n in nodes if n.metadata.name != name and self._tainted(n))
+        if len(tainted) >= allowed:
+            return "blast_radius", f"{len(tainted)} node(s) held, {allowed} allowed: {', '.join(tainted[:20])}"
+        for i in range(max(allowed, 0)):
+            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": f"{SLOT}{i}", "namespace": ns, "labels": dict(MANAGED)},
+                    "spec": {"holderIdentity": name, "acquireTime": _micro_time()}}
+            try:
+                self.leases.create_namespaced_lease(ns, body, _request_timeout=self.s.timeout)
+            except ApiException as err:
+                if err.status == 409:      # AlreadyExists: another node holds this slot
+                    continue
+                raise RemediationError(f"kubernetes create lease: HTTP {err.status} {err.reason}") from err
+            except _transport_errors() as err:
+                raise RemediationError(f"kubernetes create lease: {err}") from err
+            return "", f"blast radius: lease {ns}/{SLOT}{i} ({i + 1} of {allowed} allowed)"
+        holders = sorted((lease.spec.holder_identity or "?") for lease in held if lease.spec)
+        return "blast_radius", f"all {max(allowed, 0)} slot lease(s) taken (holders: {', '.join(holders[:20])})"
+
+    def release(self, plan: Plan) -> None:
+        """Delete the slot Leases this node holds (only if unchanged since read: resourceVersion precondition)."""
+        from kubernetes.client.exceptions import ApiException
+
+        name = check_node(plan.params["node"])
+        ns = self.s.lease_namespace
+        for lease in self._call("list leases", self.leases.list_namespaced_lease, ns, label_selector=_selector()).items:
+            if not lease.spec or lease.spec.holder_identity != name:
+                continue
+            body = {"preconditions": {"resourceVersion": lease.metadata.resource_version}}
+            try:
+                self.leases.delete_namespaced_lease(lease.metadata.name, ns, body=body, _request_timeout=self.s.timeout)
+            except ApiException as err:
+                if err.status not in (404, 409):   # gone already, or re-taken by another node since we read it
+                    raise RemediationError(f"kubernetes delete lease: HTTP {err.status} {err.reason}") from err
+            except _transport_errors() as err:
+                raise RemediationError(f"kubernetes delete lease: {err}") from err
+
+    def maintenance(self, plan: Plan) -> str:
+        """``maintenance_label`` as a label or annotation on the plan's node ("" when absent or "false")."""
+        key = self.s.maintenance_label
+        if not key:
+            return ""
+        node = self._call("read node", self.api.read_node, check_node(plan.params["node"]))
+        for kind, values in (("label", node.metadata.labels), ("annotation", node.metadata.annotations)):
+            value = (values or {}).get(key)
+            if value is not None and value.lower() != "false":
+                return f"node {node.metadata.name} carries {kind} {key}={value}"
+        return ""
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    import urllib3
+
+    return (OSError, urllib3.exceptions.HTTPError)
+
+
+def _selector() -> str:
+    return ",".join(f"{k}={v}" for k, v in MANAGED.items())
+
+
+def _micro_time() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _unavailable(node) -> bool:
+    """Cordoned, or its Ready condition is not True."""
+    if node.spec and node.spec.unschedulable:
+        return True
+    conditions = (node.status.conditions or []) if node.status else []
+    return any(c.type == "Ready" and c.status != "True" for c in conditions)
 
 
 def _taint_value(reason: str) -> str:

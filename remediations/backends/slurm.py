@@ -4,17 +4,28 @@ Revert uses ``State=UNDRAIN`` rather than ``RESUME``: per scontrol(1) UNDRAIN on
 and leaves a node that is ``DOWN`` for another reason down, whereas RESUME would also return a DOWN node to
 service. A drain whose reason no longer starts with ``nodewarden:`` belongs to someone else and is never
 undone; a node already drained by someone else is left alone (and not counted as ours).
+
+Blast radius under concurrency (:meth:`SlurmBackend.claim`): the drain itself is the claim. slurmctld
+serializes updates and stamps each reason with its own clock (``sinfo %H``, one-second resolution), so after
+draining, the agent waits until that second has surely passed, re-reads every nodewarden drain and orders
+them by (controller stamp, node name), the same order on every node. A node outside the first ``allowed``
+undoes its own drain and refuses. The argument is in docs/remediation.md.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from agent.core.errors import RemediationError
-from agent.core.plugin import Entry, Outcome, Plan, Runner, check_node, default_recover, run_argv
+from agent.core.plugin import Cap, Entry, Outcome, Plan, Runner, check_node, default_recover, run_argv
 
 PREFIX = "nodewarden:"
+CLAIM_SETTLE = 1.1   # seconds after our drain landed: past the one-second resolution of slurmctld's stamp
+# sinfo %T base states of a node that is out of service (plus any state flagged not responding, "*")
+UNAVAILABLE = {"down", "drained", "draining", "drain", "fail", "failing", "unknown", "future", "inval"}
 
 _STATE = re.compile(r"(?:^|\s)State=(\S+)")
 _REASON = re.compile(r"(?:^|\s)Reason=(.*?)(?:\s\[[^\]]*\])?\s*$")
@@ -40,6 +51,94 @@ def parse_reasons(text: str) -> dict[str, str]:
         if sep and node:
             out[node.strip()] = reason.strip()
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    """One node as ``sinfo -N -o %N|%H|%T|%E`` shows it: stamp is the controller's time of the reason."""
+
+    node: str
+    stamp: str      # "2026-12-03T07:40:12" ("" when Slurm has none); compared as text, controller's clock
+    state: str      # long state, e.g. "idle", "drained*", "down*"
+    reason: str     # "none" when there is no reason
+
+    @property
+    def ours(self) -> bool:
+        """Held by nodewarden (its reason starts with the prefix)."""
+        return self.reason.startswith(PREFIX)
+
+    @property
+    def unavailable(self) -> bool:
+        """Down, drained, failing or not responding, for whatever reason."""
+        base = self.state.rstrip("*~#!%$@^-+").lower()
+        return "*" in self.state or base in UNAVAILABLE or "drain" in base or "down" in base
+
+
+_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$")
+
+
+def parse_rows(text: str) -> dict[str, NodeRow]:
+    """node -> :class:`NodeRow` from ``sinfo -h -N -o %N|%H|%T|%E`` (a node listed per partition appears once)."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split("|", 3)
+        if len(parts) == 4 and parts[0].strip():
+            node, stamp, state, reason = (p.strip() for p in parts)
+            out[node] = NodeRow(node, stamp if _STAMP.match(stamp) else "", state, reason)
+    return out
+
+
+def expand_hostlist(spec: str) -> list[str]:
+    """Slurm hostlist expression to names: ``n[01-03,07],gpu-a1`` -> n01 n02 n03 n07 gpu-a1."""
+    out: list[str] = []
+    depth, start = 0, 0
+    for i, c in enumerate(spec + ","):
+        if c == "[":
+            depth += 1
+        elif c == "]":
+            depth -= 1
+        elif c == "," and depth == 0:
+            part = spec[start:i].strip()
+            start = i + 1
+            if part and part != "(null)":
+                out += _expand_one(part)
+    return out
+
+
+def _expand_one(part: str) -> list[str]:
+    lo_b = part.find("[")
+    hi_b = part.find("]", lo_b)
+    if lo_b < 0 or hi_b < 0:
+        return [part]
+    head, body, tail = part[:lo_b], part[lo_b + 1:hi_b], part[hi_b + 1:]
+    names = []
+    for rng in body.split(","):
+        lo, _, hi = rng.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise RemediationError(f"cannot expand Slurm hostlist {part!r}")
+        width = len(lo)
+        names += [f"{head}{i:0{width}d}" for i in range(int(lo), int(hi or lo) + 1)]
+    return [n + t for n in names for t in _expand_one(tail)] if "[" in tail else [n + tail for n in names]
+
+
+def parse_reservations(text: str) -> list[dict[str, str]]:
+    """Reservations from ``scontrol --oneliner show reservation`` (one a line): key -> value."""
+    out = []
+    for line in text.splitlines():
+        if "ReservationName=" not in line:
+            continue
+        fields = dict(re.findall(r"(?:^|\s)([A-Za-z]+)=(\S*)", line))
+        out.append(fields)
+    return out
+
+
+def maintenance_of(reservations: list[dict[str, str]], node: str) -> str:
+    """Name of an active reservation with the MAINT flag covering ``node`` ("" when none)."""
+    for r in reservations:
+        flags = r.get("Flags", "").split(",")
+        if "MAINT" in flags and r.get("State") == "ACTIVE" and node in expand_hostlist(r.get("Nodes", "")):
+            return r.get("ReservationName", "?")
+    return ""
 
 
 def _indices(spec: str) -> set[int]:
@@ -80,9 +179,10 @@ def _expand_simple(nodes: str) -> set[str]:
 class SlurmBackend:
     """Drain/undrain through the Slurm client programs (argument vectors only)."""
 
-    def __init__(self, settings, runner: Runner | None = None) -> None:
+    def __init__(self, settings, runner: Runner | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         self.s = settings
         self._run = runner or run_argv
+        self._sleep = sleep
 
     def _call(self, argv: list[str]) -> str:
         cp = self._run(argv, self.s.timeout)
@@ -147,11 +247,68 @@ class SlurmBackend:
 
     def held(self) -> tuple[int, int]:
         """(nodes whose reason starts with ``nodewarden:``, all nodes) in the configured partition (or all)."""
-        argv = [self.s.sinfo, "--noheader", "--Node", "--format=%N|%E"]
+        rows = self.rows()
+        return sum(1 for r in rows.values() if r.ours), len(rows)
+
+    def rows(self) -> dict[str, NodeRow]:
+        """Every node of the configured partition (or all) with its reason, the controller's stamp and state."""
+        argv = [self.s.sinfo, "--noheader", "--Node", "--format=%N|%H|%T|%E"]
         if self.s.partition:
             argv.append(f"--partition={self.s.partition}")
-        reasons = parse_reasons(self._call(argv))
-        return sum(1 for r in reasons.values() if r.startswith(PREFIX)), len(reasons)
+        return parse_rows(self._call(argv))
+
+    def claim(self, plan: Plan, cap: Cap) -> tuple[str, str]:
+        """Claim a blast-radius slot by draining; (reason, detail), reason ``""`` when the claim holds.
+
+        Refuses without touching the node when the slots are already full (``blast_radius``); otherwise drains
+        (unless our drain is already there), waits :data:`CLAIM_SETTLE`, re-reads and ranks every hold by
+        (controller stamp, node name). Outside the first ``allowed``: undrains and ``refused:blast_radius``.
+        A node drained by someone else holds no slot of ours: nothing to claim.
+        """
+        node, reason = check_node(plan.params["node"]), plan.params["reason"]
+        rows = self.rows()
+        me = rows.get(node)
+        if me is None:
+            raise RemediationError(f"{node} is not a node of {self.s.partition or 'the cluster'} in sinfo")
+        allowed = cap.allowed(len(rows))
+        flags, current = self.node_state(node)
+        if _drained(flags) and not current.startswith(PREFIX):
+            return "", f"{node} already drained by someone else ({current!r}); no slot taken"
+
+        def held(r: NodeRow) -> bool:
+            return r.ours or (cap.count_unavailable and r.unavailable)
+
+        others = sorted(r.node for r in rows.values() if r.node != node and held(r))
+        mine = _drained(flags) and current.startswith(PREFIX)
+        if not mine and len(others) >= allowed:
+            return "blast_radius", f"{len(others)} node(s) held, {allowed} allowed: {', '.join(others[:20])}"
+        if not mine:
+            self._call([self.s.scontrol, "update", f"NodeName={node}", "State=DRAIN", f"Reason={reason}"])
+        self._sleep(CLAIM_SETTLE)
+        rows = self.rows()
+        order = [r.node for r in sorted((r for r in rows.values() if held(r)), key=lambda r: (r.stamp, r.node))]
+        if node not in order:   # our drain was undone or taken over meanwhile: nothing was claimed
+            return "refused:blast_radius", f"claim on {node} lost before it was ranked (undrained or taken over)"
+        rank = order.index(node)
+        if rank < allowed:
+            return "", f"blast radius: claim {rank + 1} of {allowed} allowed"
+        self.release(plan)
+        return "refused:blast_radius", (f"claim ranked {rank + 1}, {allowed} allowed; held first: "
+                                        f"{', '.join(order[:rank][:20])}; own drain undone")
+
+    def release(self, plan: Plan) -> None:
+        """Undo our claim: undrain, only while the drain is still ours."""
+        node = check_node(plan.params["node"])
+        flags, current = self.node_state(node)
+        if _drained(flags) and current.startswith(PREFIX):
+            self._call([self.s.scontrol, "update", f"NodeName={node}", "State=UNDRAIN"])
+
+    def maintenance(self, plan: Plan) -> str:
+        """The active MAINT reservation covering the plan's node ("" when none)."""
+        node = check_node(plan.params["node"])
+        text = self._call([self.s.scontrol, "--oneliner", "show", "reservation"])
+        name = maintenance_of(parse_reservations(text), node)
+        return f"{node} is in Slurm reservation {name} (MAINT)" if name else ""
 
     def jobs_on_gpu(self, node: str, gpu: int) -> list[str]:
         """Running jobs holding GPU index ``gpu`` on ``node``."""

@@ -1,4 +1,4 @@
-"""Result types, the error type and Go-compatible float helpers shared by the evaluator."""
+"""Result types, the error type, and Go-compatible float, time and label helpers shared by the evaluator."""
 
 from __future__ import annotations
 
@@ -272,3 +272,24 @@ def format_float(v: float) -> str:
 def labels_key(labels: LabelDict) -> tuple[tuple[str, str], ...]:
     """A hashable identity of a label set, ordered as Prometheus orders labels."""
     return tuple(sorted(labels.items()))
+
+
+def ms(t: float) -> int:
+    """Seconds to Prometheus' integer milliseconds."""
+    return round(t * 1000)
+
+
+def format_labels(labels: LabelDict) -> str:
+    """Prometheus' labels.String(): ``{a="1", b="2"}`` in label order."""
+    inner = ", ".join(f"{k}={go_quote(v)}" for k, v in sorted(labels.items()))
+    return "{" + inner + "}"
+
+
+def go_quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def valid_label_name(name: str) -> bool:
+    if not name or not (name[0].isascii() and (name[0].isalpha() or name[0] == "_")):
+        return False
+    return all(c.isascii() and (c.isalnum() or c == "_") for c in name)
