@@ -250,6 +250,17 @@ class NodeSim:
         return os.statvfs_result((bs, bs, blocks, free, avail, int(v["files"]), int(v["files_free"]),
                                   int(v["files_free"]), 0, 255))
 
+    def adjtimex(self) -> tuple[int, dict[str, int]]:
+        """The kernel clock state of the simulated host (``clock`` object: synced by default), as adjtimex(2)."""
+        from agent.collectors import timex
+
+        obj = next(iter(self._of("clock")), None)
+        v = obj.values if obj else HOST_KINDS["clock"]
+        tx = dict.fromkeys(timex._NAMES, 0)
+        tx.update(status=timex.STA_NANO | 0x1, offset=int(v["offset_ns"]), maxerror=int(v["maxerror_us"]),
+                  esterror=int(v["esterror_us"]), constant=7, precision=1, tolerance=32768000, tick=10000)
+        return (0 if float(v["synced"]) >= 0.5 else timex.TIME_ERROR), tx
+
     # ---------------------------------------------------------------- collectors
     def collectors(self, cfg: Any, hostname: str | None = None,
                    only: set[str] | None = None) -> tuple[list[Any], dict[str, str]]:
@@ -280,6 +291,8 @@ class NodeSim:
                 deps.update(nvml_module=self.nvml, clock=self.clock)
             elif name == "filesystem":
                 deps["statvfs"] = self.statvfs
+            elif name == "timex":
+                deps["adjtimex"] = self.adjtimex
             try:
                 cls = registry.load(ep)
                 built.append(Simulated(cls(section, self.paths, **deps), self))

@@ -283,6 +283,7 @@ HOST_KINDS: dict[str, dict[str, Any]] = {
              "io_now": 0, "io_ms": 0, "weighted_ms": 0, "major": 259, "minor": 0},
     "fs": {"device": "/dev/nvme0n1p1", "fstype": "ext4", "size_bytes": 1 << 40, "avail_bytes": 1 << 39,
            "files": 1 << 26, "files_free": 1 << 25, "readonly": 0, "hang": 0},
+    "clock": {"synced": 1, "offset_ns": 20000, "maxerror_us": 150000, "esterror_us": 50},
     "ib": {"state": 4, "phys_state": 5, "rate_gbps": 400, "port_rcv_data": 0, "port_xmit_data": 0,
            "port_rcv_packets": 0, "port_xmit_packets": 0, "port_xmit_wait": 0, "link_downed": 0,
            "link_error_recovery": 0, "symbol_error": 0, "port_rcv_errors": 0, "port_rcv_discards": 0,
@@ -299,7 +300,7 @@ def host_kind(key: str) -> str:
         raise ValueError(f"unknown host object {key!r} (kinds: {', '.join(HOST_KINDS)}; e.g. nic/eth0, "
                          "disk/nvme0n1, fs//data, ib/mlx5_0/1, tcp)")
     parts = rest.split("/") if rest else []
-    if kind == "tcp":
+    if kind in ("tcp", "clock"):
         ok = not parts
     elif kind == "ib":
         ok = len(parts) == 2 and all(parts) and parts[1].isdigit()
