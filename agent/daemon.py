@@ -136,9 +136,12 @@ class Daemon:
     def __init__(self, cfg: Config, *, config_path: str | None = None, overrides: dict[str, Any] | None = None,
                  collector_factory: Callable[[Config], tuple[list[Collector], dict[str, str]]] = build_collectors,
                  notifier: Notifier | None = None, wall: Callable[[], float] = time.time,
-                 mono: Callable[[], float] = time.monotonic) -> None:
+                 mono: Callable[[], float] = time.monotonic, plugin_deps: dict[str, Any] | None = None,
+                 speed: float = 1.0) -> None:
         self.config_path = config_path
         self.overrides = overrides or {}
+        self.plugin_deps = dict(plugin_deps or {})  # e.g. the simulated NVML for plugins (run --simulate)
+        self.speed = speed  # simulation: wall/mono run this many times faster; ticks come as often
         self.collector_factory = collector_factory
         self.notifier = notifier or Notifier()
         self.wall = wall
@@ -177,7 +180,9 @@ class Daemon:
         for coll in built:
             if isinstance(coll, CollectorStarts):
                 coll.start()
-            runners.append(CollectorRunner(coll, collector_timeout(cfg, coll.name), clock=self.mono))
+            # Accelerated simulation: collectors keep real-time deadlines (a slow tick lags; it does not lose data).
+            clock = self.mono if self.speed == 1.0 else time.monotonic
+            runners.append(CollectorRunner(coll, collector_timeout(cfg, coll.name), clock=clock))
         start_readers(built)  # after every consumer subscribed: the records found at start reach them all
         for name, why in failed.items():
             log.error("collector_load_failed", collector=name, error=why)
@@ -203,8 +208,7 @@ class Daemon:
         path = configmod.policy_path(cfg)
         return load_policy(path, LazyClasses()) if path else Policy()
 
-    @staticmethod
-    def _plugins(cfg: Config, policy: Policy) -> dict[str, Any]:
+    def _plugins(self, cfg: Config, policy: Policy) -> dict[str, Any]:
         """Construct the plugins; ConfigError when one the policy names (settings or a step) cannot load."""
         # Only the plugins the policy routes to or configures, and those with actions still in force or cut by a
         # crash (they must recover and reconcile): an unused plugin is never imported (throttle alone pulls in
@@ -215,7 +219,8 @@ class Daemon:
             used |= {e.action for e in (*journal.active(), *journal.started())}
         finally:
             journal.close()
-        loaded = load_remediations(policy.plugins, only=used, paths=cfg.paths.roots(), state_dir=cfg.state_dir)
+        deps = {"paths": cfg.paths.roots(), **self.plugin_deps}
+        loaded = load_remediations(policy.plugins, only=used, state_dir=cfg.state_dir, **deps)
         bad = [f"{configmod.policy_path(cfg) or 'policy'}: plugin {name!r} cannot load: {loaded.errors[name]}"
                for name in sorted(used_plugins(policy) & set(loaded.errors))]
         if bad:
@@ -223,7 +228,7 @@ class Daemon:
         return loaded.plugins
 
     def _remediator(self, cfg: Config, policy: Policy, plugins: dict[str, Any]) -> Remediator:
-        journal = Journal(cfg.state_dir, policy.journal.retention, policy.journal.max_rows)
+        journal = Journal(cfg.state_dir, policy.journal.retention, policy.journal.max_rows, clock=self.wall)
         return Remediator(policy, journal, plugins, mode=cfg.mode, clock=self.wall,
                           pause_flag_path=os.path.join(cfg.state_dir, "paused"), labels=identity_labels(cfg))
 
@@ -419,7 +424,7 @@ class Daemon:
                  rule_files=self.rules.files, rules=sum(len(g.rules) for g in self.rules.groups))
         self.scheduler = BackgroundScheduler(
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}, timezone="UTC")
-        self.scheduler.add_job(self.tick, "interval", seconds=cfg.interval, id="tick",
+        self.scheduler.add_job(self.tick, "interval", seconds=cfg.interval / self.speed, id="tick",
                                next_run_time=_utcnow())
         self.scheduler.start()
         if self.notifier.watchdog_interval:
@@ -455,10 +460,38 @@ class Daemon:
                                        "configuration and rules")
         with self._tick_lock:
             try:
+<<<<<<< HEAD
                 self._swap(cfg, web, pending, defs, files, built, failed)
             except Exception as err:  # e.g. the new listen address is taken; the daemon stays up
                 return self._reload_failed([f"reload could not be applied: {type(err).__name__}: {err}"],
                                            "state where the swap stopped")
+=======
+                self.rules.load(configmod.rule_paths(cfg))  # all-or-nothing; keeps state of unchanged rules
+            except RuleError as err:
+                return self._reload_failed(err.problems, "configuration and rules")
+            self.rules.external_labels = dict(cfg.external_labels)
+            self.remediator.close(timeout=2.0)
+            self.remediator.journal.close()
+            self.remediator = self._remediator(cfg, policy)
+            self.remediator.recover()
+            self.remediator.start_plugins()
+            old = self.components
+            for r in old.runners:
+                r.close()
+            if (cfg.interval, cfg.retention) != (old.config.interval, old.config.retention):
+                self.store = Store(cfg.retention, cfg.interval)
+                log.warning("store_reset", reason="interval or retention changed")
+            self.components = self._build(cfg)
+            self.health.interval = cfg.interval
+            if self.scheduler and cfg.interval != old.config.interval:
+                self.scheduler.reschedule_job("tick", trigger="interval", seconds=cfg.interval / self.speed)
+            if self.server and (web != self.web or cfg.listen != old.config.listen):
+                self.server.stop()
+                host, port = configmod.parse_listen(cfg.listen)
+                self.server = Server(host, port, self.routes(), web, gzip_body=self.exporter.gzipped)
+                self.server.start()
+            self.web = web
+>>>>>>> gpu
         self.reload_ok = 1.0
         self.reload_ok_at = self.wall()
         log.info("reloaded", collectors=[r.name for r in self.components.runners],

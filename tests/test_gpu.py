@@ -78,7 +78,8 @@ def test_healthy_8xh100_catalogue_labels_and_units(tmp_path, closing):
     assert set(m["nodewarden_gpu_up"].values()) == {1.0}
     gpu0 = next(s for s in samples if s.name == "DCGM_FI_DEV_GPU_TEMP" and dict(s.labels)["gpu"] == "0")
     assert dict(gpu0.labels) == {"gpu": "0", "UUID": spec.uuid, "pci_bus_id": "00000000:18:00.0",
-                                 "device": "nvidia0", "modelName": "NVIDIA H100 80GB HBM3", "hostname": "node1"}
+                                 "device": "nvidia0", "modelName": "NVIDIA H100 80GB HBM3", "hostname": "node1",
+                                 "DCGM_FI_DRIVER_VERSION": "550.54.15"}
     assert m["DCGM_FI_DEV_GPU_TEMP"]["0"] == spec.temperature
     assert m["DCGM_FI_DEV_GPU_UTIL"]["7"] == spec.gpu_util
     assert m["DCGM_FI_DEV_POWER_USAGE"]["0"] == spec.power_w  # W, not mW

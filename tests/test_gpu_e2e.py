@@ -78,7 +78,8 @@ def test_run_simulate_healthy_exposes_dcgm_series(tmp_path, tree):
                         what="8 GPUs in /metrics")
     temps = series(text, "DCGM_FI_DEV_GPU_TEMP")
     for labels in temps:
-        assert {k for k, _ in labels} == {"gpu", "UUID", "pci_bus_id", "device", "modelName", "hostname"}
+        assert {k for k, _ in labels} == {"gpu", "UUID", "pci_bus_id", "device", "modelName", "hostname",
+                                              "DCGM_FI_DRIVER_VERSION"}
         d = dict(labels)
         assert d["device"] == f"nvidia{d['gpu']}" and d["UUID"].startswith("GPU-")
         assert d["modelName"] == "NVIDIA H100 80GB HBM3"

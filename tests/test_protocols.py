@@ -62,7 +62,9 @@ def test_builtin_plugins_have_the_documented_hooks(tmp_path):
     found = {n: {h.__name__ for h in hooks if isinstance(p, h)} for n, p in loaded.plugins.items()}
     assert all(isinstance(p, plugin.Remediation) for p in loaded.plugins.values())
     assert found == {
+        "gpu-reset": set(),
         "migrate": {"ReportsProgress", "ExportsMetrics"},
+        "powercap": {"Reconciles", "Expires", "ExportsMetrics"},
         "rebalance": {"HasCluster"},
         "restore": {"ExportsMetrics", "Starts", "Closes"},
         "throttle": {"Reconciles", "Expires", "ExportsMetrics"},

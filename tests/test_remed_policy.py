@@ -81,6 +81,8 @@ def test_default_policy_file_is_valid_and_observes():
     assert [(r.name, policy.guards(r).revert_after) for r in policy.routes] == [("gpu-lost", None),
                                                                                  ("gpu-drain-node", None),
                                                                                  ("gpu-reset-needed", 1800.0),
+                                                                                 ("gpu-overheat", 1800.0),
+                                                                                 ("gpu-power-budget", 1800.0),
                                                                                  ("dataset-repair", None)]
     xid79 = {"alertname": "GpuFallenOffBus", "severity": "critical", "action": "drain_node", "gpu": "0"}
     assert [r.name for r in policy.routes if r.matches(xid79)] == ["gpu-drain-node"]

@@ -5,10 +5,21 @@ names, same constants and the very same ``NVMLError`` classes (taken from ``pynv
 the NVIDIA library). Scenario time starts at ``nvmlInit``; timeline steps apply as calls observe the clock.
 Faults: per-field ``NotSupported``, ``GpuIsLost`` on every call to a lost GPU, XID events for
 ``nvmlEventSetWait``, MIG instances, and calls that hang until the scenario (or :meth:`release`) lets go.
+
+GPM (``nvmlGpmSampleGet`` / ``nvmlGpmMetricsGet``) works as on Hopper: a sample snapshots time integrals of
+the activity fields, a metric is the average between two samples. ``nvmlDeviceSetPowerManagementLimit``
+is honoured: power draw is held at the limit, the ``sw_power_cap`` clock reason is set while it bites, and
+the temperature falls by :data:`C_PER_W` for every watt the cap takes off the demand (a simulation heuristic).
+
+Settable state (power limits, compute mode) lives on the hardware, not in the agent: with ``state_path`` (or
+``$NODEWARDEN_FAKE_NVML_STATE``) it is kept in a JSON file, so it survives an agent restart or kill -9 the
+way a real GPU keeps its power limit until the driver reloads.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections import deque
@@ -22,6 +33,9 @@ from agent.collectors.simulate import CLOCK_EVENT_REASONS, Scenario, Step
 
 NVMLError = pynvml.NVMLError
 MIB = 1024 * 1024
+C_PER_W = 0.08  # degrees C the GPU cools per watt a power cap removes from its demand
+SW_POWER_CAP = CLOCK_EVENT_REASONS["sw_power_cap"]
+NVLINK_ALL = 0xFFFFFFFF  # scopeId meaning "all links" (DCGM passes it for the *_TOTAL NVLink fields)
 
 # nvmlDeviceGetFieldValues ids -> (scenario field, scale to NVML units)
 FIELD_IDS: dict[int, tuple[str, float]] = {
@@ -45,7 +59,22 @@ FIELD_IDS: dict[int, tuple[str, float]] = {
     pynvml.NVML_FI_DEV_REMAPPED_UNC: ("remapped_uncorrectable", 1),
     pynvml.NVML_FI_DEV_REMAPPED_PENDING: ("remap_pending", 1),
     pynvml.NVML_FI_DEV_REMAPPED_FAILURE: ("remap_failure", 1),
+    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX: ("nvlink_tx_kib", 1),
+    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX: ("nvlink_rx_kib", 1),
 }
+# GPM metric ids -> scenario field (simulate.GPM_FIELDS gives the scale)
+GPM_METRICS: dict[int, str] = {
+    pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL: "gr_engine_active",
+    pynvml.NVML_GPM_METRIC_SM_UTIL: "sm_active",
+    pynvml.NVML_GPM_METRIC_SM_OCCUPANCY: "sm_occupancy",
+    pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: "tensor_active",
+    pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: "dram_active",
+    pynvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC: "pcie_tx_kbps",
+    pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC: "pcie_rx_kbps",
+    pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC: "nvlink_tx_kibps",
+    pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC: "nvlink_rx_kibps",
+}
+_MIG_GPM = ("gr_engine_active", "sm_active", "sm_occupancy", "tensor_active", "dram_active")
 _INIT_ERRORS = {
     "library_not_found": pynvml.NVML_ERROR_LIBRARY_NOT_FOUND,
     "driver_not_loaded": pynvml.NVML_ERROR_DRIVER_NOT_LOADED,
@@ -92,9 +121,19 @@ class Device:
         self.processes = [(p.pid, p.used_mib) for p in spec.processes]
         self.not_supported = set(spec.not_supported)
         self.lost = False
-        self.energy_t = 0.0  # scenario time of the last energy integration
+        self.energy_t = 0.0  # scenario time of the last integration (energy, NVLink bytes, GPM integrals)
+        self.gpm_acc: dict[str, float] = dict.fromkeys(simulate.GPM_FIELDS, 0.0)
         self.mig = [MigDevice(self, i, inst) for i, inst in enumerate(spec.mig or [])]
         self.mig_enabled = spec.mig is not None
+        self.compute_mode = 0  # NVML_COMPUTEMODE_DEFAULT
+
+    def power(self) -> float:
+        """Power draw in W: the demand, held at the power limit."""
+        return min(self.values["power_w"], self.values["power_limit_w"])
+
+    def capped(self) -> float:
+        """Watts the power limit takes off the demand (0 when it does not bite)."""
+        return max(0.0, self.values["power_w"] - self.values["power_limit_w"])
 
     def __repr__(self) -> str:
         return f"<fake nvmlDevice {self.index}>"
@@ -109,14 +148,30 @@ class MigDevice:
         self.profile_id, self.slices, self.memory_mib = simulate.mig_profile(inst.profile)
         self.gi_id = slot + 1
         self.fb_used_mib = inst.fb_used_mib
+        self.activity = {k: float(getattr(inst, k)) for k in _MIG_GPM}
         self.uuid = f"MIG-{parent.spec.uuid.removeprefix('GPU-')[:8]}-{slot:04d}-4000-8000-{parent.index:012d}"
+
+
+class _GpmSample:
+    """An opaque GPM sample (nvmlGpmSample_t): which device / GPU instance, when, and the activity integrals."""
+
+    def __init__(self) -> None:
+        self.device: Device | None = None
+        self.gi: int | None = None
+        self.t = 0.0
+        self.acc: dict[str, float] = {}
+
+    def take(self, device: Device, gi: int | None, t: float, acc: dict[str, float]) -> None:
+        self.device, self.gi, self.t, self.acc = device, gi, t, acc
 
 
 class FakeNvml:
     """Module-like fake of ``pynvml`` for one scenario. ``clock`` returns seconds (monotonic)."""
 
-    def __init__(self, scenario: Scenario, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, scenario: Scenario, clock: Callable[[], float] = time.monotonic,
+                 state_path: str | None = None) -> None:
         self.scenario = scenario
+        self.state_path = state_path if state_path is not None else os.environ.get("NODEWARDEN_FAKE_NVML_STATE")
         self._clock = clock
         self._lock = threading.RLock()
         self._t0: float | None = None
@@ -133,6 +188,50 @@ class FakeNvml:
         self._plan = plan
         self._next = 0
         self.calls = 0  # number of NVML calls served (for tests and the benchmark)
+        self.set_limit_calls = 0  # nvmlDeviceSetPowerManagementLimit calls that changed a limit
+        self.resets = 0  # reset_gpu() calls (nvidia-smi --gpu-reset stand-in)
+        self._load_state()
+
+    # -- persistent settable state ("the hardware") --------------------------------------------------
+    def _load_state(self) -> None:
+        if not self.state_path:
+            return
+        try:
+            with open(self.state_path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            return
+        for dev in self.devices:
+            d = saved.get(dev.spec.uuid) or {}
+            if "power_limit_w" in d:
+                dev.values["power_limit_w"] = float(d["power_limit_w"])
+            if "compute_mode" in d:
+                dev.compute_mode = int(d["compute_mode"])
+
+    def _save_state(self) -> None:
+        if not self.state_path:
+            return
+        doc = {d.spec.uuid: {"power_limit_w": d.values["power_limit_w"], "compute_mode": d.compute_mode}
+               for d in self.devices}
+        tmp = f"{self.state_path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.state_path)
+
+    def reset_gpu(self, index: int) -> None:
+        """What ``nvidia-smi --gpu-reset`` does to the simulated GPU: lost -> back, settings to defaults."""
+        dev = self.devices[index]
+        with self._lock:
+            self._integrate(dev, self.now())
+            dev.lost = False
+            dev.values["power_limit_w"] = dev.values["power_limit_default_w"]
+            dev.values["remap_pending"] = 0.0
+            dev.values["ecc_dbe_volatile"] = dev.values["ecc_sbe_volatile"] = 0.0
+            dev.compute_mode = 0
+            self._save_state()
+            self.resets += 1
 
     # -- module-like fallbacks ---------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -162,8 +261,9 @@ class FakeNvml:
         if self._next < len(self._plan) and self._plan[self._next][0] <= now:
             with self._lock:
                 while self._next < len(self._plan) and self._plan[self._next][0] <= now:
-                    t, _, step = self._plan[self._next]
-                    self._apply(step, t)
+                    t, n, step = self._plan[self._next]
+                    if step.occurs(self.scenario.seed, n, t):
+                        self._apply(step, t, n)
                     self._next += 1
         return now
 
@@ -173,11 +273,12 @@ class FakeNvml:
         idx = [step.gpu] if isinstance(step.gpu, int) else step.gpu
         return [self.devices[i] for i in idx]
 
-    def _apply(self, step: Step, t: float) -> None:
+    def _apply(self, step: Step, t: float, n: int = 0) -> None:
         targets = self._targets(step)
         for dev in targets:
-            if "power_w" in step.set or "energy_mj" in step.set:
-                self._integrate(dev, t)
+            self._integrate(dev, t)  # rates change below: integrate up to now with the old ones
+            for key, (lo, hi) in step.uniform.items():
+                dev.values[key] = lo + (hi - lo) * simulate.draw(self.scenario.seed, n, t, f"{dev.index}/{key}")
             for key, value in step.set.items():
                 if key == "clocks_event_reasons":
                     dev.reasons = sum(CLOCK_EVENT_REASONS[r] for r in value or [])
@@ -186,8 +287,6 @@ class FakeNvml:
                 else:
                     dev.values[key] = float(value)
             for key, delta in step.add.items():
-                if key == "energy_mj":
-                    self._integrate(dev, t)
                 dev.values[key] += delta
             if step.not_supported:
                 dev.not_supported.update(step.not_supported)
@@ -207,8 +306,14 @@ class FakeNvml:
                     self._hang[name] = scope
 
     def _integrate(self, dev: Device, t: float) -> None:
+        """Advance the counters that integrate a rate (energy, NVLink bytes, GPM activity) to time ``t``."""
         if t > dev.energy_t:
-            dev.values["energy_mj"] += dev.values["power_w"] * 1000.0 * (t - dev.energy_t)
+            dt = t - dev.energy_t
+            v = dev.values
+            for counter, (rate, scale) in simulate.INTEGRATED.items():
+                v[counter] += (dev.power() if rate == "power_w" else v[rate]) * scale * dt
+            for key in dev.gpm_acc:
+                dev.gpm_acc[key] += v[key] * dt
             dev.energy_t = t
 
     # -- call prologue ---------------------------------------------------------------------------
@@ -284,6 +389,29 @@ class FakeNvml:
             raise NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
         return dev
 
+    def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes) -> Device:
+        self._enter("nvmlDeviceGetHandleByUUID")
+        text = uuid.decode() if isinstance(uuid, bytes) else uuid
+        for dev in self.devices:
+            if dev.spec.uuid == text:
+                if dev.lost:
+                    raise NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+                return dev
+        raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+
+    def nvmlDeviceGetComputeMode(self, handle: Any) -> int:
+        return self._enter("nvmlDeviceGetComputeMode", self._dev(handle)).compute_mode
+
+    def nvmlDeviceSetComputeMode(self, handle: Any, mode: int) -> None:
+        dev = self._enter("nvmlDeviceGetComputeMode", self._dev(handle))
+        with self._lock:
+            dev.compute_mode = int(mode)
+            self._save_state()
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: Any) -> list[_Obj]:
+        self._enter("nvmlDeviceGetGraphicsRunningProcesses", self._dev(handle), "processes")
+        return []
+
     # -- identity -------------------------------------------------------------------------------------
     def nvmlDeviceGetUUID(self, handle: Any) -> str:
         dev = self._enter("nvmlDeviceGetUUID", self._dev(handle))
@@ -342,11 +470,138 @@ class FakeNvml:
     # -- thermal / power -------------------------------------------------------------------------------
     def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int:
         dev = self._enter("nvmlDeviceGetTemperature", self._dev(handle), "temperature")
-        return int(dev.values["temperature"])
+        return int(dev.values["temperature"] - C_PER_W * dev.capped())
 
     def nvmlDeviceGetPowerUsage(self, handle: Any) -> int:
         dev = self._enter("nvmlDeviceGetPowerUsage", self._dev(handle), "power_w")
-        return int(dev.values["power_w"] * 1000)
+        return int(dev.power() * 1000)
+
+    # -- power management -------------------------------------------------------------------------------
+    def nvmlDeviceGetPowerManagementMode(self, handle: Any) -> int:
+        dev = self._enter("nvmlDeviceGetPowerManagementMode", self._dev(handle), "power_management")
+        return pynvml.NVML_FEATURE_ENABLED if dev else pynvml.NVML_FEATURE_DISABLED
+
+    def nvmlDeviceGetPowerManagementLimit(self, handle: Any) -> int:
+        dev = self._enter("nvmlDeviceGetPowerManagementLimit", self._dev(handle), "power_management")
+        return int(dev.values["power_limit_w"] * 1000)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: Any) -> int:
+        dev = self._enter("nvmlDeviceGetEnforcedPowerLimit", self._dev(handle), "power_management")
+        return int(dev.values["power_limit_w"] * 1000)
+
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, handle: Any) -> int:
+        dev = self._enter("nvmlDeviceGetPowerManagementDefaultLimit", self._dev(handle), "power_management")
+        return int(dev.values["power_limit_default_w"] * 1000)
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: Any) -> list[int]:
+        dev = self._enter("nvmlDeviceGetPowerManagementLimitConstraints", self._dev(handle), "power_management")
+        return [int(dev.values["power_limit_min_w"] * 1000), int(dev.values["power_limit_max_w"] * 1000)]
+
+    def nvmlDeviceSetPowerManagementLimit(self, handle: Any, limit_mw: int) -> None:
+        """As the driver: INVALID_ARGUMENT outside the constraints, NO_PERMISSION when not allowed (not root)."""
+        dev = self._enter("nvmlDeviceSetPowerManagementLimit", self._dev(handle), "power_management")
+        if "set_power_limit" in dev.not_supported:
+            raise NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
+        v = dev.values
+        if not v["power_limit_min_w"] * 1000 <= limit_mw <= v["power_limit_max_w"] * 1000:
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        with self._lock:
+            self._integrate(dev, self.now())
+            v["power_limit_w"] = limit_mw / 1000.0
+            self._save_state()
+        self.set_limit_calls += 1
+
+    # -- PCIe link ---------------------------------------------------------------------------------------
+    def nvmlDeviceGetCurrPcieLinkGeneration(self, handle: Any) -> int:
+        return int(self._enter("nvmlDeviceGetCurrPcieLinkGeneration", self._dev(handle), "pcie_link_gen")
+                   .values["pcie_link_gen"])
+
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, handle: Any) -> int:
+        return int(self._enter("nvmlDeviceGetMaxPcieLinkGeneration", self._dev(handle), "pcie_max_link_gen")
+                   .values["pcie_max_link_gen"])
+
+    def nvmlDeviceGetCurrPcieLinkWidth(self, handle: Any) -> int:
+        return int(self._enter("nvmlDeviceGetCurrPcieLinkWidth", self._dev(handle), "pcie_link_width")
+                   .values["pcie_link_width"])
+
+    def nvmlDeviceGetMaxPcieLinkWidth(self, handle: Any) -> int:
+        return int(self._enter("nvmlDeviceGetMaxPcieLinkWidth", self._dev(handle), "pcie_max_link_width")
+                   .values["pcie_max_link_width"])
+
+    # -- encoder / decoder, vGPU license -------------------------------------------------------------------
+    def nvmlDeviceGetEncoderUtilization(self, handle: Any) -> list[int]:
+        dev = self._enter("nvmlDeviceGetEncoderUtilization", self._dev(handle), "enc_util")
+        return [int(dev.values["enc_util"]), 167000]
+
+    def nvmlDeviceGetDecoderUtilization(self, handle: Any) -> list[int]:
+        dev = self._enter("nvmlDeviceGetDecoderUtilization", self._dev(handle), "dec_util")
+        return [int(dev.values["dec_util"]), 167000]
+
+    def nvmlDeviceGetGridLicensableFeatures(self, handle: Any) -> _Obj:
+        dev = self._enter("nvmlDeviceGetGridLicensableFeatures", self._dev(handle), "vgpu_license_status")
+        if not dev.spec.grid_license_supported:
+            return _Obj(isGridLicenseSupported=0, licensableFeaturesCount=0, gridLicensableFeatures=[])
+        feature = _Obj(featureCode=pynvml.NVML_GRID_LICENSE_FEATURE_CODE_VGPU,
+                       featureState=int(dev.values["vgpu_license_status"]), featureEnabled=1)
+        return _Obj(isGridLicenseSupported=1, licensableFeaturesCount=1, gridLicensableFeatures=[feature])
+
+    nvmlDeviceGetGridLicensableFeatures_v4 = nvmlDeviceGetGridLicensableFeatures
+
+    # -- GPM ----------------------------------------------------------------------------------------------
+    class c_nvmlGpmMetricsGet_t:
+        """The argument of nvmlGpmMetricsGet: two samples in, up to NVML_GPM_METRIC_MAX metrics out."""
+
+        def __init__(self) -> None:
+            self.version = 0
+            self.numMetrics = 0
+            self.sample1: Any = None
+            self.sample2: Any = None
+            self.metrics = [_Obj(metricId=0, nvmlReturn=0, value=0.0) for _ in range(32)]
+
+    def nvmlGpmQueryDeviceSupport(self, handle: Any) -> _Obj:
+        dev = self._enter("nvmlGpmQueryDeviceSupport", self._dev(handle))
+        return _Obj(version=pynvml.NVML_GPM_SUPPORT_VERSION, isSupportedDevice=0 if "gpm" in dev.not_supported else 1)
+
+    def nvmlGpmSampleAlloc(self) -> _GpmSample:
+        self._enter("nvmlGpmSampleAlloc")
+        return _GpmSample()
+
+    def nvmlGpmSampleFree(self, sample: Any) -> None:
+        self._enter("nvmlGpmSampleFree")
+
+    def nvmlGpmSampleGet(self, handle: Any, sample: Any) -> Any:
+        dev = self._enter("nvmlGpmSampleGet", self._dev(handle), "gpm")
+        now = self.now()
+        with self._lock:
+            self._integrate(dev, now)
+            sample.take(dev, None, now, dict(dev.gpm_acc))
+        return sample
+
+    def nvmlGpmMigSampleGet(self, handle: Any, gi_id: int, sample: Any) -> Any:
+        dev = self._enter("nvmlGpmMigSampleGet", self._dev(handle), "gpm")
+        mig = next((m for m in dev.mig if m.gi_id == gi_id), None)
+        if mig is None:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        now = self.now()
+        sample.take(dev, gi_id, now, {k: v * now for k, v in mig.activity.items()})  # constant activity
+        return sample
+
+    def nvmlGpmMetricsGet(self, mg: Any) -> Any:
+        """Averages between sample1 and sample2; per-metric NOT_SUPPORTED for what a MIG sample lacks."""
+        self._enter("nvmlGpmMetricsGet")
+        s1, s2 = mg.sample1, mg.sample2
+        if (not isinstance(s1, _GpmSample) or not isinstance(s2, _GpmSample) or s1.device is None
+                or s1.device is not s2.device or s1.gi != s2.gi or mg.version != pynvml.NVML_GPM_METRICS_GET_VERSION):
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        dt = s2.t - s1.t
+        for m in mg.metrics[: mg.numMetrics]:
+            key = GPM_METRICS.get(m.metricId)
+            if key is None or key not in s1.acc or dt <= 0:
+                m.nvmlReturn, m.value = pynvml.NVML_ERROR_NOT_SUPPORTED, 0.0
+                continue
+            m.nvmlReturn = pynvml.NVML_SUCCESS
+            m.value = (s2.acc[key] - s1.acc[key]) / dt * simulate.GPM_FIELDS[key]
+        return mg
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int:
         dev = self._enter("nvmlDeviceGetTotalEnergyConsumption", self._dev(handle), "energy_mj")
@@ -355,7 +610,7 @@ class FakeNvml:
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int:
         dev = self._enter("nvmlDeviceGetCurrentClocksEventReasons", self._dev(handle), "clocks_event_reasons")
-        return dev.reasons
+        return dev.reasons | (SW_POWER_CAP if dev.capped() > 0 else 0)
 
     nvmlDeviceGetCurrentClocksThrottleReasons = nvmlDeviceGetCurrentClocksEventReasons
 
@@ -365,11 +620,17 @@ class FakeNvml:
         out = []
         ok, unsupported = pynvml.NVML_SUCCESS, pynvml.NVML_ERROR_NOT_SUPPORTED
         for fid in field_ids:
+            if isinstance(fid, tuple):  # (fieldId, scopeId), as pynvml accepts
+                fid, scope = fid
+                if fid in (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX) \
+                        and scope != NVLINK_ALL:
+                    out.append(_FieldValue(fid, unsupported, 0))  # per-link values are not simulated
+                    continue
             key, scale = FIELD_IDS.get(fid, (None, 1))
             if key is None or key in dev.not_supported:
                 out.append(_FieldValue(fid, unsupported, 0))
                 continue
-            if key == "energy_mj":
+            if key in simulate.INTEGRATED:
                 self._integrate(dev, now)
             out.append(_FieldValue(fid, ok, dev.values[key] * scale))
         return out

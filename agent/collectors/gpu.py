@@ -1,10 +1,14 @@
 """NVIDIA GPU health and load through NVML, with dcgm-exporter's metric names and labels.
 
-Per GPU (and per MIG instance for framebuffer): load, clocks, thermal/power, ECC, retired pages, row
-remapping, PCIe/NVLink errors; XIDs counted from NVML events *and* ``NVRM: Xid`` kernel-log lines, each
-event once. Every NVML call goes through :class:`agent.collectors.nvml.Nvml` (deadline, abandonable
-worker, error translation): a wedged driver makes ``collect()`` report ``nodewarden_gpu_collector_hung 1``
-and fail fast instead of blocking the loop. ``config.simulate`` swaps pynvml for the scenario-driven fake.
+Per GPU (and per MIG instance for framebuffer and GPM activity): load, encoder/decoder, clocks, thermal,
+power and power limits, ECC, retired pages, row remapping, PCIe link (generation/width, current vs max),
+PCIe/NVLink errors and NVLink bandwidth, vGPU license; the DCGM profiling set (``DCGM_FI_PROF_*``) from
+NVML's GPM API (Hopper and later: a GPM sample per GPU / MIG instance each tick, metrics between the last
+two; absent where GPM is not supported); which Slurm job or Kubernetes pod uses each GPU; XIDs counted from
+NVML events *and* ``NVRM: Xid`` kernel-log lines, each event once. Every NVML call goes through
+:class:`agent.collectors.nvml.Nvml` (deadline, abandonable worker, error translation): a wedged driver
+makes ``collect()`` report ``nodewarden_gpu_collector_hung 1`` and fail fast instead of blocking the loop.
+``config.simulate`` swaps pynvml for the scenario-driven fake.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import structlog
 from pydantic import Field
 
+from agent.collectors import jobs
 from agent.collectors import xid as xidlib
 from agent.collectors.kmsg import KmsgReader, KmsgRecord
 from agent.collectors.nvml import (
@@ -32,6 +37,9 @@ from agent.collectors.nvml import (
     load_module,
     unavailable_reason,
 )
+from agent.collectors.nvml import (
+    forget as nvml_forget,
+)
 from agent.core.config import CollectorConfig, Duration
 from agent.core.errors import CollectorError, NoData
 from agent.core.metrics import Labels, MetricSpec, Sample
@@ -40,9 +48,13 @@ from agent.core.paths import Paths
 NAME = "gpu"
 log = structlog.get_logger("nodewarden.gpu")
 
-GPU_LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "hostname")
+# dcgm-exporter's order: identity, [MIG instance], hostname, then label-type fields (DCGM_FI_DRIVER_VERSION).
+GPU_LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "hostname", "DCGM_FI_DRIVER_VERSION")
 # MIG rows insert GPU_I_PROFILE and GPU_I_ID before hostname (whole-GPU rows of the same family omit them).
-MIG_LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "GPU_I_PROFILE", "GPU_I_ID", "hostname")
+MIG_LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "GPU_I_PROFILE", "GPU_I_ID", "hostname",
+              "DCGM_FI_DRIVER_VERSION")
+JOB_LABELS = ("gpu", "UUID", "job_id", "namespace", "pod", "pod_uid")
+NVLINK_ALL = 0xFFFFFFFF  # scopeId for "all NVLinks" (what DCGM passes for DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL)
 XID_LABELS = ("gpu", "UUID", "xid")
 
 CLOCK_EVENT_REASONS: tuple[tuple[str, int], ...] = (  # nvml.h nvmlClocksEventReason*
@@ -79,6 +91,34 @@ FIELDS: tuple[tuple[int, str, float], ...] = (
     (45, "DCGM_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL", 1.0),
     (52, "DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL", 1.0),
     (59, "DCGM_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL", 1.0),
+    # DCGM's NVLINK_BANDWIDTH_TOTAL is RX + TX data throughput over all links (KiB): fields with one name add up.
+    ((139, NVLINK_ALL), "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", 1.0),  # NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX
+    ((138, NVLINK_ALL), "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", 1.0),  # NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX
+)
+# nvmlGpmMetricsGet metric ids (nvml.h NVML_GPM_METRIC_*) -> (metric, scale), as DCGM maps its profiling fields
+# (dcgm_fields.cpp DcgmFieldIdToNvmlGpmMetricId: percentages / 100; PCIe/NVLink MiB/s -> bytes/s here).
+GPM_METRICS: tuple[tuple[int, str, float], ...] = (
+    (1, "DCGM_FI_PROF_GR_ENGINE_ACTIVE", 0.01),     # GRAPHICS_UTIL
+    (2, "DCGM_FI_PROF_SM_ACTIVE", 0.01),            # SM_UTIL
+    (3, "DCGM_FI_PROF_SM_OCCUPANCY", 0.01),         # SM_OCCUPANCY
+    (5, "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", 0.01),   # ANY_TENSOR_UTIL
+    (10, "DCGM_FI_PROF_DRAM_ACTIVE", 0.01),         # DRAM_BW_UTIL
+    (20, "DCGM_FI_PROF_PCIE_TX_BYTES", 1048576.0),  # PCIE_TX_PER_SEC (MiB/s)
+    (21, "DCGM_FI_PROF_PCIE_RX_BYTES", 1048576.0),  # PCIE_RX_PER_SEC
+    (61, "DCGM_FI_PROF_NVLINK_TX_BYTES", 1048576.0),  # NVLINK_TOTAL_TX_PER_SEC
+    (60, "DCGM_FI_PROF_NVLINK_RX_BYTES", 1048576.0),  # NVLINK_TOTAL_RX_PER_SEC
+)
+GPM_METRICS_GET_VERSION = 1
+# (metric, help) of the power-limit family, in W (NVML reports mW).
+POWER_LIMITS: tuple[tuple[str, str], ...] = (
+    ("DCGM_FI_DEV_POWER_MGMT_LIMIT", "Current power limit for the device (in W)."),
+    ("DCGM_FI_DEV_ENFORCED_POWER_LIMIT", "Effective power limit that the driver enforces after taking into "
+                                         "account all limiters (in W)."),
+)
+POWER_CONSTRAINTS: tuple[tuple[str, str], ...] = (
+    ("DCGM_FI_DEV_POWER_MGMT_LIMIT_MIN", "Minimum power management limit for the device (in W)."),
+    ("DCGM_FI_DEV_POWER_MGMT_LIMIT_MAX", "Maximum power management limit for the device (in W)."),
+    ("DCGM_FI_DEV_POWER_MGMT_LIMIT_DEF", "Default power management limit for the device (in W)."),
 )
 _VALUE_ATTR = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")  # by nvmlValueType_t
 
@@ -126,6 +166,39 @@ METRICS: list[MetricSpec] = [
     MetricSpec("DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL", _C, "Total number of NVLink retries.", GPU_LABELS),
     MetricSpec("DCGM_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL", _C, "Total number of NVLink recovery errors.",
                GPU_LABELS),
+    MetricSpec("DCGM_FI_DEV_ENC_UTIL", _G, "Encoder utilization (in %).", GPU_LABELS),
+    MetricSpec("DCGM_FI_DEV_DEC_UTIL", _G, "Decoder utilization (in %).", GPU_LABELS),
+    MetricSpec("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", _C, "Total number of NVLink bandwidth counters for all lanes "
+               "(data received + transmitted over all links, in KiB).", GPU_LABELS),
+    MetricSpec("DCGM_FI_DEV_VGPU_LICENSE_STATUS", _G, "vGPU License status (1 licensed, 0 not licensed or no "
+               "vGPU licensing).", GPU_LABELS),
+    *(MetricSpec(name, _G, help_, GPU_LABELS) for name, help_ in POWER_LIMITS + POWER_CONSTRAINTS),
+    MetricSpec("nodewarden_gpu_power_management_enabled", _G, "1 when power management (settable limit) is "
+               "enabled.", GPU_LABELS),
+    MetricSpec("DCGM_FI_DEV_PCIE_LINK_GEN", _G, "PCIe current link generation.", GPU_LABELS),
+    MetricSpec("DCGM_FI_DEV_PCIE_LINK_WIDTH", _G, "PCIe current link width (lanes).", GPU_LABELS),
+    MetricSpec("DCGM_FI_DEV_PCIE_MAX_LINK_GEN", _G, "PCIe maximum link generation (GPU and slot).", GPU_LABELS),
+    MetricSpec("DCGM_FI_DEV_PCIE_MAX_LINK_WIDTH", _G, "PCIe maximum link width (lanes).", GPU_LABELS),
+    MetricSpec("DCGM_FI_PROF_GR_ENGINE_ACTIVE", _G, "Ratio of time the graphics engine is active (NVML GPM).",
+               MIG_LABELS),
+    MetricSpec("DCGM_FI_PROF_SM_ACTIVE", _G, "The ratio of cycles an SM has at least 1 warp assigned (NVML GPM).",
+               MIG_LABELS),
+    MetricSpec("DCGM_FI_PROF_SM_OCCUPANCY", _G, "The ratio of number of warps resident on an SM (NVML GPM).",
+               MIG_LABELS),
+    MetricSpec("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", _G, "Ratio of cycles any tensor pipe is active (NVML GPM).",
+               MIG_LABELS),
+    MetricSpec("DCGM_FI_PROF_DRAM_ACTIVE", _G, "Ratio of cycles the device memory interface is active sending or "
+               "receiving data (NVML GPM).", MIG_LABELS),
+    MetricSpec("DCGM_FI_PROF_PCIE_TX_BYTES", _G, "The rate of data transmitted over the PCIe bus - including both "
+               "protocol headers and data payloads - in bytes per second (NVML GPM).", MIG_LABELS),
+    MetricSpec("DCGM_FI_PROF_PCIE_RX_BYTES", _G, "The rate of data received over the PCIe bus - including both "
+               "protocol headers and data payloads - in bytes per second (NVML GPM).", MIG_LABELS),
+    MetricSpec("DCGM_FI_PROF_NVLINK_TX_BYTES", _G, "The rate of data transmitted over NVLink, in bytes per second "
+               "(NVML GPM).", MIG_LABELS),
+    MetricSpec("DCGM_FI_PROF_NVLINK_RX_BYTES", _G, "The rate of data received over NVLink, in bytes per second "
+               "(NVML GPM).", MIG_LABELS),
+    MetricSpec("nodewarden_gpu_job_info", _G, "1 per GPU and the Slurm job (job_id) or Kubernetes pod (namespace, "
+               "pod, pod_uid) of a process using it.", JOB_LABELS),
     MetricSpec("DCGM_FI_DEV_XID_ERRORS", _G, "Value of the last XID error encountered.", GPU_LABELS),
     MetricSpec("DCGM_FI_DEV_COUNT", _G, "Number of Devices on the node.", ("hostname",)),
     MetricSpec("nodewarden_gpu_xid_errors_total", _C, "XID errors (NVML events and kernel log, each event once).",
@@ -145,6 +218,7 @@ METRICS: list[MetricSpec] = [
 ]
 
 _CLOCK_REASONS_NAME = "DCGM_FI_DEV_CLOCKS_EVENT_REASONS"
+_SUMMED = frozenset(name for _, name, _ in FIELDS if sum(1 for f in FIELDS if f[1] == name) > 1)
 INIT_RETRY = 60.0  # seconds between attempts to find NVML when it is unavailable
 
 
@@ -159,7 +233,8 @@ class PartialFailure(CollectorError):
 class _Gpu:
     """What the collector knows about one GPU between ticks."""
 
-    def __init__(self, index: int, handle: Any, uuid: str, bus: str, minor: int, model: str, host: str) -> None:
+    def __init__(self, index: int, handle: Any, uuid: str, bus: str, minor: int, model: str, host: str,
+                 driver: str = "") -> None:
         self.index = index
         self.handle = handle
         self.uuid = uuid
@@ -172,12 +247,17 @@ class _Gpu:
             ("device", f"nvidia{minor}"),
             ("modelName", model),
             ("hostname", host),
+            ("DCGM_FI_DRIVER_VERSION", driver),
         )
         self.reason_labels = [((*self.labels, ("reason", name)), bit) for name, bit in CLOCK_EVENT_REASONS]
         self.skip: set[str] = set()
         self.field_ids = [f[0] for f in FIELDS]
         self.field_specs = [(f[1], f[2]) for f in FIELDS]
-        self.mig: list[tuple[Any, Labels]] = []
+        self.mig: list[tuple[Any, Labels, int]] = []  # (handle, labels, GPU instance id)
+        self.static: list[Sample] | None = None  # values read once (power constraints, max PCIe link)
+        # GPM: the previous and the current sample per scope (None: whole GPU, else GPU instance id)
+        self.gpm: dict[int | None, list[Any]] = {}
+        self.gpm_ready: set[int | None] = set()
         self.mem_version: int | None = None
         self.lost = False
         self.probed = False
@@ -193,6 +273,8 @@ class GpuConfig(CollectorConfig):
     kmsg: bool = Field(True, description="also read NVRM Xid lines from /dev/kmsg (root only)")
     xid_dedup_window: Duration = Field(10.0, description="an XID seen by NVML and kmsg within this counts once")
     export_process_memory: bool = Field(False, description="export per-process GPU memory with a pid label")
+    gpm: bool = Field(True, description="DCGM_FI_PROF_* from NVML GPM (Hopper+): two samples per GPU per tick")
+    job_info: bool = Field(True, description="nodewarden_gpu_job_info from /proc/PID/cgroup of GPU processes")
 
 
 class GpuCollector:
@@ -242,6 +324,7 @@ class GpuCollector:
         self._threads: list[threading.Thread] = []
         self._event_thread: threading.Thread | None = None
         self.kmsg_status = "disabled" if not getattr(config, "kmsg", True) else "not started"
+        self._jobs = jobs.Resolver(paths) if getattr(config, "job_info", True) else None
         self.kmsg_reader: KmsgReader | None = _deps.get("kmsg") if getattr(config, "kmsg", True) else None
         if self.kmsg_reader is not None:  # the daemon's shared reader: NVRM Xid lines are one consumer
             self.kmsg_reader.subscribe(self._kmsg_record)
@@ -268,11 +351,14 @@ class GpuCollector:
         release = getattr(self._module, "release", None)
         if callable(release):  # the fake: let hung calls go so their threads end
             release()
+            nvml_forget(self._module)
         for t in [*self._threads, self._event_thread]:
             if t is not None:
                 t.join(timeout=1.0)
         if self.nvml is not None:
             if self._ready:  # under the deadline like every call; a wedged driver cannot block shutdown
+                with contextlib.suppress(Exception):
+                    self.nvml.run(self._free_gpm)
                 with contextlib.suppress(Exception):
                     self.nvml.run(self.nvml.nv.nvmlShutdown)
                 self._ready = False
@@ -376,7 +462,7 @@ class GpuCollector:
             except GpuLost:
                 h = None
             if h is None or h is UNSUPPORTED:
-                g = _Gpu(i, None, "", "", i, "", self.hostname)
+                g = _Gpu(i, None, "", "", i, "", self.hostname, driver)
                 g.lost = True
                 gpus.append(g)
                 continue
@@ -384,10 +470,12 @@ class GpuCollector:
                 pci = get(nv.nvmlDeviceGetPciInfo, h)
                 minor = get(nv.nvmlDeviceGetMinorNumber, h)
                 g = _Gpu(i, h, _text(get(nv.nvmlDeviceGetUUID, h)), _text(getattr(pci, "busId", "")),
-                         minor if isinstance(minor, int) else i, _text(get(nv.nvmlDeviceGetName, h)), self.hostname)
+                         minor if isinstance(minor, int) else i, _text(get(nv.nvmlDeviceGetName, h)), self.hostname,
+                         driver)
                 self._discover_mig(g)
+                self._discover_gpm(g)
             except GpuLost:
-                g = _Gpu(i, h, "", "", i, "", self.hostname)
+                g = _Gpu(i, h, "", "", i, "", self.hostname, driver)
                 g.lost = True
             gpus.append(g)
         self._gpus = gpus
@@ -419,7 +507,31 @@ class GpuCollector:
                 if attrs is not None and attrs is not UNSUPPORTED:
                     profile = mig_profile_name(attrs.gpuInstanceSliceCount, attrs.memorySizeMB)
             labels = (*g.labels[:5], ("GPU_I_PROFILE", profile), ("GPU_I_ID", str(gi)), *g.labels[5:])
-            g.mig.append((mh, labels))
+            g.mig.append((mh, labels, gi if isinstance(gi, int) else -1))
+
+    def _discover_gpm(self, g: _Gpu) -> None:
+        """Allocate two GPM samples per GPU (and per MIG instance) when the GPU supports GPM."""
+        nv = self.nvml.nv
+        if not getattr(self.config, "gpm", True) or not hasattr(nv, "nvmlGpmQueryDeviceSupport"):
+            return
+        support = self.nvml.get(nv.nvmlGpmQueryDeviceSupport, g.handle)
+        if support is None or support is UNSUPPORTED or not getattr(support, "isSupportedDevice", 0):
+            self._note_unsupported(g, "gpm")
+            return
+        for scope in [None, *(gi for _, _, gi in g.mig if gi >= 0)]:
+            pair = [self.nvml.get(nv.nvmlGpmSampleAlloc), self.nvml.get(nv.nvmlGpmSampleAlloc)]
+            if any(x is None or x is UNSUPPORTED for x in pair):
+                return
+            g.gpm[scope] = pair
+
+    def _free_gpm(self) -> None:
+        nv = self.nvml.nv
+        for g in self._gpus:
+            for pair in g.gpm.values():
+                for sample in pair:
+                    with contextlib.suppress(Exception):
+                        nv.nvmlGpmSampleFree(sample)
+            g.gpm = {}
 
     def _register_events(self) -> None:
         nv = self.nvml.nv
@@ -456,6 +568,8 @@ class GpuCollector:
                     log.warning("gpu lost", gpu=g.index, uuid=g.uuid, pci_bus_id=g.bus_nvml)
                 g.lost = True
                 out.append(Sample("nodewarden_gpu_up", g.labels, 0.0))
+        if self._jobs is not None:  # PIDs are reused: forget processes no GPU lists any more
+            self._jobs.forget_except({pid for plist in self.processes.values() for pid, _ in plist})
         for g in self._gpus:
             if not g.probed and not g.lost:
                 g.probed = True
@@ -508,6 +622,29 @@ class GpuCollector:
         p = read(g, "power", nv.nvmlDeviceGetPowerUsage, h)
         if p is not None:
             add(Sample("DCGM_FI_DEV_POWER_USAGE", L, p / 1000.0))
+        for (name, _), fn in zip(POWER_LIMITS, (nv.nvmlDeviceGetPowerManagementLimit,
+                                                nv.nvmlDeviceGetEnforcedPowerLimit), strict=True):
+            v = read(g, name, fn, h)
+            if v is not None:
+                add(Sample(name, L, v / 1000.0))
+        for name, key, fn in (("DCGM_FI_DEV_ENC_UTIL", "encoder", nv.nvmlDeviceGetEncoderUtilization),
+                              ("DCGM_FI_DEV_DEC_UTIL", "decoder", nv.nvmlDeviceGetDecoderUtilization)):
+            v = read(g, key, fn, h)
+            if v is not None:
+                add(Sample(name, L, float(v[0])))
+        for name, key, fn in (("DCGM_FI_DEV_PCIE_LINK_GEN", "pcie_gen", nv.nvmlDeviceGetCurrPcieLinkGeneration),
+                              ("DCGM_FI_DEV_PCIE_LINK_WIDTH", "pcie_width", nv.nvmlDeviceGetCurrPcieLinkWidth)):
+            v = read(g, key, fn, h)
+            if v is not None:
+                add(Sample(name, L, float(v)))
+        if g.static is None:
+            g.static = self._static(g)
+        out.extend(g.static)
+        lic = read(g, "vgpu_license", nv.nvmlDeviceGetGridLicensableFeatures, h)
+        if lic is not None:
+            status = vgpu_license_status(lic)
+            if status is not None:
+                add(Sample("DCGM_FI_DEV_VGPU_LICENSE_STATUS", L, status))
         reasons = read(g, "clocks_event_reasons", _clock_reasons_fn(nv), h)
         if reasons is not None:
             add(Sample(_CLOCK_REASONS_NAME, L, float(reasons)))
@@ -522,15 +659,80 @@ class GpuCollector:
             add(Sample("nodewarden_gpu_processes", L, float(len(procs))))
             plist = [(p.pid, p.usedGpuMemory or 0) for p in procs]
             self.processes[g.index] = plist
+            if self._jobs is not None:
+                self._job_info(g, plist, out)
             if getattr(self.config, "export_process_memory", False):
                 base = (L[0], L[1])
                 for pid, used in plist:
                     add(Sample("nodewarden_gpu_process_memory_used_bytes", (*base, ("pid", str(pid))), float(used)))
-        for mh, ml in g.mig:
+        for mh, ml, _ in g.mig:
             mm = self.nvml.get(nv.nvmlDeviceGetMemoryInfo, mh)
             if mm is not None and mm is not UNSUPPORTED:
                 add(Sample("DCGM_FI_DEV_FB_USED", ml, mm.used / 1048576))
                 add(Sample("DCGM_FI_DEV_FB_FREE", ml, mm.free / 1048576))
+        if g.gpm:
+            self._gpm(g, out)
+
+    def _static(self, g: _Gpu) -> list[Sample]:
+        """Values that do not change while the driver is loaded: limit constraints, default limit, max PCIe link."""
+        nv = self.nvml.nv
+        h, L, read = g.handle, g.labels, self._read
+        out = []
+        c = read(g, "power_constraints", nv.nvmlDeviceGetPowerManagementLimitConstraints, h)
+        d = read(g, "power_default", nv.nvmlDeviceGetPowerManagementDefaultLimit, h)
+        for (name, _), v in zip(POWER_CONSTRAINTS, [*(c if c is not None else (None, None)), d], strict=True):
+            if v is not None:
+                out.append(Sample(name, L, v / 1000.0))
+        mode = read(g, "power_management", nv.nvmlDeviceGetPowerManagementMode, h)
+        if mode is not None:
+            out.append(Sample("nodewarden_gpu_power_management_enabled", L, 1.0 if mode else 0.0))
+        for name, key, fn in (("DCGM_FI_DEV_PCIE_MAX_LINK_GEN", "pcie_max_gen", nv.nvmlDeviceGetMaxPcieLinkGeneration),
+                              ("DCGM_FI_DEV_PCIE_MAX_LINK_WIDTH", "pcie_max_width", nv.nvmlDeviceGetMaxPcieLinkWidth)):
+            v = read(g, key, fn, h)
+            if v is not None:
+                out.append(Sample(name, L, float(v)))
+        return out
+
+    def _gpm(self, g: _Gpu, out: list[Sample]) -> None:
+        """Take this tick's GPM sample per scope; with a previous one, export the metrics between the two."""
+        nv = self.nvml.nv
+        get = self.nvml.get
+        scopes = [(None, g.labels), *((gi, ml) for _, ml, gi in g.mig if gi in g.gpm)]
+        for scope, labels in scopes:
+            pair = g.gpm[scope]
+            cur = pair[1]
+            got = get(nv.nvmlGpmSampleGet, g.handle, cur) if scope is None else \
+                get(nv.nvmlGpmMigSampleGet, g.handle, scope, cur)
+            if got is None or got is UNSUPPORTED:
+                g.gpm_ready.discard(scope)
+                if got is UNSUPPORTED:
+                    del g.gpm[scope]
+                    self._note_unsupported(g, "gpm" if scope is None else f"gpm_mig_{scope}")
+                continue
+            if scope in g.gpm_ready:
+                mg = nv.c_nvmlGpmMetricsGet_t()
+                mg.version = GPM_METRICS_GET_VERSION
+                mg.numMetrics = len(GPM_METRICS)
+                mg.sample1, mg.sample2 = pair[0], cur
+                for k, (mid, _, _) in enumerate(GPM_METRICS):
+                    mg.metrics[k].metricId = mid
+                res = get(nv.nvmlGpmMetricsGet, mg)
+                if res is not None and res is not UNSUPPORTED:
+                    for k, (_, name, scale) in enumerate(GPM_METRICS):
+                        m = mg.metrics[k]
+                        if m.nvmlReturn == 0 and not math.isnan(m.value):
+                            out.append(Sample(name, labels, m.value * scale))
+            pair.reverse()  # the current sample becomes the baseline
+            g.gpm_ready.add(scope)
+
+    def _job_info(self, g: _Gpu, plist: list[tuple[int, int]], out: list[Sample]) -> None:
+        base = (g.labels[0], g.labels[1])
+        seen: set[tuple[tuple[str, str], ...]] = set()
+        for pid, _ in plist:
+            extra = jobs.job_labels(self._jobs.workload(pid))
+            if extra is not None and extra not in seen:
+                seen.add(extra)
+                out.append(Sample("nodewarden_gpu_job_info", (*base, *extra), 1.0))
 
     def _memory(self, g: _Gpu, h: Any) -> Any:
         if "memory" in g.skip:
@@ -551,23 +753,37 @@ class GpuCollector:
     def _fields(self, g: _Gpu, values: Any, out: list[Sample]) -> None:
         L = g.labels
         drop = None
+        sums: dict[str, float] = {}
+        failed: set[str] = set()
         for k, fv in enumerate(values):
             ret = fv.nvmlReturn
+            name, scale = g.field_specs[k]
             if ret == 0:
-                name, scale = g.field_specs[k]
                 vt = fv.valueType
                 v = getattr(fv.value, _VALUE_ATTR[vt] if 0 <= vt < len(_VALUE_ATTR) else "ullVal")
-                out.append(Sample(name, L, float(v) * scale if scale != 1.0 else float(v)))
+                v = float(v) * scale if scale != 1.0 else float(v)
+                if name in _SUMMED:
+                    sums[name] = sums.get(name, 0.0) + v
+                else:
+                    out.append(Sample(name, L, v))
             elif ret in (2, 3):  # INVALID_ARGUMENT (field unknown to this driver) / NOT_SUPPORTED: drop for good
                 drop = drop or []
                 drop.append(k)
             elif ret == 15:
                 raise GpuLost("GPU is lost")
+            else:
+                failed.add(name)
         if drop:
-            for k in reversed(drop):
-                self._note_unsupported(g, g.field_specs[k][0])
-                del g.field_ids[k]
-                del g.field_specs[k]
+            gone = {g.field_specs[k][0] for k in drop}
+            for k in reversed(range(len(g.field_specs))):  # a sum loses all its parts with any one of them
+                if k in drop or g.field_specs[k][0] in gone & _SUMMED:
+                    self._note_unsupported(g, g.field_specs[k][0])
+                    del g.field_ids[k]
+                    del g.field_specs[k]
+            failed |= gone
+        for name, v in sums.items():
+            if name not in failed:
+                out.append(Sample(name, L, v))
 
     # -- XID sources -------------------------------------------------------------------------------------
     def _drain_xids(self, now: float) -> None:
@@ -624,6 +840,19 @@ class GpuCollector:
         event = xidlib.parse_xid(rec.message if rec else line)
         if event is not None:
             self._inbox.append(("kmsg", event.bus_id, event.xid, self._clock()))
+
+
+def vgpu_license_status(features: Any) -> float | None:
+    """DCGM's DCGM_FI_DEV_VGPU_LICENSE_STATUS from nvmlDeviceGetGridLicensableFeatures: 0 without vGPU licensing,
+    1/0 for the vGPU feature's state, None when licensing is supported but no vGPU feature is listed."""
+    if not getattr(features, "isGridLicenseSupported", 0):
+        return 0.0
+    listed = features.gridLicensableFeatures
+    for i in range(min(int(features.licensableFeaturesCount), len(listed))):
+        f = listed[i]
+        if f.featureCode == 1:  # NVML_GRID_LICENSE_FEATURE_CODE_VGPU
+            return 1.0 if f.featureState > 0 else 0.0
+    return None
 
 
 def mig_profile_name(slices: int, memory_mb: int) -> str:

@@ -64,16 +64,34 @@ class _Abandoned(Exception):
     """Raised inside an abandoned batch so it stops making calls."""
 
 
+_SHARED: dict[tuple[str, int], Any] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 def load_module(simulate: str | None = None, clock: Callable[[], float] = time.monotonic) -> Any:
-    """``pynvml``, or a fake NVML module for the simulation scenario ``simulate``."""
+    """``pynvml``, or a fake NVML module for the simulation scenario ``simulate``.
+
+    One fake per (scenario, clock) in a process: the GPU collector and the remediation plugins of a simulated
+    agent see the same simulated GPUs (a power cap a plugin sets is what the collector then reads)."""
     if simulate:
         from agent.collectors import fakenvml
 
-        return fakenvml.load(simulate, clock)
+        key = (simulate, id(clock))
+        with _SHARED_LOCK:
+            if key not in _SHARED:
+                _SHARED[key] = fakenvml.load(simulate, clock)
+            return _SHARED[key]
     try:
         return importlib.import_module("pynvml")
     except ImportError as err:
         raise NvmlUnavailable("no NVML: the nvidia-ml-py package (pynvml) is not installed") from err
+
+
+def forget(module: Any) -> None:
+    """Drop a shared fake (its collector closed it); the next load_module starts the scenario afresh."""
+    with _SHARED_LOCK:
+        for key in [k for k, v in _SHARED.items() if v is module]:
+            del _SHARED[key]
 
 
 def unavailable_reason(code: int) -> str:

@@ -1,6 +1,9 @@
-"""GPU simulation scenarios: YAML files describing GPUs, their fields over time and injected faults.
+"""Simulation scenarios: YAML files describing a node (GPUs and host), its state over time, injected faults, and
+what must happen (``expect``).
 
-A scenario drives :mod:`agent.collectors.fakenvml`. Built-in scenarios ship in ``agent/data/scenarios/NAME.yml``;
+GPUs drive :mod:`agent.collectors.fakenvml`; the host part (``node:`` objects, timeline ``host:`` / ``kmsg:`` /
+``files:`` entries) drives :mod:`agent.collectors.nodesim`, which renders procfs/sysfs/dev trees that the real
+collectors read. Built-in scenarios ship in ``agent/data/scenarios/NAME.yml``;
 any other path to a ``.yml`` file works too. Problems are reported as ``file:line:column: message``.
 See docs/gpu.md for the format.
 """
@@ -50,9 +53,48 @@ NUMERIC_FIELDS: dict[str, str] = {
     "nvlink_crc_data": "NVLink data CRC errors",
     "nvlink_replay": "NVLink replay errors",
     "nvlink_recovery": "NVLink recovery errors",
+    "enc_util": "encoder utilization, %",
+    "dec_util": "decoder utilization, %",
+    "nvlink_tx_kibps": "NVLink data transmitted, KiB/s (the all-links TX counter integrates it)",
+    "nvlink_rx_kibps": "NVLink data received, KiB/s (the all-links RX counter integrates it)",
+    "nvlink_tx_kib": "NVLink data transmitted at scenario start, KiB",
+    "nvlink_rx_kib": "NVLink data received at scenario start, KiB",
+    "gr_engine_active": "GPM: fraction of time the graphics/compute engine was active, 0-1",
+    "sm_active": "GPM: fraction of SMs busy, 0-1",
+    "sm_occupancy": "GPM: fraction of resident warps vs the maximum, 0-1",
+    "tensor_active": "GPM: fraction of time any tensor pipe was active, 0-1",
+    "dram_active": "GPM: fraction of DRAM bandwidth used, 0-1",
+    "power_limit_w": "power management limit, W (power draw is held at or below it)",
+    "power_limit_default_w": "default power limit, W",
+    "power_limit_min_w": "lowest settable power limit, W",
+    "power_limit_max_w": "highest settable power limit, W",
+    "pcie_link_gen": "current PCIe link generation",
+    "pcie_link_width": "current PCIe link width (lanes)",
+    "pcie_max_link_gen": "maximum PCIe link generation (GPU and slot)",
+    "pcie_max_link_width": "maximum PCIe link width",
+    "vgpu_license_status": "1 when the vGPU license feature is licensed (with grid_license_supported)",
+}
+# Fields NVML reports as counters the fake integrates from a rate field: counter -> (rate field, scale per second).
+INTEGRATED: dict[str, tuple[str, float]] = {
+    "energy_mj": ("power_w", 1000.0),
+    "nvlink_tx_kib": ("nvlink_tx_kibps", 1.0),
+    "nvlink_rx_kib": ("nvlink_rx_kibps", 1.0),
+}
+# GPM (nvmlGpmMetricsGet) quantities the fake averages between two samples: scenario field -> scale to NVML's unit.
+GPM_FIELDS: dict[str, float] = {
+    "gr_engine_active": 100.0,            # ratio -> %
+    "sm_active": 100.0,
+    "sm_occupancy": 100.0,
+    "tensor_active": 100.0,
+    "dram_active": 100.0,
+    "pcie_tx_kbps": 1000.0 / 1048576.0,   # KB/s -> MiB/s
+    "pcie_rx_kbps": 1000.0 / 1048576.0,
+    "nvlink_tx_kibps": 1.0 / 1024.0,      # KiB/s -> MiB/s
+    "nvlink_rx_kibps": 1.0 / 1024.0,
 }
 # Fields that can be marked NotSupported (numeric ones plus these groups).
-SUPPORT_FIELDS = frozenset(NUMERIC_FIELDS) | {"clocks_event_reasons", "processes", "mig", "xid_events", "utilization"}
+SUPPORT_FIELDS = frozenset(NUMERIC_FIELDS) | {"clocks_event_reasons", "processes", "mig", "xid_events", "utilization",
+                                              "gpm", "power_management", "set_power_limit"}
 
 CLOCK_EVENT_REASONS: dict[str, int] = {
     "gpu_idle": 0x1,
@@ -83,6 +125,11 @@ HANGABLE = frozenset(
         "nvmlDeviceGetComputeRunningProcesses",
         "nvmlDeviceGetMigMode",
         "nvmlDeviceGetMigDeviceHandleByIndex",
+        "nvmlDeviceGetEncoderUtilization",
+        "nvmlDeviceGetPowerManagementLimit",
+        "nvmlDeviceSetPowerManagementLimit",
+        "nvmlGpmSampleGet",
+        "nvmlGpmMetricsGet",
     }
 )
 
@@ -116,10 +163,11 @@ def _seconds(value: Any) -> float:
 
 
 class Process(_Model):
-    """A compute process on a GPU."""
+    """A compute process on a GPU (``cgroup``: its /proc/PID/cgroup text, written by the node simulator)."""
 
     pid: int = Field(ge=1)
     used_mib: float = Field(0, ge=0)
+    cgroup: str | None = None
 
 
 class MigInstance(_Model):
@@ -127,6 +175,11 @@ class MigInstance(_Model):
 
     profile: str
     fb_used_mib: float = Field(0, ge=0)
+    gr_engine_active: float = Field(0, ge=0, le=1)
+    sm_active: float = Field(0, ge=0, le=1)
+    sm_occupancy: float = Field(0, ge=0, le=1)
+    tensor_active: float = Field(0, ge=0, le=1)
+    dram_active: float = Field(0, ge=0, le=1)
 
     @field_validator("profile")
     @classmethod
@@ -173,6 +226,27 @@ class GpuSpec(_Model):
     nvlink_crc_data: float = 0
     nvlink_replay: float = 0
     nvlink_recovery: float = 0
+    enc_util: float = 0
+    dec_util: float = 0
+    nvlink_tx_kibps: float = 0
+    nvlink_rx_kibps: float = 0
+    nvlink_tx_kib: float = 0
+    nvlink_rx_kib: float = 0
+    gr_engine_active: float = 0
+    sm_active: float = 0
+    sm_occupancy: float = 0
+    tensor_active: float = 0
+    dram_active: float = 0
+    power_limit_w: float = 700
+    power_limit_default_w: float = 700
+    power_limit_min_w: float = 200
+    power_limit_max_w: float = 700
+    pcie_link_gen: float = 5
+    pcie_link_width: float = 16
+    pcie_max_link_gen: float = 5
+    pcie_max_link_width: float = 16
+    vgpu_license_status: float = 0
+    grid_license_supported: bool = False
     clocks_event_reasons: list[str] = []
     processes: list[Process] = []
     mig: list[MigInstance] | None = None
@@ -199,8 +273,112 @@ def _check_support(v: list[str]) -> list[str]:
     return v
 
 
+# Host objects (``node:`` keys ``KIND/NAME``; InfiniBand ``ib/DEVICE/PORT``; TCP is the single object ``tcp``):
+# kind -> {field: default}. Counters are floats the simulator integrates from ``rate`` (per second).
+HOST_KINDS: dict[str, dict[str, Any]] = {
+    "nic": {"rx_bytes": 0, "rx_packets": 0, "rx_errs": 0, "rx_drop": 0, "tx_bytes": 0, "tx_packets": 0,
+            "tx_errs": 0, "tx_drop": 0, "up": 1, "carrier_changes": 2, "speed_mbps": 100000},
+    "tcp": {"in_segs": 0, "out_segs": 0, "retrans_segs": 0},
+    "disk": {"reads": 0, "read_sectors": 0, "read_ms": 0, "writes": 0, "write_sectors": 0, "write_ms": 0,
+             "io_now": 0, "io_ms": 0, "weighted_ms": 0, "major": 259, "minor": 0},
+    "fs": {"device": "/dev/nvme0n1p1", "fstype": "ext4", "size_bytes": 1 << 40, "avail_bytes": 1 << 39,
+           "files": 1 << 26, "files_free": 1 << 25, "readonly": 0, "hang": 0},
+    "clock": {"synced": 1, "offset_ns": 20000, "maxerror_us": 150000, "esterror_us": 50},
+    "ib": {"state": 4, "phys_state": 5, "rate_gbps": 400, "port_rcv_data": 0, "port_xmit_data": 0,
+           "port_rcv_packets": 0, "port_xmit_packets": 0, "port_xmit_wait": 0, "link_downed": 0,
+           "link_error_recovery": 0, "symbol_error": 0, "port_rcv_errors": 0, "port_rcv_discards": 0,
+           "port_xmit_discards": 0, "np_ecn_marked_roce_packets": 0, "rp_cnp_handled": 0, "np_cnp_sent": 0,
+           "out_of_buffer": 0},
+}
+_TEXT_FIELDS = {"device", "fstype"}
+
+
+def host_kind(key: str) -> str:
+    """The kind of a host object key (``nic/eth0`` -> ``nic``); ValueError when malformed."""
+    kind, _, rest = key.partition("/")
+    if kind not in HOST_KINDS:
+        raise ValueError(f"unknown host object {key!r} (kinds: {', '.join(HOST_KINDS)}; e.g. nic/eth0, "
+                         "disk/nvme0n1, fs//data, ib/mlx5_0/1, tcp)")
+    parts = rest.split("/") if rest else []
+    if kind in ("tcp", "clock"):
+        ok = not parts
+    elif kind == "ib":
+        ok = len(parts) == 2 and all(parts) and parts[1].isdigit()
+    elif kind == "fs":
+        ok = rest.startswith("/")
+    else:
+        ok = len(parts) == 1 and bool(parts[0]) and parts[0] not in (".", "..")
+    if not ok:
+        raise ValueError(f"malformed host object name {key!r}")
+    return kind
+
+
+def _check_fields(kind: str, fields: dict[str, Any], where: str) -> None:
+    for name, value in fields.items():
+        if name not in HOST_KINDS[kind]:
+            raise ValueError(f"{where}: unknown {kind} field {name!r} (known: {', '.join(HOST_KINDS[kind])})")
+        if name in _TEXT_FIELDS:
+            if not isinstance(value, str):
+                raise ValueError(f"{where}.{name}: expected text")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}.{name}: expected a number")
+
+
+class HostChange(_Model):
+    """What a step does to one host object: ``set`` values, ``add`` to counters, change counter ``rate``s
+    (per second), or ``uniform`` [low, high] draws (deterministic per seed, step and time)."""
+
+    set: dict[str, Any] = {}
+    add: dict[str, float] = {}
+    rate: dict[str, float] = {}
+    uniform: dict[str, tuple[float, float]] = {}
+
+
+class Dataset(_Model):
+    """A protected dataset on the simulated host (``root`` relative to the host root), with its files; the
+    scenario runner writes them, builds the manifest and configures the ``restore`` plugin's scrubber."""
+
+    root: str
+    files: dict[str, str]
+    scrub_every: float = 60.0
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        return check_sim_path(v)
+
+    @field_validator("scrub_every", mode="before")
+    @classmethod
+    def _every(cls, v: Any) -> float:
+        return _seconds(v)
+
+
+class Expect(_Model):
+    """What must happen in a scenario run: ``alert`` fires (within ``within``), or never (``never: true``);
+    ``action`` is journaled (planned, in observe mode) within ``within``, or never. ``labels`` narrow which
+    firing alerts count (alerts only)."""
+
+    alert: str | None = None
+    action: str | None = None
+    within: float | None = None
+    never: bool = False
+    labels: dict[str, str] = {}
+
+    @field_validator("within", mode="before")
+    @classmethod
+    def _within(cls, v: Any) -> Any:
+        return None if v is None else _seconds(v)
+
+    @model_validator(mode="after")
+    def _one(self) -> Expect:
+        if (self.alert is None) == (self.action is None):
+            raise ValueError("an expectation names exactly one of alert or action")
+        return self
+
+
 class Step(_Model):
-    """A timeline entry: at ``at`` seconds (repeating ``every`` until ``until``), change the target GPUs."""
+    """A timeline entry: at ``at`` seconds (repeating ``every`` until ``until``), change the target GPUs and the
+    host objects, log kernel lines, write files. ``chance`` applies each repetition with that probability."""
 
     at: float
     every: float | None = None
@@ -213,6 +391,42 @@ class Step(_Model):
     not_supported: list[str] | None = None
     supported: list[str] | None = None
     hang: list[str] | None = None
+    uniform: dict[str, tuple[float, float]] = {}
+    chance: float = Field(1.0, gt=0, le=1)
+    host: dict[str, HostChange] = {}
+    kmsg: list[str] = []
+    files: dict[str, str] = {}
+
+    @field_validator("uniform")
+    @classmethod
+    def _uniform(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for key, (lo, hi) in v.items():
+            if key not in NUMERIC_FIELDS:
+                raise ValueError(f"uniform: unknown field {key!r}")
+            if hi < lo:
+                raise ValueError(f"uniform.{key}: high below low")
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: dict[str, HostChange]) -> dict[str, HostChange]:
+        for key, change in v.items():
+            kind = host_kind(key)
+            _check_fields(kind, change.set, f"host.{key}.set")
+            for part in ("add", "rate", "uniform"):
+                _check_fields(kind, dict.fromkeys(getattr(change, part), 0), f"host.{key}.{part}")
+        return v
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, v: dict[str, str]) -> dict[str, str]:
+        for path in v:
+            check_sim_path(path)
+        return v
+
+    def occurs(self, seed: int, index: int, t: float) -> bool:
+        """Whether this repetition happens (``chance``), the same answer for every simulator part."""
+        return self.chance >= 1.0 or draw(seed, index, t, "chance") < self.chance
 
     @field_validator("at", "every", "until", mode="before")
     @classmethod
@@ -275,11 +489,34 @@ class Step(_Model):
         return out
 
 
+def check_sim_path(path: str) -> str:
+    """A file path inside the simulated roots: ``proc/...``, ``sys/...``, ``dev/...`` or a host path; no ``..``."""
+    parts = path.strip("/").split("/")
+    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"files: {path!r}: give a relative path like proc/loadavg or sys/class/... (no ..)")
+    return path
+
+
+def draw(seed: int, index: int, t: float, what: str) -> float:
+    """A deterministic number in [0, 1) for (seed, step index, time, what): the same in every simulator part."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{seed}/{index}/{t:.6f}/{what}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 class Scenario(_Model):
-    """A simulated GPU node."""
+    """A simulated node: GPUs (``gpu``/``gpus``), optionally the host (``node``), a timeline, expectations."""
 
     name: str
     description: str
+    extends: str | None = Field(None, description="a built-in scenario whose node, GPUs and timeline this one "
+                                "starts from (expectations and healthy are not inherited)")
+    seed: int = 0
+    healthy: bool = Field(False, description="no default rule may fire and no action be planned")
+    node: dict[str, dict[str, Any]] | None = None
+    datasets: dict[str, Dataset] = {}
+    expect: list[Expect] = []
     duration: float = 3600.0
     nvml: Literal["ok", "library_not_found", "driver_not_loaded", "no_permission"] = "ok"
     driver_version: str = "550.54.15"
@@ -296,6 +533,19 @@ class Scenario(_Model):
     @classmethod
     def _dur(cls, v: Any) -> float:
         return _seconds(v)
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, v: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+        for key, fields in (v or {}).items():
+            kind = host_kind(key)
+            fields = dict(fields or {})
+            rate = fields.pop("rate", {}) or {}
+            if not isinstance(rate, dict):
+                raise ValueError(f"node.{key}.rate: expected a mapping of counter: per-second rate")
+            _check_fields(kind, fields, f"node.{key}")
+            _check_fields(kind, rate, f"node.{key}.rate")
+        return v
 
     @model_validator(mode="after")
     def _build(self) -> Scenario:
@@ -338,9 +588,43 @@ def mig_profile(profile: str) -> tuple[int, int, int]:
     return _MIG_PROFILE_IDS[profile], slices, mib
 
 
-def load_text(text: str, filename: str = "<scenario>") -> Scenario:
+def load_text(text: str, filename: str = "<scenario>", _depth: int = 0) -> Scenario:
     """Parse and validate a scenario; ConfigError lists every problem as ``file:line:column: message``."""
-    return yamlpos.load_model(Scenario, text, filename, "a scenario")[0]
+    sc = yamlpos.load_model(Scenario, text, filename, "a scenario")[0]
+    if sc.extends is None:
+        return sc
+    if _depth >= 4:
+        raise ConfigError(f"{filename}:1:1: extends: more than 4 levels (a loop?)")
+    base = load_text(builtin_text(sc.extends), f"{sc.extends}.yml", _depth + 1)
+    return merge(base, sc, filename)
+
+
+def merge(base: Scenario, child: Scenario, filename: str = "<scenario>") -> Scenario:
+    """``child`` on top of ``base``: node objects and GPU templates merged field by field, timelines
+    concatenated (base first), datasets merged; expectations, healthy and the rest from the child."""
+    skip = {"devices", "extends"}
+    data = base.model_dump(exclude=skip | {"expect", "healthy"})
+    own = child.model_dump(exclude=skip, exclude_unset=True)
+    node = {k: dict(v) for k, v in (base.node or {}).items()}
+    for key, fields in (child.node or {}).items():
+        merged = {**node.get(key, {}), **fields}
+        if "rate" in fields and "rate" in node.get(key, {}):
+            merged["rate"] = {**node[key]["rate"], **fields["rate"]}
+        node[key] = merged
+    data.update({k: v for k, v in own.items() if k not in ("node", "gpu", "gpus", "timeline", "datasets")})
+    data["node"] = node or None
+    data["gpu"] = {**base.gpu.model_dump(exclude_unset=True), **child.gpu.model_dump(exclude_unset=True)}
+    gpus = {i: g.model_dump(exclude_unset=True) for i, g in base.gpus.items()}
+    for i, g in child.gpus.items():
+        gpus[i] = {**gpus.get(i, {}), **g.model_dump(exclude_unset=True)}
+    data["gpus"] = gpus
+    data["timeline"] = [s.model_dump(exclude_unset=True) for s in base.timeline] + \
+        [s.model_dump(exclude_unset=True) for s in child.timeline]
+    data["datasets"] = {**data.get("datasets", {}), **own.get("datasets", {})}
+    try:
+        return Scenario.model_validate(data)
+    except ValueError as err:
+        raise ConfigError(f"{filename}:1:1: extends {base.name}: {err}") from err
 
 
 def builtin_names() -> list[str]:

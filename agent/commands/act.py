@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--apply", action="store_true", help="run it (default: only plan)")
     parser.add_argument("--revert", type=int, metavar="ID", help="revert the applied journal entry ID")
     parser.add_argument("--json", action="store_true", help="print the journal entry as JSON")
+    parser.add_argument("--simulate", metavar="SCENARIO",
+                        help="plugins that use NVML see the scenario's fake GPUs (settings persist in "
+                             "$NODEWARDEN_FAKE_NVML_STATE when set)")
 
 
 def _params(items: list[str]) -> dict[str, str]:
@@ -85,7 +88,15 @@ def main(args: argparse.Namespace) -> int:
         policy = load_policy(path, found.plugins) if path else Policy()
     except ConfigError as err:
         return report(err)
-    loaded = load_remediations(policy.plugins, state_dir=directory)
+    deps = {}
+    if args.simulate:
+        from agent.collectors.nvml import load_module
+
+        try:
+            deps["nvml"] = load_module(args.simulate)
+        except ConfigError as err:
+            return report(err)
+    loaded = load_remediations(policy.plugins, state_dir=directory, **deps)
     for name, error in loaded.errors.items():
         print(f"warning: plugin {name} disabled: {error}", file=sys.stderr)
     if args.plugin in loaded.plugins:

@@ -25,7 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
                         help="exporter-toolkit web config (TLS, basic auth)")
     parser.add_argument("--simulate", metavar="SCENARIO",
-                        help="use scripted fake GPUs from a scenario (name or file) instead of NVML")
+                        help="use scripted fake GPUs from a scenario (name or file) instead of NVML; a scenario "
+                             "with a node: section simulates the whole node (procfs/sysfs/kmsg trees)")
+    parser.add_argument("--speed", type=float, default=None, metavar="N",
+                        help="with --simulate: run time N times faster (ticks every interval/N, rules and "
+                             "scenario see accelerated time)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override log level")
 
 
@@ -53,6 +57,62 @@ def apply_simulate(cfg: configmod.Config, scenario: str | None) -> configmod.Con
     return cfg.model_copy(update={"collectors": cfg.collectors.model_copy(update={"gpu": gpu})})
 
 
+class ScaledClock:
+    """Wall and monotonic time running ``speed`` times faster than real time from the moment of creation."""
+
+    def __init__(self, speed: float) -> None:
+        import time
+
+        self.speed = speed
+        self._time = time
+        self._wall0, self._mono0 = time.time(), time.monotonic()
+
+    def mono(self) -> float:
+        """Accelerated monotonic seconds."""
+        return self._mono0 + (self._time.monotonic() - self._mono0) * self.speed
+
+    def wall(self) -> float:
+        """Accelerated Unix seconds."""
+        return self._wall0 + (self._time.monotonic() - self._mono0) * self.speed
+
+
+def simulation(cfg: configmod.Config, args: argparse.Namespace) -> dict:
+    """Daemon keyword arguments for ``--simulate`` / ``--speed`` (empty without --simulate)."""
+    if not args.simulate:
+        return {}
+    import os
+
+    from agent.collectors import simulate
+    from agent.collectors.nodesim import NodeSim
+
+    scenario = simulate.load(args.simulate)
+    speed = args.speed or 1.0
+    clock = ScaledClock(speed)
+    if not scenario.node and speed == 1.0:
+        # GPU-only scenario in real time: the GPU collector loads the fake itself (apply_simulate); plugins get
+        # the same fake (load_module shares one per scenario), so a power cap shows in the collector's readings.
+        from agent.collectors.nvml import load_module
+
+        return {"plugin_deps": {"nvml": load_module(args.simulate)}}
+    sim = NodeSim(scenario, os.path.join(cfg.state_dir, "simulated-node"), clock.mono, hostname=cfg.hostname)
+    out: dict = {"wall": clock.wall, "mono": clock.mono, "speed": speed, "plugin_deps": {"nvml": sim.nvml}}
+    if scenario.node:
+        out["collector_factory"] = lambda c: sim.collectors(c)
+        out["plugin_deps"]["paths"] = sim.paths
+    else:  # GPUs simulated on the accelerated clock, the host's own collectors as they are
+        from agent.daemon import build_collectors
+
+        def factory(c: configmod.Config) -> tuple:
+            gpu_off = c.collectors.get("gpu").model_copy(update={"enabled": False})
+            built, failed = build_collectors(c.model_copy(update={
+                "collectors": c.collectors.model_copy(update={"gpu": gpu_off})}))
+            sim_built, sim_failed = sim.collectors(c, only={"gpu"})
+            return built + sim_built, {**failed, **sim_failed}
+
+        out["collector_factory"] = factory
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
     """Validate config, then run until SIGTERM. Exit 2 on a bad config."""
     try:
@@ -61,11 +121,14 @@ def main(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(problem, file=sys.stderr)
         return 2
+    if args.speed is not None and (not args.simulate or not 1.0 <= args.speed <= 1000.0):
+        print("--speed needs --simulate and a factor between 1 and 1000", file=sys.stderr)
+        return 2
     logs.setup(args.log_level or cfg.log.level, cfg.log.format)
     from agent.daemon import Daemon
 
     try:
-        daemon = Daemon(cfg, config_path=args.config, overrides=overrides_from(args))
+        daemon = Daemon(cfg, config_path=args.config, overrides=overrides_from(args), **simulation(cfg, args))
     except (ConfigError, RuleError) as err:
         for problem in err.problems:
             print(problem, file=sys.stderr)
