@@ -460,38 +460,10 @@ class Daemon:
                                        "configuration and rules")
         with self._tick_lock:
             try:
-<<<<<<< HEAD
                 self._swap(cfg, web, pending, defs, files, built, failed)
             except Exception as err:  # e.g. the new listen address is taken; the daemon stays up
                 return self._reload_failed([f"reload could not be applied: {type(err).__name__}: {err}"],
                                            "state where the swap stopped")
-=======
-                self.rules.load(configmod.rule_paths(cfg))  # all-or-nothing; keeps state of unchanged rules
-            except RuleError as err:
-                return self._reload_failed(err.problems, "configuration and rules")
-            self.rules.external_labels = dict(cfg.external_labels)
-            self.remediator.close(timeout=2.0)
-            self.remediator.journal.close()
-            self.remediator = self._remediator(cfg, policy)
-            self.remediator.recover()
-            self.remediator.start_plugins()
-            old = self.components
-            for r in old.runners:
-                r.close()
-            if (cfg.interval, cfg.retention) != (old.config.interval, old.config.retention):
-                self.store = Store(cfg.retention, cfg.interval)
-                log.warning("store_reset", reason="interval or retention changed")
-            self.components = self._build(cfg)
-            self.health.interval = cfg.interval
-            if self.scheduler and cfg.interval != old.config.interval:
-                self.scheduler.reschedule_job("tick", trigger="interval", seconds=cfg.interval / self.speed)
-            if self.server and (web != self.web or cfg.listen != old.config.listen):
-                self.server.stop()
-                host, port = configmod.parse_listen(cfg.listen)
-                self.server = Server(host, port, self.routes(), web, gzip_body=self.exporter.gzipped)
-                self.server.start()
-            self.web = web
->>>>>>> gpu
         self.reload_ok = 1.0
         self.reload_ok_at = self.wall()
         log.info("reloaded", collectors=[r.name for r in self.components.runners],
@@ -531,7 +503,7 @@ class Daemon:
         self.components = self._build(cfg, (built, failed))
         self.health.interval = cfg.interval
         if self.scheduler and cfg.interval != old.config.interval:
-            self.scheduler.reschedule_job("tick", trigger="interval", seconds=cfg.interval)
+            self.scheduler.reschedule_job("tick", trigger="interval", seconds=cfg.interval / self.speed)
         if self.server and (web != self.web or cfg.listen != old.config.listen):
             self.server.stop()
             host, port = configmod.parse_listen(cfg.listen)
