@@ -69,6 +69,8 @@ GPU_NODE_LINES = [
      {"EdacUncorrectableError"}),
     ("nvme nvme3: I/O 1002 QID 17 timeout, aborting", {"NvmeTimeout"}),
     ("nvme nvme0: I/O 24 (I/O Cmd) QID 1 timeout, reset controller", {"NvmeTimeout"}),
+    # the command completed when the driver polled (a lost interrupt): noise, not a timeout
+    ("nvme nvme1: I/O 42 QID 7 timeout, completion polled", set()),
     ("nvme nvme0: controller is down; will reset: CSTS=0xffffffff, PCI_STATUS=0xffff", {"NvmeControllerReset"}),
     ("nvme nvme0: Removing after probe failure status: -19", {"NvmeRemovedAfterProbeFailure"}),
     ("pcieport 0000:00:01.1: AER: Corrected error received: 0000:01:00.0", set()),

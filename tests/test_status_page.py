@@ -35,12 +35,14 @@ SCENARIO = """
 name: lost-now
 description: GPU 1 is lost from the first tick; GPU 0 heats up.
 gpu_count: 2
+driver_version: '550.<a1>&"x"'
 gpu: {gpu_util: 90, fb_used_mib: 50000, temperature: 50, power_w: 550}
 timeline:
   - {at: 0s, gpu: 1, lost: true}
   - {at: 2s, gpu: 0, set: {temperature: 70}}
 """
-HOST = 'gpu-<a1>&"x"'  # a hostname that must be escaped
+HOST = "gpu-a1"
+HOSTILE = '550.<a1>&"x"'  # the simulated driver version, a label value of the alert: it must be escaped
 
 
 @pytest.fixture
@@ -71,7 +73,7 @@ def test_status_page_content_over_http(sick_agent):
     page = body.decode()
     assert status == 200
     # escaped, never raw: label values and names are data
-    assert html.escape(HOST, quote=True) in page and HOST not in page
+    assert html.escape(HOSTILE, quote=True) in page and HOSTILE not in page and HOST in page
     assert "<script" not in page
     s = sections(page)
     assert set(s) >= {"alerts", "collectors", "remediations", "history"}

@@ -338,7 +338,7 @@ def test_check_web_config_command(tmp_path):
     junk = tmp_path / "junk.yml"
     junk.write_bytes(b"basic_auth_users:\n  \xff: x\n")
     res = subprocess.run([*NODEWARDEN, "check", "web-config", str(junk)], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2 and res.stderr.startswith(f"{junk}:1:1: ") and "Traceback" not in res.stderr
+    assert res.returncode == 2 and res.stderr.startswith(f"{junk}:2:3: ") and "Traceback" not in res.stderr
     order = tmp_path / "order.yml"
     order.write_text(f"tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  min_version: TLS13\n"
                      "  max_version: TLS12\n")
