@@ -66,7 +66,8 @@ def test_every_default_rule_fires_in_a_fault_scenario_and_never_in_a_healthy_one
     stale = NO_FAULT_SCENARIO_YET - gap
     assert not stale, f"covered now, remove from NO_FAULT_SCENARIO_YET: {sorted(stale)}"
     # ...and the check does catch a rule nothing covers, or one a healthy node fires
-    assert coverage_problems([*alerts, "NoScenarioForThis"], records, reports, scenarios) == \
+    caught = coverage_problems([*alerts, "NoScenarioForThis"], records, reports, scenarios)
+    assert [p for p in caught if p.split(":")[0] not in NO_FAULT_SCENARIO_YET] == \
         ["NoScenarioForThis: no fault scenario expects it and sees it fire"]
     noisy = {**reports, "node-healthy": Report("node-healthy", fired={"GpuLost": 60.0})}
     assert "GpuLost: fired in healthy scenario node-healthy" in coverage_problems(alerts, records, noisy, scenarios)
