@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
+import yaml
 
 from tests.conftest import free_port
 
@@ -21,9 +21,8 @@ NODEWARDEN = [sys.executable, "-m", "agent.cli"]
 
 def write_yaml(path: Path, data: Any) -> Path:
     """Dump ``data`` as YAML to ``path``."""
-    yaml = YAML()
     with path.open("w") as fh:
-        yaml.dump(data, fh)
+        yaml.safe_dump(data, fh, sort_keys=False)
     return path
 
 

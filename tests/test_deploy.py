@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ruamel.yaml import YAML
+import yaml
 
 from agent.cli import build_parser
 from agent.core import config as configmod
@@ -34,7 +34,7 @@ CRDS = {"ServiceMonitor", "PrometheusRule"}  # prometheus-operator kinds: no mod
 
 
 def load_all(path: Path) -> list[dict]:
-    return [json.loads(json.dumps(d)) for d in YAML(typ="safe").load_all(path.read_text()) if d]
+    return [json.loads(json.dumps(d)) for d in yaml.safe_load_all(path.read_text()) if d]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_every_manifest_loads_into_the_client_models_without_losing_a_field(mani
 
 
 def test_kustomization_lists_every_manifest():
-    kust = YAML(typ="safe").load((K8S / "kustomization.yaml").read_text())
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert sorted(kust["resources"]) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
 
 
@@ -158,14 +158,14 @@ def test_service_and_servicemonitor_select_the_agents(manifests):
     ctr_ports = [p["name"] for p in ds["spec"]["template"]["spec"]["containers"][0]["ports"]]
     assert svc["spec"]["ports"][0]["targetPort"] in ctr_ports
     # the same metric renames as the file_sd scrape config (the fleet rules depend on them)
-    prom = YAML(typ="safe").load((CENTRAL / "prometheus.yml").read_text())
+    prom = yaml.safe_load((CENTRAL / "prometheus.yml").read_text())
     renames = [(r["regex"], r["replacement"]) for r in prom["scrape_configs"][0]["metric_relabel_configs"]]
     assert [(r["regex"], r["replacement"]) for r in ep["metricRelabelings"]] == renames
 
 
 def test_prometheusrule_is_the_promtool_tested_fleet_rules(manifests, tmp_path):
     rule = one(manifests, "PrometheusRule")
-    fleet = YAML(typ="safe").load((CENTRAL / "fleet-rules.yml").read_text())
+    fleet = yaml.safe_load((CENTRAL / "fleet-rules.yml").read_text())
     assert rule["spec"] == json.loads(json.dumps(fleet))
     promtool = require_binary("promtool")
     (tmp_path / "spec.yml").write_text(json.dumps(rule["spec"]))
@@ -192,10 +192,10 @@ def test_scrape_config_is_valid_and_uses_file_sd(tmp_path):
     proc = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    prom = YAML(typ="safe").load((CENTRAL / "prometheus.yml").read_text())
+    prom = yaml.safe_load((CENTRAL / "prometheus.yml").read_text())
     (job,) = prom["scrape_configs"]
     assert job["job_name"] == "nodewarden" and job["file_sd_configs"]
-    targets = YAML(typ="safe").load((CENTRAL / "targets" / "gpu-nodes.yml").read_text())
+    targets = yaml.safe_load((CENTRAL / "targets" / "gpu-nodes.yml").read_text())
     assert all(t.endswith(":9842") for group in targets for t in group["targets"])
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ruamel.yaml import YAML
+import yaml
 
 from agent.core.durations import parse_duration
 from agent.engine.promql import PromQLEvalError, Scalar, compile_expr
@@ -65,7 +65,7 @@ def promql_labels(labels: dict[str, str]) -> str:
 
 
 def load_corpus() -> list[dict[str, Any]]:
-    return YAML(typ="safe").load(CORPUS.read_text())["groups"]
+    return yaml.safe_load(CORPUS.read_text())["groups"]
 
 
 def _samples(result: Any) -> list[tuple[dict[str, str], float]]:

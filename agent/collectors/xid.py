@@ -107,10 +107,10 @@ def parse_log(lines: Iterable[str]) -> Iterator[XidEvent]:
 @cache
 def catalog() -> dict[int, XidInfo]:
     """The packaged XID catalog (``agent/data/xid_catalog.yml``)."""
-    from ruamel.yaml import YAML
+    from agent.core import yamlpos
 
     text = resources.files("agent").joinpath("data", "xid_catalog.yml").read_text(encoding="utf-8")
-    data = YAML(typ="safe").load(text)
+    data = yamlpos.plain(yamlpos.load(text, "xid_catalog.yml"))
     out = {}
     for xid, entry in data["xids"].items():
         if entry["action"] not in ACTIONS:

@@ -91,11 +91,11 @@ def default_rule_files() -> list[str]:
 
 def rule_names(files: list[str]) -> tuple[list[str], list[str]]:
     """(alert names, recording rule names) in rule files, in file order."""
-    from ruamel.yaml import YAML
+    from agent.core import yamlpos
 
     alerts, records = [], []
     for f in files:
-        doc = YAML(typ="safe").load(Path(f).read_text(encoding="utf-8")) or {}
+        doc = yamlpos.plain(yamlpos.load(Path(f).read_text(encoding="utf-8"), f)) or {}
         for g in doc.get("groups") or []:
             for r in g.get("rules") or []:
                 if "alert" in r:
@@ -171,8 +171,9 @@ def run_scenario(scenario: simulate.Scenario, workdir: str, *, interval: float =
 def _datasets(scenario: simulate.Scenario, sim: Any, policy: str, workdir: str) -> str:
     """Write the datasets' files and manifests on the simulated host; a policy copy whose ``restore`` plugin
     protects them (scrubbed by the runner on simulated time)."""
-    from ruamel.yaml import YAML
+    import yaml
 
+    from agent.core import yamlpos
     from remediations.manifest import DEFAULT_NAME, create, write
 
     settings: dict[str, Any] = {}
@@ -184,14 +185,13 @@ def _datasets(scenario: simulate.Scenario, sim: Any, policy: str, workdir: str) 
             Path(path).write_text(text, encoding="utf-8")
         write(os.path.join(root, DEFAULT_NAME), create(root))
         settings[name] = {"root": root}
-    yaml = YAML()
-    doc = yaml.load(Path(policy).read_text(encoding="utf-8"))
+    doc = yamlpos.plain(yamlpos.load(Path(policy).read_text(encoding="utf-8"), policy)) or {}
     plugins = doc.setdefault("plugins", {}) or {}
     doc["plugins"] = plugins
     plugins["restore"] = {"scrub_interval": 0, "state_dir": os.path.join(workdir, "restore"), "datasets": settings}
     out = os.path.join(workdir, "policy.yml")
     with open(out, "w", encoding="utf-8") as f:
-        yaml.dump(doc, f)
+        yaml.safe_dump(doc, f, sort_keys=False)
     return out
 
 
