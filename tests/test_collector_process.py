@@ -36,8 +36,9 @@ def test_values_equal_prometheus_client_for_a_quiet_process() -> None:
     for name in ("process_start_time_seconds", "process_max_fds", "process_open_fds", "process_virtual_memory_bytes"):
         assert ours[name] == theirs[name], name
     # RSS: psutil reads /proc/PID/statm, client_python /proc/PID/stat; the kernel syncs the per-task counters
-    # behind stat lazily, so the two can differ by a few pages for the same stopped process.
-    assert abs(ours["process_resident_memory_bytes"] - theirs["process_resident_memory_bytes"]) <= 64 * 4096
+    # behind stat lazily (each task caches up to 64 events per counter: file, anon and shmem pages), so the two can
+    # differ by up to 3 x 64 pages for the same stopped single-threaded process (65 pages were seen in CI).
+    assert abs(ours["process_resident_memory_bytes"] - theirs["process_resident_memory_bytes"]) <= 3 * 64 * 4096
     assert ours["process_cpu_seconds_total"] == theirs["process_cpu_seconds_total"]
 
 
