@@ -127,7 +127,7 @@ def fields(args: argparse.Namespace) -> int:
     """Two ticks, then every catalogue metric: GPU 0's value(s) or 'absent', plus the probed unsupported set."""
     import json
 
-    from agent.collectors.gpu import METRICS
+    from agent.collectors.gpu_catalogue import METRICS
 
     clock = _Clock() if not args.real else time.monotonic
     module = load_module(None if args.real else args.scenario, clock)

@@ -10,7 +10,8 @@ import pytest
 
 from agent.collectors import simulate
 from agent.collectors.fakenvml import FakeNvml
-from agent.collectors.gpu import METRICS, GpuCollector, GpuConfig, PartialFailure
+from agent.collectors.gpu import GpuCollector, GpuConfig, PartialFailure
+from agent.collectors.gpu_catalogue import METRICS
 from agent.collectors.nvml import load_module
 from agent.core.errors import ConfigError, NoData
 from agent.core.paths import Paths
