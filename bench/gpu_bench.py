@@ -59,7 +59,7 @@ def _per_call_costs(module, collector: GpuCollector, repeat: int = 200) -> list[
         ("nvmlDeviceGetCurrPcieLinkGeneration", lambda: nv.nvmlDeviceGetCurrPcieLinkGeneration(h)),
         ("nvmlDeviceGetCurrPcieLinkWidth", lambda: nv.nvmlDeviceGetCurrPcieLinkWidth(h)),
         ("nvmlDeviceGetGridLicensableFeatures", lambda: nv.nvmlDeviceGetGridLicensableFeatures(h)),
-        ("nvmlGpmSampleGet", lambda: nv.nvmlGpmSampleGet(h, g.gpm[None][1]) if g.gpm else None),
+        ("nvmlGpmSampleGet", lambda: nv.nvmlGpmSampleGet(h, g.gpm.pairs[None][1]) if g.gpm and g.gpm.pairs else None),
     ]
     out = []
     for name, fn in calls:
