@@ -7,6 +7,7 @@ from typing import Any
 
 import pynvml
 
+from agent.collectors import simulate
 from agent.collectors.fakegpu import Device, Obj
 
 # GPM metric ids -> scenario field (simulate.GPM_FIELDS gives the scale)
@@ -45,3 +46,21 @@ class GpmMetricsGet:
         self.sample1: Any = None
         self.sample2: Any = None
         self.metrics = [Obj(metricId=0, nvmlReturn=0, value=0.0) for _ in range(32)]
+
+
+def metrics_between(mg: GpmMetricsGet) -> bool:
+    """Fill ``mg.metrics`` with the averages between ``mg.sample1`` and ``mg.sample2`` (NOT_SUPPORTED per metric
+    for what a sample lacks, e.g. PCIe/NVLink of a MIG instance); False when the two samples do not pair up."""
+    s1, s2 = mg.sample1, mg.sample2
+    if (not isinstance(s1, GpmSample) or not isinstance(s2, GpmSample) or s1.device is None
+            or s1.device is not s2.device or s1.gi != s2.gi or mg.version != pynvml.NVML_GPM_METRICS_GET_VERSION):
+        return False
+    dt = s2.t - s1.t
+    for m in mg.metrics[: mg.numMetrics]:
+        key = GPM_METRICS.get(m.metricId)
+        if key is None or key not in s1.acc or dt <= 0:
+            m.nvmlReturn, m.value = pynvml.NVML_ERROR_NOT_SUPPORTED, 0.0
+            continue
+        m.nvmlReturn = pynvml.NVML_SUCCESS
+        m.value = (s2.acc[key] - s1.acc[key]) / dt * simulate.GPM_FIELDS[key]
+    return True

@@ -14,11 +14,14 @@ the temperature falls by :data:`C_PER_W` for every watt the cap takes off the de
 Settable state (power limits, compute mode) lives on the hardware, not in the agent: with ``state_path`` (or
 ``$NODEWARDEN_FAKE_NVML_STATE``) it is kept in a JSON file, so it survives an agent restart or kill -9 the
 way a real GPU keeps its power limit until the driver reloads.
+
+The parts: the simulated GPUs and the settings file (:mod:`~agent.collectors.fakegpu`), GPM samples and
+their metrics (:mod:`~agent.collectors.fakegpm`); this module is the ``pynvml``-shaped surface over them, with
+scenario time, the timeline, hangs and the XID event queue.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -29,8 +32,8 @@ from typing import Any
 import pynvml
 
 from agent.collectors import simulate
-from agent.collectors.fakegpm import GPM_METRICS, GpmMetricsGet, GpmSample
-from agent.collectors.fakegpu import Device, MigDevice, Obj
+from agent.collectors.fakegpm import GpmMetricsGet, GpmSample, metrics_between
+from agent.collectors.fakegpu import Device, MigDevice, Obj, SettingsFile
 from agent.collectors.simulate import CLOCK_EVENT_REASONS, Scenario, Step
 
 NVMLError = pynvml.NVMLError
@@ -117,47 +120,15 @@ class FakeNvml:
         self.calls = 0  # number of NVML calls served (for tests and the benchmark)
         self.set_limit_calls = 0  # nvmlDeviceSetPowerManagementLimit calls that changed a limit
         self.resets = 0  # reset_gpu() calls (nvidia-smi --gpu-reset stand-in)
-        self._load_state()
-
-    # -- persistent settable state ("the hardware") --------------------------------------------------
-    def _load_state(self) -> None:
-        if not self.state_path:
-            return
-        try:
-            with open(self.state_path, encoding="utf-8") as f:
-                saved = json.load(f)
-        except (OSError, ValueError):
-            return
-        for dev in self.devices:
-            d = saved.get(dev.spec.uuid) or {}
-            if "power_limit_w" in d:
-                dev.values["power_limit_w"] = float(d["power_limit_w"])
-            if "compute_mode" in d:
-                dev.compute_mode = int(d["compute_mode"])
-
-    def _save_state(self) -> None:
-        if not self.state_path:
-            return
-        doc = {d.spec.uuid: {"power_limit_w": d.values["power_limit_w"], "compute_mode": d.compute_mode}
-               for d in self.devices}
-        tmp = f"{self.state_path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_path)
+        self.settings = SettingsFile(self.state_path)
+        self.settings.load(self.devices)
 
     def reset_gpu(self, index: int) -> None:
         """What ``nvidia-smi --gpu-reset`` does to the simulated GPU: lost -> back, settings to defaults."""
         dev = self.devices[index]
         with self._lock:
-            self._integrate(dev, self.now())
-            dev.lost = False
-            dev.values["power_limit_w"] = dev.values["power_limit_default_w"]
-            dev.values["remap_pending"] = 0.0
-            dev.values["ecc_dbe_volatile"] = dev.values["ecc_sbe_volatile"] = 0.0
-            dev.compute_mode = 0
-            self._save_state()
+            dev.reset(self.now())
+            self.settings.save(self.devices)
             self.resets += 1
 
     # -- module-like fallbacks ---------------------------------------------------------------
@@ -203,24 +174,7 @@ class FakeNvml:
     def _apply(self, step: Step, t: float, n: int = 0) -> None:
         targets = self._targets(step)
         for dev in targets:
-            self._integrate(dev, t)  # rates change below: integrate up to now with the old ones
-            for key, (lo, hi) in step.uniform.items():
-                dev.values[key] = lo + (hi - lo) * simulate.draw(self.scenario.seed, n, t, f"{dev.index}/{key}")
-            for key, value in step.set.items():
-                if key == "clocks_event_reasons":
-                    dev.reasons = sum(CLOCK_EVENT_REASONS[r] for r in value or [])
-                elif key == "processes":
-                    dev.processes = [(int(p["pid"]), float(p.get("used_mib", 0))) for p in value or []]
-                else:
-                    dev.values[key] = float(value)
-            for key, delta in step.add.items():
-                dev.values[key] += delta
-            if step.not_supported:
-                dev.not_supported.update(step.not_supported)
-            if step.supported:
-                dev.not_supported.difference_update(step.supported)
-            if step.lost is not None:
-                dev.lost = step.lost
+            dev.apply(step, t, self.scenario.seed, n)
             if step.xid is not None and dev.index in self._registered:
                 self._events.append((dev, step.xid))
                 self._event_cv.notify_all()
@@ -231,17 +185,6 @@ class FakeNvml:
             for fn in step.hang:
                 for name in simulate.HANGABLE if fn == "all" else (fn,):
                     self._hang[name] = scope
-
-    def _integrate(self, dev: Device, t: float) -> None:
-        """Advance the counters that integrate a rate (energy, NVLink bytes, GPM activity) to time ``t``."""
-        if t > dev.energy_t:
-            dt = t - dev.energy_t
-            v = dev.values
-            for counter, (rate, scale) in simulate.INTEGRATED.items():
-                v[counter] += (dev.power() if rate == "power_w" else v[rate]) * scale * dt
-            for key in dev.gpm_acc:
-                dev.gpm_acc[key] += v[key] * dt
-            dev.energy_t = t
 
     # -- call prologue ---------------------------------------------------------------------------
     def _enter(self, fn: str, dev: Device | None = None, field: str | None = None) -> Device | None:
@@ -333,7 +276,7 @@ class FakeNvml:
         dev = self._enter("nvmlDeviceGetComputeMode", self._dev(handle))
         with self._lock:
             dev.compute_mode = int(mode)
-            self._save_state()
+            self.settings.save(self.devices)
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, handle: Any) -> list[Obj]:
         self._enter("nvmlDeviceGetGraphicsRunningProcesses", self._dev(handle), "processes")
@@ -433,9 +376,9 @@ class FakeNvml:
         if not v["power_limit_min_w"] * 1000 <= limit_mw <= v["power_limit_max_w"] * 1000:
             raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         with self._lock:
-            self._integrate(dev, self.now())
+            dev.integrate(self.now())
             v["power_limit_w"] = limit_mw / 1000.0
-            self._save_state()
+            self.settings.save(self.devices)
         self.set_limit_calls += 1
 
     # -- PCIe link ---------------------------------------------------------------------------------------
@@ -492,7 +435,7 @@ class FakeNvml:
         dev = self._enter("nvmlGpmSampleGet", self._dev(handle), "gpm")
         now = self.now()
         with self._lock:
-            self._integrate(dev, now)
+            dev.integrate(now)
             sample.take(dev, None, now, dict(dev.gpm_acc))
         return sample
 
@@ -508,23 +451,13 @@ class FakeNvml:
     def nvmlGpmMetricsGet(self, mg: Any) -> Any:
         """Averages between sample1 and sample2; per-metric NOT_SUPPORTED for what a MIG sample lacks."""
         self._enter("nvmlGpmMetricsGet")
-        s1, s2 = mg.sample1, mg.sample2
-        if (not isinstance(s1, GpmSample) or not isinstance(s2, GpmSample) or s1.device is None
-                or s1.device is not s2.device or s1.gi != s2.gi or mg.version != pynvml.NVML_GPM_METRICS_GET_VERSION):
+        if not metrics_between(mg):
             raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        dt = s2.t - s1.t
-        for m in mg.metrics[: mg.numMetrics]:
-            key = GPM_METRICS.get(m.metricId)
-            if key is None or key not in s1.acc or dt <= 0:
-                m.nvmlReturn, m.value = pynvml.NVML_ERROR_NOT_SUPPORTED, 0.0
-                continue
-            m.nvmlReturn = pynvml.NVML_SUCCESS
-            m.value = (s2.acc[key] - s1.acc[key]) / dt * simulate.GPM_FIELDS[key]
         return mg
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int:
         dev = self._enter("nvmlDeviceGetTotalEnergyConsumption", self._dev(handle), "energy_mj")
-        self._integrate(dev, self.now())
+        dev.integrate(self.now())
         return int(dev.values["energy_mj"])
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int:
@@ -550,7 +483,7 @@ class FakeNvml:
                 out.append(_FieldValue(fid, unsupported, 0))
                 continue
             if key in simulate.INTEGRATED:
-                self._integrate(dev, now)
+                dev.integrate(now)
             out.append(_FieldValue(fid, ok, dev.values[key] * scale))
         return out
 
