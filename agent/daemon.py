@@ -37,7 +37,8 @@ from agent.remediation.remediator import Remediator
 from agent.serve import routes as serve_routes
 from agent.serve.exporter import Exporter
 from agent.serve.systemd import Notifier
-from agent.serve.web import Server, WebConfig, load_web_config
+from agent.serve.web import Server
+from agent.serve.webconfig import WebConfig, load_web_config
 
 log = structlog.get_logger("daemon")
 

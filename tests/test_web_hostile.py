@@ -25,7 +25,8 @@ import pytest
 
 from agent.core.errors import ConfigError
 from agent.serve import web
-from agent.serve.web import Limits, Server, WebConfig, load_web_config
+from agent.serve.web import Limits, Server
+from agent.serve.webconfig import WebConfig, load_web_config
 from tests.agentproc import NODEWARDEN, AgentProcess, write_yaml
 from tests.test_web_config import _cert
 
