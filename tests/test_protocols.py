@@ -138,3 +138,34 @@ def test_a_versioned_reader_without_the_ring_keeps_its_selection_cache():
     q.eval(reader, 10.0)
     vs = q.root  # the query is its selector
     assert vs._cache_store is reader and vs._cache_version == reader.version
+
+
+def _models(tp: object, seen: set[type]) -> None:
+    """Every pydantic model class reachable from annotation ``tp`` (through unions, lists, dicts, ...)."""
+    from pydantic import BaseModel
+
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        if tp not in seen:
+            seen.add(tp)
+            for f in tp.model_fields.values():
+                _models(f.annotation, seen)
+        return
+    for arg in typing.get_args(tp):
+        _models(arg, seen)
+
+
+def test_plugin_settings_and_params_models_share_one_base():
+    """A plugin's Config, Params and every model nested in them derive from ParamsModel (frozen, unknown keys
+    rejected): one behaviour for every policy section."""
+    from agent.core.discovery import REMEDIATIONS, load_class
+
+    seen: set[type] = set()
+    for ep in discover(REMEDIATIONS).values():
+        cls = load_class(ep)
+        for attr in ("Config", "Params"):
+            if hasattr(cls, attr):
+                _models(getattr(cls, attr), seen)
+    assert len(seen) >= 15, sorted(c.__name__ for c in seen)
+    assert [c.__qualname__ for c in seen if not issubclass(c, plugin.ParamsModel)] == []
+    assert all(c.model_config.get("frozen") for c in seen)
+    assert {c.__name__ for c in seen if c.model_config.get("extra") != "forbid"} == {"Replica"}
