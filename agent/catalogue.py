@@ -11,7 +11,7 @@ from agent.core.metrics import Catalogued, MetricSpec
 
 def sources() -> list[tuple[str, list[MetricSpec]]]:
     """(source, specs) for the daemon's self-metrics and every installed collector."""
-    from agent.daemon import SELF_METRICS
+    from agent.daemon_tick import SELF_METRICS
     from agent.engine.rules import METRICS as RULE_METRICS
     from agent.remediation.remediator import METRICS as REMEDIATION_METRICS
 

@@ -1,13 +1,14 @@
-"""Wiring: collectors -> store -> exporter, on an APScheduler interval job; signals, reload, systemd.
+"""Wiring: collectors -> store -> rules -> remediator -> exporter, on an APScheduler interval job; signals,
+reload, systemd. The only module that sees every layer.
 
-One tick: kick every collector's worker, wait for each until its deadline, write what arrived into the
-store under one timestamp, add self-metrics, render /metrics once. The HTTP side only reads cached bytes.
+The tick's work and its state are :class:`agent.daemon_tick.Tick`; the remediator's lifecycle (recovery,
+the swap to a reload's one when idle) is :class:`agent.remediation.slot.RemediatorSlot`. This module builds
+the parts from a config, runs the scheduler, the HTTP server and the watchdog, and reloads.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import signal
 import socket
 import threading
@@ -21,63 +22,25 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent import __version__, collectors
 from agent.collectors.kmsg import KmsgReader, start_readers
-from agent.collectors.runner import CollectorRunner, Outcome
+from agent.collectors.runner import CollectorRunner
 from agent.core import config as configmod
 from agent.core.config import Config
-from agent.core.discovery import LazyClasses, load_remediations
 from agent.core.errors import ConfigError, PluginLoadError, RuleError
 from agent.core.instance import StateLock
-from agent.core.metrics import Collector, CollectorStarts, MetricSpec, Sample
+from agent.core.metrics import Collector, CollectorStarts, MetricSpec
 from agent.core.paths import Paths
+from agent.daemon_tick import SELF_METRICS, Health, Tick
 from agent.engine.rules import RuleEngine
 from agent.engine.store import Store
-from agent.remediation.journal import Journal
-from agent.remediation.policy import Policy, load_policy, used_plugins
 from agent.remediation.remediator import Remediator
+from agent.remediation.slot import RemediatorSlot, identity_labels
 from agent.serve import routes as serve_routes
 from agent.serve.exporter import Exporter
 from agent.serve.systemd import Notifier
-from agent.serve.web import Server, WebConfig, load_web_config
+from agent.serve.web import Server
+from agent.serve.webconfig import WebConfig, load_web_config
 
 log = structlog.get_logger("daemon")
-
-SELF_METRICS = [
-    MetricSpec("nodewarden_build_info", "gauge", "nodewarden version and Python runtime.", ("version", "python")),
-    MetricSpec("nodewarden_collector_success", "gauge", "1 when the collector's last round succeeded.",
-               ("collector",)),
-    MetricSpec("nodewarden_collector_duration_seconds", "gauge", "Duration of the collector's last round.",
-               ("collector",)),
-    MetricSpec("nodewarden_tick_lag_seconds", "gauge", "How late the last tick started against its schedule."),
-    MetricSpec("nodewarden_tick_duration_seconds", "gauge", "Wall time of the last tick."),
-    MetricSpec("nodewarden_last_tick_timestamp_seconds", "gauge", "Unix time of the last completed tick."),
-    MetricSpec("nodewarden_store_series", "gauge", "Series held in the in-memory history store."),
-    MetricSpec("nodewarden_store_bytes", "gauge", "Approximate bytes held by the history store."),
-    MetricSpec("nodewarden_config_last_reload_successful", "gauge", "1 when the last config reload succeeded."),
-    MetricSpec("nodewarden_config_last_reload_success_timestamp_seconds", "gauge",
-               "Unix time of the last successful config load."),
-    MetricSpec("nodewarden_remediation_recovering", "gauge",
-               "1 while actions a crash interrupted are being recovered in the background (no new remediation "
-               "starts meanwhile; sampling, rules and HTTP go on)."),
-]
-
-
-@dataclass
-class Health:
-    """Loop liveness, read by /healthz and the systemd watchdog."""
-
-    last_tick_end: float = 0.0  # monotonic
-    interval: float = 5.0
-    ticks: int = 0
-
-    def check(self, now: float) -> tuple[bool, str]:
-        """(on time, reason)."""
-        if self.ticks == 0:
-            return False, "no tick completed yet"
-        late = now - self.last_tick_end
-        if late > 2 * self.interval + 1.0:
-            return False, f"last tick completed {late:.1f}s ago (interval {self.interval:g}s)"
-        return True, f"ok: last tick {late:.1f}s ago"
-
 
 @dataclass
 class Components:
@@ -86,14 +49,6 @@ class Components:
     config: Config
     runners: list[CollectorRunner]
     failed: dict[str, str] = field(default_factory=dict)  # collector -> load error
-
-
-def identity_labels(cfg: Config) -> dict[str, str]:
-    """Labels every alert carries outside this node: ``external_labels`` and the node label (hostname)."""
-    out = dict(cfg.external_labels)
-    if cfg.node_label:
-        out.setdefault(cfg.node_label, cfg.hostname or socket.gethostname())
-    return out
 
 
 def build_collectors(cfg: Config, paths: Paths | None = None, hostname: str | None = None, *,
@@ -140,36 +95,27 @@ class Daemon:
                  speed: float = 1.0) -> None:
         self.config_path = config_path
         self.overrides = overrides or {}
-        self.plugin_deps = dict(plugin_deps or {})  # e.g. the simulated NVML for plugins (run --simulate)
         self.speed = speed  # simulation: wall/mono run this many times faster; ticks come as often
         self.collector_factory = collector_factory
         self.notifier = notifier or Notifier()
         self.wall = wall
         self.mono = mono
         self.exporter = Exporter()
-        self.health = Health(interval=cfg.interval)
+        self.ticks = Tick(cfg.interval, wall=wall, mono=mono)
         self.store = Store(cfg.retention, cfg.interval)
         self.reload_ok = 1.0
         self.reload_ok_at = wall()
         self._tick_lock = threading.Lock()
         self._stop = threading.Event()
         self._hup = threading.Event()
-        self._last_tick_start = 0.0
-        self._lag = 0.0
-        self._tick_duration = 0.0
-        self._warned: set[str] = set()
-        self._outcomes: dict[str, Outcome] = {}
         self.server: Server | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.state_lock = StateLock(cfg.state_dir)
-        self._recovery: threading.Thread | None = None
-        self._pending: tuple[tuple, Policy, dict[str, Any]] | None = None  # a reload's remediator, built when idle
         self.rules = RuleEngine(os.path.join(cfg.state_dir, "alerts.json"), dict(cfg.external_labels), clock=wall)
         self.rules.restore_state()
         self.rules.load(configmod.rule_paths(cfg))  # RuleError: the caller reports it (exit 2)
-        policy = self._policy(cfg)  # ConfigError: exit 2
-        self._remediator_key = self._key(cfg, policy)
-        self.remediator = self._remediator(cfg, policy, self._plugins(cfg, policy))
+        # e.g. the simulated NVML for plugins (run --simulate); ConfigError: exit 2
+        self.slot = RemediatorSlot(cfg, plugin_deps=plugin_deps, wall=wall, mono=mono)
         self.components = self._build(cfg)
         self.web = self._web_config(cfg)
 
@@ -202,77 +148,25 @@ class Daemon:
                 if r.kind == "recording" and self.exporter.spec(r.name) is None:
                     self.exporter.register([MetricSpec(r.name, "untyped", f"Recording rule (group {gs.group.name}).")])
 
-    @staticmethod
-    def _policy(cfg: Config) -> Policy:
-        """The remediation policy (an empty one when none is configured); ConfigError when invalid."""
-        path = configmod.policy_path(cfg)
-        return load_policy(path, LazyClasses()) if path else Policy()
-
-    def _plugins(self, cfg: Config, policy: Policy) -> dict[str, Any]:
-        """Construct the plugins; ConfigError when one the policy names (settings or a step) cannot load."""
-        # Only the plugins the policy routes to or configures, and those with actions still in force or cut by a
-        # crash (they must recover and reconcile): an unused plugin is never imported (throttle alone pulls in
-        # pyroute2, ~10 MB).
-        used = {s.action for r in policy.routes for s in r.steps} | set(policy.plugins)
-        journal = Journal(cfg.state_dir, policy.journal.retention, policy.journal.max_rows)
-        try:
-            used |= {e.action for e in (*journal.active(), *journal.started())}
-        finally:
-            journal.close()
-        deps = {"paths": cfg.paths.roots(), **self.plugin_deps}
-        loaded = load_remediations(policy.plugins, only=used, state_dir=cfg.state_dir, **deps)
-        bad = [f"{configmod.policy_path(cfg) or 'policy'}: plugin {name!r} cannot load: {loaded.errors[name]}"
-               for name in sorted(used_plugins(policy) & set(loaded.errors))]
-        if bad:
-            raise ConfigError("\n".join(bad), bad)
-        return loaded.plugins
-
-    def _remediator(self, cfg: Config, policy: Policy, plugins: dict[str, Any]) -> Remediator:
-        journal = Journal(cfg.state_dir, policy.journal.retention, policy.journal.max_rows, clock=self.wall)
-        return Remediator(policy, journal, plugins, mode=cfg.mode, clock=self.wall,
-                          pause_flag_path=os.path.join(cfg.state_dir, "paused"), labels=identity_labels(cfg))
-
-    @staticmethod
-    def _key(cfg: Config, policy: Policy) -> tuple:
-        """What a remediator is built from: a reload that leaves it equal keeps the running remediator."""
-        return (policy, cfg.mode, cfg.state_dir, cfg.paths)
+    @property
+    def remediator(self) -> Remediator:
+        """The remediator in force."""
+        return self.slot.current
 
     @property
     def recovering(self) -> bool:
         """True while the journal's interrupted actions are being recovered in the background."""
-        return self._recovery is not None and self._recovery.is_alive()
+        return self.slot.recovering
 
-    def _start_recovery(self, rem: Remediator) -> None:
-        """Recover ``rem``'s journal (finish or roll back what a crash left started), then start its plugins'
-        background work, on a thread: the agent serves and ticks meanwhile; remediation waits for it."""
-        def work() -> None:
-            start = self.mono()
-            try:
-                rem.recover()
-            except Exception as err:  # a failure is data: logged, remediation goes on with what it has
-                log.error("recovery_failed", error=f"{type(err).__name__}: {err}")
-            rem.start_plugins()
-            log.info("recovery_done", seconds=round(self.mono() - start, 3))
-
-        self._recovery = threading.Thread(target=work, name="recovery", daemon=True)
-        self._recovery.start()
+    @property
+    def health(self) -> Health:
+        """Loop liveness (/healthz, the systemd watchdog)."""
+        return self.ticks.health
 
     def _swap_remediator(self) -> None:
-        """Put a reload's new remediator in force once no action of the old one runs (never two movers on one
-        plan, never a journal closed under a worker); its recovery then runs in the background."""
-        if self._pending is None or self.recovering or self.remediator.in_progress():
-            return
-        key, policy, plugins = self._pending
-        self._pending = None
-        cfg = self.config
-        old = self.remediator
-        old.close(timeout=0.5)
-        old.journal.close()
-        self.remediator = self._remediator(cfg, policy, plugins)
-        self._remediator_key = key
-        self.exporter.register([*self.remediator.metrics, *self.remediator.plugin_metrics()])
-        log.info("remediator_reloaded", plugins=sorted(plugins))
-        self._start_recovery(self.remediator)
+        """A reload's remediator takes over once the running one is idle (its metrics families with it)."""
+        if self.slot.swap_when_idle(self.config):
+            self.exporter.register([*self.remediator.metrics, *self.remediator.plugin_metrics()])
 
     @staticmethod
     def _web_config(cfg: Config) -> WebConfig:
@@ -316,15 +210,10 @@ class Daemon:
             "health": reason,
             "ticks": self.health.ticks,
             "series": self.store.series_count(),
-            "collectors": {r.name: {"busy": r.busy, **self._last_outcome(r.name)} for r in self.components.runners},
+            "collectors": {r.name: {"busy": r.busy, **self.ticks.last_outcome(r.name)}
+                           for r in self.components.runners},
             "failed_collectors": self.components.failed,
         }
-
-    def _last_outcome(self, name: str) -> dict[str, Any]:
-        out = self._outcomes.get(name)
-        if out is None:
-            return {}
-        return {"status": out.status, "error": out.error or "", "duration_seconds": round(out.duration, 6)}
 
     # -- the tick ------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -333,80 +222,12 @@ class Daemon:
             self._tick()
 
     def _tick(self) -> None:
-        cfg = self.config
-        start = self.mono()
-        if self._last_tick_start:
-            self._lag = max(0.0, start - self._last_tick_start - cfg.interval)
-        self._last_tick_start = start
-        runners = self.components.runners
-        kicked = {r.name: r.kick() for r in runners}
-        outcomes: dict[str, Outcome] = {}
-        for r in runners:
-            outcomes[r.name] = r.wait(start + r.timeout) if kicked[r.name] else r.hung_outcome()
-        now = round(self.wall(), 3)
-        if now <= self.store.now:
-            now = self.store.now + 0.001
-        self.store.begin_tick(now)
-        self_samples: list[Sample] = [
-            Sample("nodewarden_build_info", (("version", __version__), ("python", platform.python_version())), 1.0)
-        ]
-        self._outcomes = outcomes
-        for name, out in outcomes.items():
-            if out.samples:
-                self.store.add(out.samples)
-            self._report(name, out)
-            lbl = (("collector", name),)
-            self_samples.append(Sample("nodewarden_collector_success", lbl, 1.0 if out.success else 0.0))
-            self_samples.append(Sample("nodewarden_collector_duration_seconds", lbl, round(out.duration, 6)))
-        for name in self.components.failed:
-            lbl = (("collector", name),)
-            self_samples.append(Sample("nodewarden_collector_success", lbl, 0.0))
-            self_samples.append(Sample("nodewarden_collector_duration_seconds", lbl, 0.0))
-        if self.store.tick % 60 == 59:
-            self.store.gc()
-        self._swap_remediator()
-        remediating = not self.recovering  # the remediator is not touched while its recovery runs
-        self_samples += [
-            Sample("nodewarden_tick_lag_seconds", (), round(self._lag, 6)),
-            Sample("nodewarden_tick_duration_seconds", (), round(self._tick_duration, 6)),
-            Sample("nodewarden_last_tick_timestamp_seconds", (), now),
-            Sample("nodewarden_store_series", (), float(self.store.series_count())),
-            Sample("nodewarden_store_bytes", (), float(self.store.nbytes())),
-            Sample("nodewarden_config_last_reload_successful", (), self.reload_ok),
-            Sample("nodewarden_config_last_reload_success_timestamp_seconds", (), round(self.reload_ok_at, 3)),
-            Sample("nodewarden_remediation_recovering", (), 0.0 if remediating else 1.0),
-        ]
-        self.store.add(self_samples)
-        # Everything rules may read must be in this tick before evaluation: a series not yet written in the
-        # current tick reads as stale. Remediation/plugin samples (e.g. integrity scrub results) go in first,
-        # and again after on_tick so /metrics shows this tick's decisions.
-        if remediating:
-            self.store.add(self.remediator.samples())
-        self.store.add(self.rules.evaluate(self.store, now))  # recording rules, ALERTS, engine metrics
-        if remediating:
-            self.remediator.on_tick(self.rules.alerts(), now)  # decides and journals; actions run off this thread
-            self.store.add(self.remediator.samples())
-        self._tick_duration = self.mono() - start
-        self.exporter.render(self.store)
-        first = self.health.ticks == 0
-        self.health.last_tick_end = self.mono()
-        self.health.ticks += 1
+        c = self.components
+        first = self.ticks.run(interval=c.config.interval, runners=c.runners, failed=c.failed, store=self.store,
+                               rules=self.rules, slot=self.slot, exporter=self.exporter, reload_ok=self.reload_ok,
+                               reload_ok_at=self.reload_ok_at, swap=self._swap_remediator)
         if first:
             self.notifier.ready(f"first tick done; {self.store.series_count()} series")
-            log.info("ready", series=self.store.series_count(), tick_seconds=round(self._tick_duration, 4))
-
-    def _report(self, name: str, out: Outcome) -> None:
-        """Log a collector's failure once per change of state (not every tick)."""
-        key = f"{name}:{out.status}"
-        if out.success:
-            if any(w.startswith(f"{name}:") for w in self._warned):
-                log.info("collector_recovered", collector=name)
-                self._warned = {w for w in self._warned if not w.startswith(f"{name}:")}
-            return
-        if key not in self._warned:
-            self._warned = {w for w in self._warned if not w.startswith(f"{name}:")} | {key}
-            log.error("collector_failed", collector=name, status=out.status, error=out.error,
-                      duration=round(out.duration, 3))
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -415,7 +236,7 @@ class Daemon:
         os.makedirs(cfg.state_dir, exist_ok=True)
         self.state_lock.acquire()  # StateDirLocked (names the holder's PID) before anything touches the journal
         # Actions a crash left 'started' are finished or rolled back in the background; then plugins start.
-        self._start_recovery(self.remediator)
+        self.slot.start_recovery()
         host, port = configmod.parse_listen(cfg.listen)
         self.server = Server(host, port, self.routes(), self.web, gzip_body=self.exporter.gzipped)
         self.server.start()
@@ -467,7 +288,7 @@ class Daemon:
         self.reload_ok = 1.0
         self.reload_ok_at = self.wall()
         log.info("reloaded", collectors=[r.name for r in self.components.runners],
-                 remediator="reloading when idle" if self._pending else "unchanged")
+                 remediator="reloading when idle" if self.slot.pending else "unchanged")
         self.notifier.ready("reloaded")
         return True
 
@@ -481,9 +302,7 @@ class Daemon:
             raise ConfigError(f"{self.config_path}:1:1: state_dir cannot change on reload "
                               f"({self.config.state_dir} -> {cfg.state_dir}); restart the agent")
         web = self._web_config(cfg)
-        policy = self._policy(cfg)
-        key = self._key(cfg, policy)
-        pending = None if key == self._remediator_key else (key, policy, self._plugins(cfg, policy))
+        pending = self.slot.prepare(cfg)
         files = configmod.rule_paths(cfg)
         defs = self.rules.prepare(files)  # all-or-nothing; outside the tick lock
         return cfg, web, pending, defs, files
@@ -493,7 +312,7 @@ class Daemon:
         """Put a loaded reload in force (under the tick lock)."""
         self.rules.swap(defs, files)  # keeps the state of unchanged rules
         self.rules.external_labels = dict(cfg.external_labels)
-        self._pending = pending  # None: the policy is unchanged and the remediator keeps running as it is
+        self.slot.offer(pending)  # None: the policy is unchanged and the remediator keeps running as it is
         old = self.components
         for r in old.runners:
             r.close()
@@ -545,13 +364,7 @@ class Daemon:
             for r in self.components.runners:
                 r.close()
             self.rules.save_state()
-            if self._recovery is not None:
-                self._recovery.join(max(0.0, timeout - 2.0))
-            if self.recovering:  # a plugin's recover() is still at work: it is recovered again at the next start
-                log.warning("stopping_during_recovery", note="journal left open for the recovery thread")
-            else:
-                self.remediator.close(timeout=max(0.0, timeout - 2.0))
-                self.remediator.journal.close()
+            self.slot.close(timeout - 2.0)
         finally:
             if acquired:
                 self._tick_lock.release()

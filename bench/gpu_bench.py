@@ -59,7 +59,7 @@ def _per_call_costs(module, collector: GpuCollector, repeat: int = 200) -> list[
         ("nvmlDeviceGetCurrPcieLinkGeneration", lambda: nv.nvmlDeviceGetCurrPcieLinkGeneration(h)),
         ("nvmlDeviceGetCurrPcieLinkWidth", lambda: nv.nvmlDeviceGetCurrPcieLinkWidth(h)),
         ("nvmlDeviceGetGridLicensableFeatures", lambda: nv.nvmlDeviceGetGridLicensableFeatures(h)),
-        ("nvmlGpmSampleGet", lambda: nv.nvmlGpmSampleGet(h, g.gpm[None][1]) if g.gpm else None),
+        ("nvmlGpmSampleGet", lambda: nv.nvmlGpmSampleGet(h, g.gpm.pairs[None][1]) if g.gpm and g.gpm.pairs else None),
     ]
     out = []
     for name, fn in calls:
@@ -127,7 +127,7 @@ def fields(args: argparse.Namespace) -> int:
     """Two ticks, then every catalogue metric: GPU 0's value(s) or 'absent', plus the probed unsupported set."""
     import json
 
-    from agent.collectors.gpu import METRICS
+    from agent.collectors.gpu_catalogue import METRICS
 
     clock = _Clock() if not args.real else time.monotonic
     module = load_module(None if args.real else args.scenario, clock)

@@ -19,7 +19,7 @@ import socket
 from contextlib import suppress
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from agent.core.alerts import Alert
 from agent.core.errors import RemediationError
@@ -59,10 +59,8 @@ class Params(ParamsModel):
         return v
 
 
-class Config(BaseModel):
+class Config(ParamsModel):
     """The plugin's section of the policy's ``plugins:``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     drain_check: Literal["slurm", "kubernetes", "none"] = "slurm"
     node_name: str | None = None

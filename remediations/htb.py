@@ -14,9 +14,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from agent.core.plugin import Refused
+from agent.core.plugin import ParamsModel, Refused
 from remediations.tc import ClassSpec, FilterSpec, Qdisc
 
 MAJOR = 0x4E57                     # "NW": the major of every handle we create
@@ -108,10 +108,8 @@ def key_string(off: int, mask: int, val: int) -> str:
     return f"0x{val & mask:08x}/0x{mask:08x}+{off}"
 
 
-class Selector(BaseModel):
+class Selector(ParamsModel):
     """One throttled traffic class: ``rate`` plus at least one of the match fields (all must hold)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field("throttled", description="class label, e.g. checkpoint")
     rate: str | int | float = Field(description="cap: bit/s (20Mbit, 2Gbit, 500000000) or % of link speed")

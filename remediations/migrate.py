@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent.core.alerts import Alert
 from agent.core.errors import RemediationError
@@ -64,11 +64,7 @@ METRICS = [
 ]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Tier(_Section):
+class Tier(ParamsModel):
     """One storage tier: a directory tree on one filesystem, with used-space watermarks (fractions)."""
 
     path: str
@@ -85,7 +81,7 @@ class Tier(_Section):
         return self
 
 
-class Config(_Section):
+class Config(ParamsModel):
     """The plugin's section of the policy's ``plugins:``."""
 
     tiers: dict[str, Tier] = Field(default_factory=dict)

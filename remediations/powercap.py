@@ -24,7 +24,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent.core.alerts import Alert
 from agent.core.durations import format_duration, parse_duration
@@ -79,10 +79,8 @@ class Params(ParamsModel):
         return self
 
 
-class Config(BaseModel):
+class Config(ParamsModel):
     """The plugin's section of the policy's ``plugins:``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_duration: float = Field(7200.0, description="no cap stays longer (seconds or a duration like 2h)")
     default_fraction: float = Field(0.8, gt=0, le=1, description="fraction of the default limit when a step "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from agent.core.alerts import Alert
 from agent.core.paths import Paths
@@ -52,11 +52,7 @@ class Params(ParamsModel):
         return v
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class SlurmSettings(_Section):
+class SlurmSettings(ParamsModel):
     """Where the Slurm client programs are and which partition the blast radius counts."""
 
     scontrol: str = "scontrol"
@@ -66,7 +62,7 @@ class SlurmSettings(_Section):
     timeout: float = Field(15.0, gt=0)
 
 
-class KubernetesSettings(_Section):
+class KubernetesSettings(ParamsModel):
     """API access (in-cluster config by default) and what the taint looks like."""
 
     kubeconfig: str | None = None
@@ -85,7 +81,7 @@ class KubernetesSettings(_Section):
                                                  "\"false\") is under maintenance: actions on it are held")
 
 
-class Config(_Section):
+class Config(ParamsModel):
     """The plugin's section of the policy's ``plugins:``."""
 
     backend: Literal["slurm", "kubernetes", "gpu-fence"] = "slurm"

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, Protocol
 
 import structlog
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from agent.core.alerts import Alert
 from agent.core.durations import parse_duration
@@ -102,12 +102,11 @@ class LocalSource:
 SOURCE_TYPES: dict[str, Callable[..., Source]] = {"local": LocalSource}
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class Replica(ParamsModel):
+    """One replica source: its type (a key of SOURCE_TYPES) and the type's settings.
 
-
-class Replica(_Section):
-    """One replica source: its type (a key of SOURCE_TYPES) and the type's settings."""
+    The one settings model that allows unknown keys: they are the source type's own settings, passed to its
+    constructor (an unknown one fails there, naming the type)."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
     type: str = "local"
@@ -125,7 +124,7 @@ class Replica(_Section):
         return SOURCE_TYPES[self.type](name=self.name, **(self.model_extra or {}))
 
 
-class Dataset(_Section):
+class Dataset(ParamsModel):
     """A protected dataset."""
 
     name: str = ""
@@ -151,7 +150,7 @@ def _seconds(value: Any) -> Any:
     return parse_duration(value) if isinstance(value, str) else value
 
 
-class Config(_Section):
+class Config(ParamsModel):
     """The plugin's section of the policy's ``plugins:``."""
 
     datasets: dict[str, Dataset] = Field(default_factory=dict)

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent.core.alerts import Alert
 from agent.core.durations import format_duration, parse_duration
@@ -118,10 +118,8 @@ class Params(ParamsModel):
         return self
 
 
-class Config(BaseModel):
+class Config(ParamsModel):
     """The plugin's section (``plugins.throttle`` in the policy file)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     min_rate: str = Field("1Mbit", description="floor: a class is never capped below this")
     default_duration: str = Field("30m", description="how long a throttle lasts when the step gives none")

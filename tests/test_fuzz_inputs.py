@@ -132,7 +132,7 @@ def load_config(p: Path) -> object:
 
 
 def load_web(p: Path) -> object:
-    from agent.serve.web import load_web_config
+    from agent.serve.webconfig import load_web_config
 
     return load_web_config(str(p))
 

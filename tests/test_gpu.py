@@ -10,7 +10,8 @@ import pytest
 
 from agent.collectors import simulate
 from agent.collectors.fakenvml import FakeNvml
-from agent.collectors.gpu import METRICS, GpuCollector, GpuConfig, PartialFailure
+from agent.collectors.gpu import GpuCollector, GpuConfig, PartialFailure
+from agent.collectors.gpu_catalogue import METRICS
 from agent.collectors.nvml import load_module
 from agent.core.errors import ConfigError, NoData
 from agent.core.paths import Paths
@@ -460,7 +461,7 @@ def test_caller_bounds_abandoned_workers_and_recovers():
 
 
 def test_mig_profile_name_fallback():
-    from agent.collectors.gpu import mig_profile_name
+    from agent.collectors.gpu_mig import mig_profile_name
 
     for profile, (slices, mib) in simulate.MIG_PROFILES.items():
         assert mig_profile_name(slices, mib) == profile
@@ -468,14 +469,15 @@ def test_mig_profile_name_fallback():
 
 
 def test_fake_matches_real_pynvml_for_every_name_the_collector_uses():
-    """Guards against drift: every NVML name gpu.py uses exists in pynvml, and the fake implements it."""
+    """Guards against drift: every NVML name the gpu collector's modules use exists in pynvml, and the fake
+    implements it."""
     import re
 
     import pynvml
 
     from agent.collectors import gpu
 
-    source = Path(gpu.__file__).read_text()
+    source = "".join(p.read_text() for p in sorted(Path(gpu.__file__).parent.glob("gpu*.py")))
     names = set(re.findall(r"\bnv\.((?:nvml|NVML_)\w+)", source))
     assert len(names) > 20
     for name in sorted(names):

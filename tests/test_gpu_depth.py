@@ -10,7 +10,8 @@ import pytest
 
 from agent.collectors import jobs, simulate
 from agent.collectors.fakenvml import FakeNvml
-from agent.collectors.gpu import METRICS, GpuCollector, GpuConfig
+from agent.collectors.gpu import GpuCollector, GpuConfig
+from agent.collectors.gpu_catalogue import METRICS
 from agent.core.paths import Paths
 from tests.test_gpu import Clock, by_name
 

@@ -18,7 +18,7 @@ from agent.core.durations import parse_duration
 from agent.core.errors import ConfigError
 from agent.engine.promql import PromQLError, compile_expr
 from agent.remediation.policy import load_policy_text
-from agent.serve.web import load_web_config
+from agent.serve.webconfig import load_web_config
 
 LOCATED = re.compile(r"^\S+:\d+:\d+: \S")
 LAUGHS = "".join(

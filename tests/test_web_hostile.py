@@ -24,8 +24,10 @@ import bcrypt
 import pytest
 
 from agent.core.errors import ConfigError
-from agent.serve import web
-from agent.serve.web import Limits, Server, WebConfig, load_web_config
+from agent.serve import webauth
+from agent.serve.http1 import Limits
+from agent.serve.web import Server
+from agent.serve.webconfig import WebConfig, load_web_config
 from tests.agentproc import NODEWARDEN, AgentProcess, write_yaml
 from tests.test_web_config import _cert
 
@@ -196,7 +198,7 @@ def test_failed_auth_is_cached_and_its_cost_bounded(monkeypatch):
         calls.append(pw)
         return real(pw, hashed)
 
-    monkeypatch.setattr(web.bcrypt, "checkpw", counting)
+    monkeypatch.setattr(webauth.bcrypt, "checkpw", counting)
     with serving(cfg, auth_waiting=4) as srv:
         assert get(srv.port, auth="prom:good")[0] == 200
         for _ in range(10):

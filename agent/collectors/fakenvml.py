@@ -14,11 +14,14 @@ the temperature falls by :data:`C_PER_W` for every watt the cap takes off the de
 Settable state (power limits, compute mode) lives on the hardware, not in the agent: with ``state_path`` (or
 ``$NODEWARDEN_FAKE_NVML_STATE``) it is kept in a JSON file, so it survives an agent restart or kill -9 the
 way a real GPU keeps its power limit until the driver reloads.
+
+The parts: the simulated GPUs and the settings file (:mod:`~agent.collectors.fakegpu`), GPM samples and
+their metrics (:mod:`~agent.collectors.fakegpm`); this module is the ``pynvml``-shaped surface over them, with
+scenario time, the timeline, hangs and the XID event queue.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -29,6 +32,8 @@ from typing import Any
 import pynvml
 
 from agent.collectors import simulate
+from agent.collectors.fakegpm import GpmMetricsGet, GpmSample, metrics_between
+from agent.collectors.fakegpu import Device, MigDevice, Obj, SettingsFile
 from agent.collectors.simulate import CLOCK_EVENT_REASONS, Scenario, Step
 
 NVMLError = pynvml.NVMLError
@@ -62,31 +67,11 @@ FIELD_IDS: dict[int, tuple[str, float]] = {
     pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX: ("nvlink_tx_kib", 1),
     pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX: ("nvlink_rx_kib", 1),
 }
-# GPM metric ids -> scenario field (simulate.GPM_FIELDS gives the scale)
-GPM_METRICS: dict[int, str] = {
-    pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL: "gr_engine_active",
-    pynvml.NVML_GPM_METRIC_SM_UTIL: "sm_active",
-    pynvml.NVML_GPM_METRIC_SM_OCCUPANCY: "sm_occupancy",
-    pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: "tensor_active",
-    pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: "dram_active",
-    pynvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC: "pcie_tx_kbps",
-    pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC: "pcie_rx_kbps",
-    pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC: "nvlink_tx_kibps",
-    pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC: "nvlink_rx_kibps",
-}
-_MIG_GPM = ("gr_engine_active", "sm_active", "sm_occupancy", "tensor_active", "dram_active")
 _INIT_ERRORS = {
     "library_not_found": pynvml.NVML_ERROR_LIBRARY_NOT_FOUND,
     "driver_not_loaded": pynvml.NVML_ERROR_DRIVER_NOT_LOADED,
     "no_permission": pynvml.NVML_ERROR_NO_PERMISSION,
 }
-
-
-class _Obj:
-    """A plain attribute bag standing in for NVML's ctypes structures."""
-
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
 
 
 class _Value:
@@ -108,61 +93,6 @@ class _FieldValue:
         self.nvmlReturn = ret
         self.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
         self.value = _Value(v)
-
-
-class Device:
-    """A fake GPU handle and its live state."""
-
-    def __init__(self, index: int, spec: simulate.GpuSpec) -> None:
-        self.index = index
-        self.spec = spec
-        self.values: dict[str, float] = {k: float(getattr(spec, k)) for k in simulate.NUMERIC_FIELDS}
-        self.reasons = sum(CLOCK_EVENT_REASONS[r] for r in spec.clocks_event_reasons)
-        self.processes = [(p.pid, p.used_mib) for p in spec.processes]
-        self.not_supported = set(spec.not_supported)
-        self.lost = False
-        self.energy_t = 0.0  # scenario time of the last integration (energy, NVLink bytes, GPM integrals)
-        self.gpm_acc: dict[str, float] = dict.fromkeys(simulate.GPM_FIELDS, 0.0)
-        self.mig = [MigDevice(self, i, inst) for i, inst in enumerate(spec.mig or [])]
-        self.mig_enabled = spec.mig is not None
-        self.compute_mode = 0  # NVML_COMPUTEMODE_DEFAULT
-
-    def power(self) -> float:
-        """Power draw in W: the demand, held at the power limit."""
-        return min(self.values["power_w"], self.values["power_limit_w"])
-
-    def capped(self) -> float:
-        """Watts the power limit takes off the demand (0 when it does not bite)."""
-        return max(0.0, self.values["power_w"] - self.values["power_limit_w"])
-
-    def __repr__(self) -> str:
-        return f"<fake nvmlDevice {self.index}>"
-
-
-class MigDevice:
-    """A fake MIG device handle (one GPU instance with one compute instance)."""
-
-    def __init__(self, parent: Device, slot: int, inst: simulate.MigInstance) -> None:
-        self.parent = parent
-        self.profile = inst.profile
-        self.profile_id, self.slices, self.memory_mib = simulate.mig_profile(inst.profile)
-        self.gi_id = slot + 1
-        self.fb_used_mib = inst.fb_used_mib
-        self.activity = {k: float(getattr(inst, k)) for k in _MIG_GPM}
-        self.uuid = f"MIG-{parent.spec.uuid.removeprefix('GPU-')[:8]}-{slot:04d}-4000-8000-{parent.index:012d}"
-
-
-class _GpmSample:
-    """An opaque GPM sample (nvmlGpmSample_t): which device / GPU instance, when, and the activity integrals."""
-
-    def __init__(self) -> None:
-        self.device: Device | None = None
-        self.gi: int | None = None
-        self.t = 0.0
-        self.acc: dict[str, float] = {}
-
-    def take(self, device: Device, gi: int | None, t: float, acc: dict[str, float]) -> None:
-        self.device, self.gi, self.t, self.acc = device, gi, t, acc
 
 
 class FakeNvml:
@@ -190,47 +120,15 @@ class FakeNvml:
         self.calls = 0  # number of NVML calls served (for tests and the benchmark)
         self.set_limit_calls = 0  # nvmlDeviceSetPowerManagementLimit calls that changed a limit
         self.resets = 0  # reset_gpu() calls (nvidia-smi --gpu-reset stand-in)
-        self._load_state()
-
-    # -- persistent settable state ("the hardware") --------------------------------------------------
-    def _load_state(self) -> None:
-        if not self.state_path:
-            return
-        try:
-            with open(self.state_path, encoding="utf-8") as f:
-                saved = json.load(f)
-        except (OSError, ValueError):
-            return
-        for dev in self.devices:
-            d = saved.get(dev.spec.uuid) or {}
-            if "power_limit_w" in d:
-                dev.values["power_limit_w"] = float(d["power_limit_w"])
-            if "compute_mode" in d:
-                dev.compute_mode = int(d["compute_mode"])
-
-    def _save_state(self) -> None:
-        if not self.state_path:
-            return
-        doc = {d.spec.uuid: {"power_limit_w": d.values["power_limit_w"], "compute_mode": d.compute_mode}
-               for d in self.devices}
-        tmp = f"{self.state_path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_path)
+        self.settings = SettingsFile(self.state_path)
+        self.settings.load(self.devices)
 
     def reset_gpu(self, index: int) -> None:
         """What ``nvidia-smi --gpu-reset`` does to the simulated GPU: lost -> back, settings to defaults."""
         dev = self.devices[index]
         with self._lock:
-            self._integrate(dev, self.now())
-            dev.lost = False
-            dev.values["power_limit_w"] = dev.values["power_limit_default_w"]
-            dev.values["remap_pending"] = 0.0
-            dev.values["ecc_dbe_volatile"] = dev.values["ecc_sbe_volatile"] = 0.0
-            dev.compute_mode = 0
-            self._save_state()
+            dev.reset(self.now())
+            self.settings.save(self.devices)
             self.resets += 1
 
     # -- module-like fallbacks ---------------------------------------------------------------
@@ -276,24 +174,7 @@ class FakeNvml:
     def _apply(self, step: Step, t: float, n: int = 0) -> None:
         targets = self._targets(step)
         for dev in targets:
-            self._integrate(dev, t)  # rates change below: integrate up to now with the old ones
-            for key, (lo, hi) in step.uniform.items():
-                dev.values[key] = lo + (hi - lo) * simulate.draw(self.scenario.seed, n, t, f"{dev.index}/{key}")
-            for key, value in step.set.items():
-                if key == "clocks_event_reasons":
-                    dev.reasons = sum(CLOCK_EVENT_REASONS[r] for r in value or [])
-                elif key == "processes":
-                    dev.processes = [(int(p["pid"]), float(p.get("used_mib", 0))) for p in value or []]
-                else:
-                    dev.values[key] = float(value)
-            for key, delta in step.add.items():
-                dev.values[key] += delta
-            if step.not_supported:
-                dev.not_supported.update(step.not_supported)
-            if step.supported:
-                dev.not_supported.difference_update(step.supported)
-            if step.lost is not None:
-                dev.lost = step.lost
+            dev.apply(step, t, self.scenario.seed, n)
             if step.xid is not None and dev.index in self._registered:
                 self._events.append((dev, step.xid))
                 self._event_cv.notify_all()
@@ -304,17 +185,6 @@ class FakeNvml:
             for fn in step.hang:
                 for name in simulate.HANGABLE if fn == "all" else (fn,):
                     self._hang[name] = scope
-
-    def _integrate(self, dev: Device, t: float) -> None:
-        """Advance the counters that integrate a rate (energy, NVLink bytes, GPM activity) to time ``t``."""
-        if t > dev.energy_t:
-            dt = t - dev.energy_t
-            v = dev.values
-            for counter, (rate, scale) in simulate.INTEGRATED.items():
-                v[counter] += (dev.power() if rate == "power_w" else v[rate]) * scale * dt
-            for key in dev.gpm_acc:
-                dev.gpm_acc[key] += v[key] * dt
-            dev.energy_t = t
 
     # -- call prologue ---------------------------------------------------------------------------
     def _enter(self, fn: str, dev: Device | None = None, field: str | None = None) -> Device | None:
@@ -406,9 +276,9 @@ class FakeNvml:
         dev = self._enter("nvmlDeviceGetComputeMode", self._dev(handle))
         with self._lock:
             dev.compute_mode = int(mode)
-            self._save_state()
+            self.settings.save(self.devices)
 
-    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: Any) -> list[_Obj]:
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: Any) -> list[Obj]:
         self._enter("nvmlDeviceGetGraphicsRunningProcesses", self._dev(handle), "processes")
         return []
 
@@ -421,10 +291,10 @@ class FakeNvml:
         dev = self._enter("nvmlDeviceGetName", self._dev(handle))
         return dev.spec.name
 
-    def nvmlDeviceGetPciInfo(self, handle: Any) -> _Obj:
+    def nvmlDeviceGetPciInfo(self, handle: Any) -> Obj:
         dev = self._enter("nvmlDeviceGetPciInfo", self._dev(handle))
         bus = dev.spec.pci_bus_id
-        return _Obj(busId=bus, busIdLegacy=bus[4:], domain=0, bus=int(bus.split(":")[1], 16), device=0)
+        return Obj(busId=bus, busIdLegacy=bus[4:], domain=0, bus=int(bus.split(":")[1], 16), device=0)
 
     def nvmlDeviceGetMinorNumber(self, handle: Any) -> int:
         dev = self._enter("nvmlDeviceGetMinorNumber", self._dev(handle))
@@ -434,16 +304,16 @@ class FakeNvml:
         return self._enter("nvmlDeviceGetIndex", self._dev(handle)).index
 
     # -- load --------------------------------------------------------------------------------------------
-    def nvmlDeviceGetUtilizationRates(self, handle: Any) -> _Obj:
+    def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Obj:
         if isinstance(handle, MigDevice):
             raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         dev = self._enter("nvmlDeviceGetUtilizationRates", self._dev(handle), "utilization")
         v = dev.values
         if "gpu_util" in dev.not_supported:
             raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return _Obj(gpu=int(v["gpu_util"]), memory=int(v["mem_copy_util"]))
+        return Obj(gpu=int(v["gpu_util"]), memory=int(v["mem_copy_util"]))
 
-    def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> _Obj:
+    def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Obj:
         dev = self._enter("nvmlDeviceGetMemoryInfo", self._dev(handle), "fb_used_mib")
         if isinstance(handle, MigDevice):
             total, reserved, used = handle.memory_mib, 0.0, handle.fb_used_mib
@@ -451,7 +321,7 @@ class FakeNvml:
             v = dev.values
             total, reserved, used = v["fb_total_mib"], v["fb_reserved_mib"], v["fb_used_mib"]
         free = max(total - reserved - used, 0.0)
-        out = _Obj(total=int(total * MIB), used=int(used * MIB), free=int(free * MIB))
+        out = Obj(total=int(total * MIB), used=int(used * MIB), free=int(free * MIB))
         if version:
             out.reserved = int(reserved * MIB)
             out.version = version
@@ -506,9 +376,9 @@ class FakeNvml:
         if not v["power_limit_min_w"] * 1000 <= limit_mw <= v["power_limit_max_w"] * 1000:
             raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         with self._lock:
-            self._integrate(dev, self.now())
+            dev.integrate(self.now())
             v["power_limit_w"] = limit_mw / 1000.0
-            self._save_state()
+            self.settings.save(self.devices)
         self.set_limit_calls += 1
 
     # -- PCIe link ---------------------------------------------------------------------------------------
@@ -537,34 +407,26 @@ class FakeNvml:
         dev = self._enter("nvmlDeviceGetDecoderUtilization", self._dev(handle), "dec_util")
         return [int(dev.values["dec_util"]), 167000]
 
-    def nvmlDeviceGetGridLicensableFeatures(self, handle: Any) -> _Obj:
+    def nvmlDeviceGetGridLicensableFeatures(self, handle: Any) -> Obj:
         dev = self._enter("nvmlDeviceGetGridLicensableFeatures", self._dev(handle), "vgpu_license_status")
         if not dev.spec.grid_license_supported:
-            return _Obj(isGridLicenseSupported=0, licensableFeaturesCount=0, gridLicensableFeatures=[])
-        feature = _Obj(featureCode=pynvml.NVML_GRID_LICENSE_FEATURE_CODE_VGPU,
+            return Obj(isGridLicenseSupported=0, licensableFeaturesCount=0, gridLicensableFeatures=[])
+        feature = Obj(featureCode=pynvml.NVML_GRID_LICENSE_FEATURE_CODE_VGPU,
                        featureState=int(dev.values["vgpu_license_status"]), featureEnabled=1)
-        return _Obj(isGridLicenseSupported=1, licensableFeaturesCount=1, gridLicensableFeatures=[feature])
+        return Obj(isGridLicenseSupported=1, licensableFeaturesCount=1, gridLicensableFeatures=[feature])
 
     nvmlDeviceGetGridLicensableFeatures_v4 = nvmlDeviceGetGridLicensableFeatures
 
     # -- GPM ----------------------------------------------------------------------------------------------
-    class c_nvmlGpmMetricsGet_t:
-        """The argument of nvmlGpmMetricsGet: two samples in, up to NVML_GPM_METRIC_MAX metrics out."""
+    c_nvmlGpmMetricsGet_t = GpmMetricsGet
 
-        def __init__(self) -> None:
-            self.version = 0
-            self.numMetrics = 0
-            self.sample1: Any = None
-            self.sample2: Any = None
-            self.metrics = [_Obj(metricId=0, nvmlReturn=0, value=0.0) for _ in range(32)]
-
-    def nvmlGpmQueryDeviceSupport(self, handle: Any) -> _Obj:
+    def nvmlGpmQueryDeviceSupport(self, handle: Any) -> Obj:
         dev = self._enter("nvmlGpmQueryDeviceSupport", self._dev(handle))
-        return _Obj(version=pynvml.NVML_GPM_SUPPORT_VERSION, isSupportedDevice=0 if "gpm" in dev.not_supported else 1)
+        return Obj(version=pynvml.NVML_GPM_SUPPORT_VERSION, isSupportedDevice=0 if "gpm" in dev.not_supported else 1)
 
-    def nvmlGpmSampleAlloc(self) -> _GpmSample:
+    def nvmlGpmSampleAlloc(self) -> GpmSample:
         self._enter("nvmlGpmSampleAlloc")
-        return _GpmSample()
+        return GpmSample()
 
     def nvmlGpmSampleFree(self, sample: Any) -> None:
         self._enter("nvmlGpmSampleFree")
@@ -573,7 +435,7 @@ class FakeNvml:
         dev = self._enter("nvmlGpmSampleGet", self._dev(handle), "gpm")
         now = self.now()
         with self._lock:
-            self._integrate(dev, now)
+            dev.integrate(now)
             sample.take(dev, None, now, dict(dev.gpm_acc))
         return sample
 
@@ -589,23 +451,13 @@ class FakeNvml:
     def nvmlGpmMetricsGet(self, mg: Any) -> Any:
         """Averages between sample1 and sample2; per-metric NOT_SUPPORTED for what a MIG sample lacks."""
         self._enter("nvmlGpmMetricsGet")
-        s1, s2 = mg.sample1, mg.sample2
-        if (not isinstance(s1, _GpmSample) or not isinstance(s2, _GpmSample) or s1.device is None
-                or s1.device is not s2.device or s1.gi != s2.gi or mg.version != pynvml.NVML_GPM_METRICS_GET_VERSION):
+        if not metrics_between(mg):
             raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        dt = s2.t - s1.t
-        for m in mg.metrics[: mg.numMetrics]:
-            key = GPM_METRICS.get(m.metricId)
-            if key is None or key not in s1.acc or dt <= 0:
-                m.nvmlReturn, m.value = pynvml.NVML_ERROR_NOT_SUPPORTED, 0.0
-                continue
-            m.nvmlReturn = pynvml.NVML_SUCCESS
-            m.value = (s2.acc[key] - s1.acc[key]) / dt * simulate.GPM_FIELDS[key]
         return mg
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int:
         dev = self._enter("nvmlDeviceGetTotalEnergyConsumption", self._dev(handle), "energy_mj")
-        self._integrate(dev, self.now())
+        dev.integrate(self.now())
         return int(dev.values["energy_mj"])
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int:
@@ -631,14 +483,14 @@ class FakeNvml:
                 out.append(_FieldValue(fid, unsupported, 0))
                 continue
             if key in simulate.INTEGRATED:
-                self._integrate(dev, now)
+                dev.integrate(now)
             out.append(_FieldValue(fid, ok, dev.values[key] * scale))
         return out
 
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[_Obj]:
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Obj]:
         dev = self._enter("nvmlDeviceGetComputeRunningProcesses", self._dev(handle), "processes")
         return [
-            _Obj(pid=pid, usedGpuMemory=int(mib * MIB), gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF)
+            Obj(pid=pid, usedGpuMemory=int(mib * MIB), gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF)
             for pid, mib in dev.processes
         ]
 
@@ -674,32 +526,32 @@ class FakeNvml:
                 return mig
         raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
 
-    def nvmlGpuInstanceGetInfo(self, gi: MigDevice) -> _Obj:
+    def nvmlGpuInstanceGetInfo(self, gi: MigDevice) -> Obj:
         self._enter("nvmlGpuInstanceGetInfo", gi.parent)
-        return _Obj(device=gi.parent, id=gi.gi_id, profileId=gi.profile_id)
+        return Obj(device=gi.parent, id=gi.gi_id, profileId=gi.profile_id)
 
-    def nvmlDeviceGetGpuInstanceProfileInfoById(self, handle: Any, profile_id: int) -> _Obj:
+    def nvmlDeviceGetGpuInstanceProfileInfoById(self, handle: Any, profile_id: int) -> Obj:
         dev = self._enter("nvmlDeviceGetGpuInstanceProfileInfoById", self._dev(handle), "mig")
         for mig in dev.mig:
             if mig.profile_id == profile_id:
-                return _Obj(id=profile_id, sliceCount=mig.slices, memorySizeMB=mig.memory_mib,
+                return Obj(id=profile_id, sliceCount=mig.slices, memorySizeMB=mig.memory_mib,
                             name=f"MIG {mig.profile}".encode())
         raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
 
-    def nvmlDeviceGetAttributes(self, handle: Any) -> _Obj:
+    def nvmlDeviceGetAttributes(self, handle: Any) -> Obj:
         self._enter("nvmlDeviceGetAttributes", self._dev(handle))
         if isinstance(handle, MigDevice):
-            return _Obj(gpuInstanceSliceCount=handle.slices, memorySizeMB=handle.memory_mib)
-        return _Obj(gpuInstanceSliceCount=7, memorySizeMB=int(handle.values["fb_total_mib"]))
+            return Obj(gpuInstanceSliceCount=handle.slices, memorySizeMB=handle.memory_mib)
+        return Obj(gpuInstanceSliceCount=7, memorySizeMB=int(handle.values["fb_total_mib"]))
 
     # -- events ------------------------------------------------------------------------------------------
     def nvmlDeviceGetSupportedEventTypes(self, handle: Any) -> int:
         dev = self._enter("nvmlDeviceGetSupportedEventTypes", self._dev(handle), "xid_events")
         return pynvml.nvmlEventTypeXidCriticalError if dev else 0
 
-    def nvmlEventSetCreate(self) -> _Obj:
+    def nvmlEventSetCreate(self) -> Obj:
         self._enter("nvmlEventSetCreate")
-        return _Obj(kind="eventset")
+        return Obj(kind="eventset")
 
     def nvmlDeviceRegisterEvents(self, handle: Any, event_types: int, event_set: Any) -> None:
         dev = self._enter("nvmlDeviceRegisterEvents", self._dev(handle), "xid_events")
@@ -707,7 +559,7 @@ class FakeNvml:
             with self._lock:
                 self._registered.add(dev.index)
 
-    def nvmlEventSetWait(self, event_set: Any, timeout_ms: int) -> _Obj:
+    def nvmlEventSetWait(self, event_set: Any, timeout_ms: int) -> Obj:
         self._enter("nvmlEventSetWait")
         deadline = time.monotonic() + timeout_ms / 1000.0
         with self._lock:
@@ -720,7 +572,7 @@ class FakeNvml:
             dev, xid = self._events.popleft()
         if dev.lost and xid != 79:
             raise NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
-        return _Obj(device=dev, eventType=pynvml.nvmlEventTypeXidCriticalError, eventData=xid,
+        return Obj(device=dev, eventType=pynvml.nvmlEventTypeXidCriticalError, eventData=xid,
                     gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF)
 
     nvmlEventSetWait_v2 = nvmlEventSetWait

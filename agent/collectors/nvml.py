@@ -272,3 +272,22 @@ class Nvml:
     def close(self) -> None:
         """Stop the worker thread."""
         self.caller.close()
+
+
+def text(v: Any) -> str:
+    """An NVML string value as ``str`` (bytes decoded, NULs stripped); empty for None and UNSUPPORTED."""
+    if v is None or v is UNSUPPORTED:
+        return ""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace").rstrip("\x00")
+    return str(v)
+
+
+def handle_key(handle: Any) -> Any:
+    """A hashable identity for an NVML device handle (ctypes pointers compare by address)."""
+    try:
+        import ctypes
+
+        return ctypes.cast(handle, ctypes.c_void_p).value
+    except Exception:
+        return handle

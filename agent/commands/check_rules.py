@@ -152,7 +152,7 @@ def _retention(path: str | None) -> float:
 
 def _daemon_metrics() -> set[str]:
     try:
-        from agent.daemon import SELF_METRICS
+        from agent.daemon_tick import SELF_METRICS
         from agent.remediation.remediator import METRICS as REMEDIATION_METRICS
     except Exception:  # the daemon module is optional for this check
         return set()

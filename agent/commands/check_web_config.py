@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Check each file; print problems as file:line:column: message."""
-    from agent.serve.web import load_web_config
+    from agent.serve.webconfig import load_web_config
 
     status = 0
     for path in args.file:

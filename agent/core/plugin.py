@@ -59,7 +59,9 @@ def check_gpu(value: str) -> str:
 
 
 class ParamsModel(BaseModel):
-    """Base for a plugin's ``Params``: frozen, unknown keys rejected, strings coerced (params are templated)."""
+    """Base for a plugin's ``Params`` and its settings (``Config`` and the models of its sections): frozen,
+    unknown keys rejected, lax types (strings coerced: params are templated, and settings are read the same
+    way). Core's own config models use the strict :class:`agent.core.model.Model` instead."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

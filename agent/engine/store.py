@@ -301,13 +301,20 @@ class SeriesSource(Protocol):
 
 
 @runtime_checkable
-class RingSource(SeriesSource, Protocol):
+class VersionedSource(SeriesSource, Protocol):
+    """Optional: a series-set version, bumped whenever a series is added or dropped; PromQL selectors cache
+    their selection per version (the tests' ``SampleStore`` has it without the ring fast paths)."""
+
+    version: int
+
+
+@runtime_checkable
+class RingSource(VersionedSource, Protocol):
     """Optional fast paths of a store whose ticks are shared by every series (:class:`Store`): PromQL caches a
     selection per ``version``, finds a window's ticks once for all series (``tick_window``, ``tick_times``),
     skips NaN scans with ``marks``, and the rule engine writes ``ALERTS`` only into the open tick (``tick``,
     ``now``). Test for it with ``isinstance(store, RingSource)`` once per evaluation, not per series."""
 
-    version: int
     capacity: int
     tick: int
 
@@ -327,3 +334,25 @@ class RingSource(SeriesSource, Protocol):
     def marks(self, series: Series) -> tuple[int, int]:
         """Optional. ``(nan, drop)``: the newest ticks holding a NaN and a decrease (-1 for none)."""
         ...
+
+
+_KINDS: dict[type, tuple[bool, bool]] = {}
+
+
+def source_kind(store: object) -> tuple[bool, bool]:
+    """``(isinstance(store, VersionedSource), isinstance(store, RingSource))``, checked once per store class.
+
+    An isinstance check against a runtime-checkable Protocol costs tens of microseconds (it looks up every
+    member), too much per selector evaluation; the answer is cached by class, since every instance of a reader
+    class has the same members (data members are set in ``__init__``)."""
+    cls = store.__class__
+    kind = _KINDS.get(cls)
+    if kind is None:
+        kind = _KINDS[cls] = (isinstance(store, VersionedSource), isinstance(store, RingSource))
+    return kind
+
+
+def is_ring(store: object) -> bool:
+    """``isinstance(store, RingSource)``, cached per class (:func:`source_kind`)."""
+    kind = _KINDS.get(store.__class__)
+    return (kind if kind is not None else source_kind(store))[1]

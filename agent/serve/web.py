@@ -9,256 +9,36 @@ accepts, runs each TLS handshake (with a deadline), reads request heads (a whole
 per-read one) and writes responses (in slices, with a deadline); only the route callables run in a small
 worker pool, and uncached bcrypt checks in one lane of their own. So idle, trickling or handshake-stalling
 clients hold a socket and a few KiB, never a thread. At the connection cap a new client displaces the
-oldest idle one; when none is idle it gets ``503`` with ``Retry-After``. See :class:`Limits`.
+oldest idle one; when none is idle it gets ``503`` with ``Retry-After``. See :class:`~agent.serve.http1.Limits`.
+
+The parts: the web config file (:mod:`~agent.serve.webconfig`), basic auth and its admission
+(:mod:`~agent.serve.webauth`), the HTTP/1.1 wire (:mod:`~agent.serve.http1`); this module is the server: the
+listening socket, the loop thread, the connection table and each connection's request loop and routing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import os
 import resource
 import socket
 import ssl
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from email.utils import formatdate
-from http import HTTPStatus
-from typing import Literal
 
-import bcrypt
 import structlog
 
-from agent.core import yamlpos
-from agent.core.config import Model
-from agent.core.errors import ConfigError
+from agent.serve import http1
+from agent.serve.http1 import HTTPError, Limits, Responses, loop_time
+from agent.serve.webauth import AuthGate
+from agent.serve.webconfig import WebConfig, header_problem, ssl_context
 
 log = structlog.get_logger("web")
 
 Response = tuple[int, str, bytes]
 Route = Callable[[], Response]
-
-_TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
-                 "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
-
-# exporter-toolkit's http_server_config.headers: only these names, some with fixed values (web/handler.go).
-ALLOWED_HEADERS: dict[str, tuple[str, ...]] = {
-    "Strict-Transport-Security": (),
-    "X-Content-Type-Options": ("nosniff",),
-    "X-Frame-Options": ("deny", "sameorigin"),
-    "X-XSS-Protection": (),
-    "Content-Security-Policy": (),
-}
-
-
-class TLSServerConfig(Model):
-    """exporter-toolkit ``tls_server_config``."""
-
-    cert_file: str
-    key_file: str
-    client_auth_type: Literal["NoClientCert", "RequestClientCert", "RequireAnyClientCert",
-                              "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"] = "NoClientCert"
-    client_ca_file: str | None = None
-    min_version: Literal["TLS10", "TLS11", "TLS12", "TLS13"] = "TLS12"
-    max_version: Literal["TLS10", "TLS11", "TLS12", "TLS13"] | None = None
-
-
-class HTTPServerConfig(Model):
-    """exporter-toolkit ``http_server_config`` (headers only; http2 is ignored)."""
-
-    headers: dict[str, str] = {}
-    http2: bool = True
-
-
-class WebConfig(Model):
-    """The whole web config file."""
-
-    tls_server_config: TLSServerConfig | None = None
-    http_server_config: HTTPServerConfig = HTTPServerConfig()
-    basic_auth_users: dict[str, str] = {}
-
-
-def header_problem(name: str, value: str) -> str | None:
-    """Why a configured response header is refused (exporter-toolkit's rules, plus no control characters in
-    the value: CR/LF would split the response); None when it is fine."""
-    allowed = ALLOWED_HEADERS.get(name)
-    if allowed is None:
-        return f"HTTP header {name!r} can not be configured (allowed: {', '.join(ALLOWED_HEADERS)})"
-    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
-        return f"value of {name} contains a control character (CR, LF, ...)"
-    if allowed and value not in allowed:
-        return f"invalid value for {name}: expected one of {', '.join(allowed)}, got {value!r}"
-    return None
-
-
-def load_web_config(path: str) -> WebConfig:
-    """Read and validate a web config file; ConfigError with file:line:column problems.
-
-    Relative certificate paths are relative to the file's directory (as exporter-toolkit). The TLS files are
-    loaded here, so a missing or bad one is reported with the key that names it.
-    """
-    text = yamlpos.read_text(path, "web config")  # size-limited; a non-UTF-8 byte is a located error
-    cfg, root = yamlpos.load_model(WebConfig, text, path, "web config")
-    problems: list[str] = []
-
-    def at(*loc: str | int) -> str:
-        line, col = yamlpos.position(root, loc)
-        return f"{path}:{line}:{col}: {'.'.join(map(str, loc))}"
-
-    for user, hashed in cfg.basic_auth_users.items():
-        if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            problems.append(f"{at('basic_auth_users', user)}: password must be a bcrypt hash")
-    for name, value in cfg.http_server_config.headers.items():
-        why = header_problem(name, value)
-        if why:
-            problems.append(f"{at('http_server_config', 'headers', name)}: {why}")
-    tls = cfg.tls_server_config
-    if tls is not None:
-        base = os.path.dirname(os.path.abspath(path))
-        files = {k: os.path.join(base, v) for k in ("cert_file", "key_file", "client_ca_file")
-                 if (v := getattr(tls, k))}
-        tls = tls.model_copy(update=files)
-        cfg = cfg.model_copy(update={"tls_server_config": tls})
-        order = list(_TLS_VERSIONS)
-        if tls.max_version and order.index(tls.max_version) < order.index(tls.min_version):
-            problems.append(f"{at('tls_server_config', 'max_version')}: max_version {tls.max_version} is below "
-                            f"min_version {tls.min_version}")
-        if "Verify" in tls.client_auth_type and not tls.client_ca_file:
-            problems.append(f"{at('tls_server_config', 'client_auth_type')}: client_ca_file is required for "
-                            "client certificate verification")
-        missing = False
-        for key, file in files.items():
-            try:
-                with open(file, "rb"):
-                    pass
-            except OSError as err:
-                missing = True
-                problems.append(f"{at('tls_server_config', key)}: cannot read {file}: {err.strerror}")
-        if not missing and not problems:
-            try:
-                ssl_context(tls)
-            except (ssl.SSLError, OSError, ValueError) as err:
-                why = (err.reason if isinstance(err, ssl.SSLError) else None) or err
-                problems.append(f"{at('tls_server_config', 'cert_file')}: cannot load the certificate, key or CA "
-                                f"({tls.cert_file}, {tls.key_file}): {why}")
-    if problems:
-        raise ConfigError("\n".join(problems), problems)
-    return cfg
-
-
-def ssl_context(cfg: TLSServerConfig) -> ssl.SSLContext:
-    """A server-side SSLContext for the TLS settings."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = _TLS_VERSIONS[cfg.min_version]
-    if cfg.max_version:
-        ctx.maximum_version = _TLS_VERSIONS[cfg.max_version]
-    ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-    if cfg.client_ca_file:
-        ctx.load_verify_locations(cfg.client_ca_file)
-    if cfg.client_auth_type in ("RequireAndVerifyClientCert", "RequireAnyClientCert"):
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    elif cfg.client_auth_type != "NoClientCert":
-        ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
-
-
-class BasicAuth:
-    """bcrypt checks (~50-300 ms each) behind two caches and one lane, as exporter-toolkit does.
-
-    Outcomes are cached by a digest of (user, password, hash): successes in their own LRU (which failed
-    attempts cannot evict), failures in another, so a client repeating a wrong password costs a lookup.
-    Uncached checks run one at a time (:meth:`verify` holds a lock), so wrong-password floods use at most
-    one core; the server also bounds how many wait (429 beyond). An unknown user is checked against a dummy
-    hash, costing the same as a known one.
-    """
-
-    _DUMMY = b"$2b$10$e3cZJTE7hgilpkrJePEPUeVxoAPzxX01WWTnsy1gq3UQbSXuero.W"   # cost 10, matches no password
-
-    def __init__(self, users: dict[str, str], cache_size: int = 1024) -> None:
-        self.users = users
-        self.cache_size = cache_size
-        self._ok: OrderedDict[bytes, None] = OrderedDict()
-        self._bad: OrderedDict[bytes, None] = OrderedDict()
-        self._lock = threading.Lock()      # guards the caches
-        self._lane = threading.Lock()      # one bcrypt at a time
-
-    @staticmethod
-    def parse(header: str | None) -> tuple[str, str] | None:
-        """(user, password) of a ``Basic`` Authorization header; None when absent or malformed."""
-        if not header or not header.startswith("Basic "):
-            return None
-        try:
-            user, sep, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return None
-        return (user, password) if sep else None
-
-    def _key(self, user: str, password: str) -> bytes:
-        hashed = self.users.get(user, "")
-        return hashlib.sha256(f"{user}\0{password}\0{hashed}".encode()).digest()
-
-    def cached(self, user: str, password: str) -> bool | None:
-        """The cached outcome; None when this (user, password) needs a bcrypt check."""
-        key = self._key(user, password)
-        with self._lock:
-            if key in self._ok:
-                self._ok.move_to_end(key)
-                return True
-            if key in self._bad:
-                self._bad.move_to_end(key)
-                return False
-        return None
-
-    def verify(self, user: str, password: str) -> bool:
-        """bcrypt check (one at a time), outcome cached."""
-        hashed = self.users.get(user)
-        with self._lane:
-            try:
-                target = hashed.replace("$2y$", "$2b$", 1).encode() if hashed else self._DUMMY
-                ok = bcrypt.checkpw(password.encode(), target) and hashed is not None
-            except ValueError:
-                ok = False
-        key = self._key(user, password)
-        with self._lock:
-            cache = self._ok if ok else self._bad
-            cache[key] = None
-            while len(cache) > self.cache_size:
-                cache.popitem(last=False)
-        return ok
-
-    def check(self, header: str | None) -> bool:
-        """True when the Authorization header carries a valid user and password."""
-        creds = self.parse(header)
-        if creds is None:
-            return False
-        got = self.cached(*creds)
-        return self.verify(*creds) if got is None else got
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one client may cost. Times in seconds; sizes in bytes."""
-
-    max_connections: int = 1024    # open connections (clipped to the fd limit); beyond: evict idle or 503
-    handshake_timeout: float = 10.0
-    header_timeout: float = 10.0   # the whole request head, from the connection (or its first byte)
-    idle_timeout: float = 120.0    # keep-alive wait for the next request
-    write_timeout: float = 30.0    # the whole response
-    workers: int = 4               # threads running routes
-    auth_waiting: int = 8          # uncached bcrypt checks allowed to wait for the lane; beyond: 429
-    auth_waiting_per_ip: int = 2   # of those, from one client address (a flood from one host leaves room)
-    max_line: int = 16 << 10       # request line (414 beyond) and each header line (431)
-    max_head: int = 64 << 10       # request line + headers (431 beyond)
-    max_headers: int = 100
-    backlog: int = 4096            # listen(2) backlog (the kernel caps it at net.core.somaxconn)
-    write_slice: int = 64 << 10    # a slow reader holds at most about this much of a response in memory
-
 
 def raise_nofile_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard limit (as the Go runtime does for node_exporter); the soft
@@ -270,12 +50,6 @@ def raise_nofile_limit() -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
             soft = want
     return soft
-
-
-class _HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class _Conn:
@@ -300,10 +74,12 @@ class Server:
         self.routes = routes
         self.web = web or WebConfig()
         self.limits = limits or Limits()
-        self.auth = BasicAuth(self.web.basic_auth_users) if self.web.basic_auth_users else None
+        lim = self.limits
+        self.auth = AuthGate(self.web.basic_auth_users, lim.auth_waiting, lim.auth_waiting_per_ip) \
+            if self.web.basic_auth_users else None
         self.gzip_body = gzip_body
-        self._headers = "".join(f"{k}: {v}\r\n" for k, v in self.web.http_server_config.headers.items()
-                                if header_problem(k, v) is None)
+        self._responses = Responses({k: v for k, v in self.web.http_server_config.headers.items()
+                                     if header_problem(k, v) is None})
         self._ssl = ssl_context(self.web.tls_server_config) if self.web.tls_server_config else None
         nofile = raise_nofile_limit()
         self.max_connections = max(1, min(self.limits.max_connections, nofile - 64))
@@ -320,14 +96,11 @@ class Server:
         self._sock = sock
         self.port = sock.getsockname()[1]
         self._conns: dict[_Conn, None] = {}          # insertion order: oldest first
-        self._auth_waiting = 0
-        self._auth_by_ip: dict[str, int] = {}
         self._rejecting = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.base_events.Server | None = None
         self._pool = ThreadPoolExecutor(self.limits.workers, thread_name_prefix="http-worker")
-        self._auth_pool = ThreadPoolExecutor(1, thread_name_prefix="http-auth")
         self.rejected = 0        # connections answered 503 at the cap
         self.evicted = 0         # idle connections closed to make room
 
@@ -371,7 +144,8 @@ class Server:
         else:
             self._sock.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._auth_pool.shutdown(wait=False, cancel_futures=True)
+        if self.auth is not None:
+            self.auth.close()
 
     async def _shutdown(self) -> None:
         if self._server is not None:
@@ -421,7 +195,7 @@ class Server:
             while conn in self._conns:
                 conn.idle = True
                 try:
-                    async with asyncio.timeout_at(_loop_time(deadline)):
+                    async with asyncio.timeout_at(loop_time(deadline)):
                         first = await reader.readexactly(1)
                 except (asyncio.IncompleteReadError, TimeoutError, OSError, ConnectionError):
                     return
@@ -431,20 +205,21 @@ class Server:
                     deadline = conn.since + lim.header_timeout
                 first_request = False
                 try:
-                    async with asyncio.timeout_at(_loop_time(deadline)):
-                        head = await self._read_head(reader, first)
+                    async with asyncio.timeout_at(loop_time(deadline)):
+                        head = await http1.read_head(reader, first, lim)
                 except TimeoutError:
-                    await self._write(writer, self._simple(408, "request head not received in time\n", close=True))
+                    await http1.write(writer, self._responses.simple(408, "request head not received in time\n",
+                                                                    close=True), lim)
                     return
-                except _HTTPError as err:
-                    await self._write(writer, self._simple(err.status, f"{err}\n", close=True))
+                except HTTPError as err:
+                    await http1.write(writer, self._responses.simple(err.status, f"{err}\n", close=True), lim)
                     return
                 except (asyncio.IncompleteReadError, OSError, ConnectionError):
                     return
                 if head is None:
                     return
                 data, keep = await self._handle(*head, peer)
-                if not await self._write(writer, data) or not keep:
+                if not await http1.write(writer, data, lim) or not keep:
                     return
                 deadline = time.monotonic() + lim.idle_timeout
         except Exception as err:  # never let one connection's surprise reach the loop
@@ -465,56 +240,13 @@ class Server:
             if self._ssl is not None:
                 async with asyncio.timeout(min(2.0, self.limits.handshake_timeout)):
                     await writer.start_tls(self._ssl)
-            await self._write(writer, self._simple(503, "too many connections; retry later\n",
-                                                   {"Retry-After": "1"}, close=True))
+            await http1.write(writer, self._responses.simple(503, "too many connections; retry later\n",
+                                                             {"Retry-After": "1"}, close=True), self.limits)
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
             pass
         finally:
             self._rejecting -= 1
             writer.close()
-
-    async def _read_head(self, reader: asyncio.StreamReader, first: bytes
-                         ) -> tuple[str, str, str, dict[str, str]] | None:
-        """(method, target, version, headers with lower-case names) of one request head."""
-        lim = self.limits
-        lines: list[bytes] = []
-        total = 0
-        pending = first
-        while True:
-            try:
-                line = pending + await reader.readuntil(b"\n")
-            except asyncio.LimitOverrunError as err:
-                raise _HTTPError(414 if not lines else 431,
-                                 "request line too long" if not lines else "header line too long") from err
-            except asyncio.IncompleteReadError:
-                return None
-            pending = b""
-            total += len(line)
-            if len(line) > lim.max_line:
-                raise _HTTPError(414 if not lines else 431, "request line too long" if not lines else
-                                 "header line too long")
-            if total > lim.max_head:
-                raise _HTTPError(431, "request header fields too large")
-            if line in (b"\r\n", b"\n"):
-                if not lines:
-                    continue              # RFC 9112: ignore empty lines before the request line
-                break
-            lines.append(line)
-            if len(lines) > lim.max_headers + 1:
-                raise _HTTPError(431, "too many headers")
-        parts = lines[0].decode("latin-1").split()
-        if len(parts) != 3:
-            raise _HTTPError(400, "bad request line")
-        method, target, version = parts
-        if not version.startswith("HTTP/1."):
-            raise _HTTPError(505 if version.startswith("HTTP/") else 400, "HTTP version not supported")
-        headers: dict[str, str] = {}
-        for raw in lines[1:]:
-            name, sep, value = raw.decode("latin-1").partition(":")
-            if not sep or not name or name != name.strip():
-                raise _HTTPError(400, "bad header line")
-            headers[name.lower()] = value.strip()
-        return method, target, version, headers
 
     async def _handle(self, method: str, target: str, version: str, headers: dict[str, str], peer: str = ""
                       ) -> tuple[bytes, bool]:
@@ -525,99 +257,31 @@ class Server:
             keep = False                  # a body we do not read: answer, then close
         head = method == "HEAD"
         if method in _READ_ONLY:
-            return self._simple(405, "read-only endpoint: only GET and HEAD\n", {"Allow": "GET, HEAD"},
+            return self._responses.simple(405, "read-only endpoint: only GET and HEAD\n", {"Allow": "GET, HEAD"},
                                 close=not keep), keep
         if method not in ("GET", "HEAD"):
-            return self._simple(501, f"unsupported method ({method})\n", close=True), False
+            return self._responses.simple(501, f"unsupported method ({method})\n", close=True), False
         if self.auth is not None:
-            denied = await self._authorize(headers.get("authorization"), peer)
+            denied = await self.auth.authorize(headers.get("authorization"), peer)
             if denied is not None:
-                return self._simple(*denied, close=not keep, head=head), keep
+                return self._responses.simple(*denied, close=not keep, head=head), keep
         path = target.split("?", 1)[0]
         route = self.routes.get(path)
         if route is None:
-            return self._simple(404, "404 page not found\n", close=not keep, head=head), keep
+            return self._responses.simple(404, "404 page not found\n", close=not keep, head=head), keep
         gzip = path == "/metrics" and self.gzip_body is not None and "gzip" in headers.get("accept-encoding", "")
         loop = asyncio.get_running_loop()
         try:
             status, ctype, body, extra = await loop.run_in_executor(self._pool, self._call, route, gzip)
         except Exception as err:  # a failing route is a 500, never a dead connection loop
             log.error("route_failed", path=path, error=str(err))
-            return self._simple(500, "internal error\n", close=not keep, head=head), keep
+            return self._responses.simple(500, "internal error\n", close=not keep, head=head), keep
         if keep and version == "HTTP/1.0":
             extra = {**extra, "Connection": "keep-alive"}
-        return self._response(status, ctype, body, extra, close=not keep, head=head), keep
+        return self._responses.response(status, ctype, body, extra, close=not keep, head=head), keep
 
     def _call(self, route: Route, gzip: bool) -> tuple[int, str, bytes, dict[str, str]]:
         status, ctype, body = route()
         if gzip and self.gzip_body is not None:
             return status, ctype, self.gzip_body(), {"Content-Encoding": "gzip"}
         return status, ctype, body, {}
-
-    async def _authorize(self, header: str | None, peer: str = "") -> tuple[int, str, dict[str, str]] | None:
-        """None when authorized; else (status, body, headers): 401, or 429 when too many checks wait (in all,
-        or from this client address)."""
-        assert self.auth is not None
-        unauthorized = (401, "Unauthorized\n", {"WWW-Authenticate": 'Basic realm="nodewarden"'})
-        creds = self.auth.parse(header)
-        if creds is None:
-            return unauthorized
-        got = self.auth.cached(*creds)
-        if got is None:
-            lim = self.limits
-            if (self._auth_waiting >= lim.auth_waiting
-                    or self._auth_by_ip.get(peer, 0) >= lim.auth_waiting_per_ip):
-                return 429, "too many authentication attempts; retry later\n", {"Retry-After": "1"}
-            self._auth_waiting += 1
-            self._auth_by_ip[peer] = self._auth_by_ip.get(peer, 0) + 1
-            try:
-                got = await asyncio.get_running_loop().run_in_executor(self._auth_pool, self.auth.verify, *creds)
-            finally:
-                self._auth_waiting -= 1
-                left = self._auth_by_ip[peer] - 1
-                if left:
-                    self._auth_by_ip[peer] = left
-                else:
-                    del self._auth_by_ip[peer]
-        return None if got else unauthorized
-
-    # ---------------------------------------------------------- responses
-
-    def _response(self, status: int, ctype: str, body: bytes, extra: dict[str, str] | None = None,
-                  close: bool = False, head: bool = False) -> bytes:
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = ""
-        lines = [f"HTTP/1.1 {status} {reason}\r\nServer: nodewarden\r\nDate: {formatdate(usegmt=True)}\r\n"
-                 f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n", self._headers]
-        for k, v in (extra or {}).items():
-            lines.append(f"{k}: {v}\r\n")
-        if close:
-            lines.append("Connection: close\r\n")
-        lines.append("\r\n")
-        out = "".join(lines).encode("latin-1")
-        return out if head else out + body
-
-    def _simple(self, status: int, text: str, extra: dict[str, str] | None = None, close: bool = False,
-                head: bool = False) -> bytes:
-        return self._response(status, "text/plain; charset=utf-8", text.encode(), extra, close, head)
-
-    async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> bool:
-        """Write within the write deadline, a slice at a time; False when the client failed to take it."""
-        step = self.limits.write_slice
-        try:
-            async with asyncio.timeout(self.limits.write_timeout):
-                view = memoryview(data)
-                for off in range(0, len(view), step):
-                    writer.write(view[off:off + step])
-                    await writer.drain()
-        except (TimeoutError, OSError, ConnectionError):
-            return False
-        return True
-
-
-def _loop_time(deadline: float) -> float:
-    """A time.monotonic() deadline on the running loop's clock."""
-    loop = asyncio.get_running_loop()
-    return loop.time() + (deadline - time.monotonic())

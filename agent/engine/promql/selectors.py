@@ -7,7 +7,7 @@ from typing import Any
 from agent.engine.promql.nodes import Clock, Node, VectorT
 from agent.engine.promql.regex import RegexError, RegexUnsupported, compile_anchored
 from agent.engine.promql.values import NAME, LabelDict, PromQLError, labels_key, ms
-from agent.engine.store import is_absent, is_stale
+from agent.engine.store import is_absent, is_ring, is_stale, source_kind
 
 LOOKBACK = 300.0
 
@@ -61,7 +61,7 @@ class VectorSelector(Node):
 
     def select(self, store: Any) -> list[tuple[Any, LabelDict]]:
         """Matching series with their label dicts, in Prometheus label order; cached per series-set version."""
-        version = getattr(store, "version", None)
+        version = store.version if source_kind(store)[0] else None
         if version is not None and self._cache_store is store and self._cache_version == version:
             return self._cache
         families = [(self.name, store.family(self.name))] if self.name is not None else list(store.by_name.items())
@@ -85,7 +85,7 @@ class VectorSelector(Node):
         lookback = LOOKBACK + _EPS
         selected = self.select(store)
         out = []
-        tick_window = getattr(store, "tick_window", None)
+        tick_window = store.tick_window if is_ring(store) else None
         if self.clip is not None:  # only the samples the query loaded: (ref - lookback, ref] within the clip
             mint, maxt = self.clip
             lower = max(ref - LOOKBACK, mint)
@@ -184,7 +184,8 @@ class MatrixSelector(Node):
         start, end = self.window(t)
         out: list[SeriesRange] = []
         selected = self.vs.select(store)
-        tick_window = getattr(store, "tick_window", None)
+        ring = is_ring(store)
+        tick_window = store.tick_window if ring else None
         if self.vs.clip is not None:  # only the samples the query loaded
             start, end = max(start, self.vs.clip[0]), min(end, self.vs.clip[1])
             if end < start:
@@ -200,7 +201,7 @@ class MatrixSelector(Node):
         k0, k1 = tick_window(start - _EPS, end)
         if k1 < k0:
             return out
-        marks = getattr(store, "marks", None)
+        marks = store.marks if ring else None
         times: list[float] | None = None
         for series, labels in selected:
             last = min(k1, series.last_tick)
@@ -216,7 +217,7 @@ class MatrixSelector(Node):
 
     def windows(self, store: Any, t: float) -> tuple[int, int] | None:
         """Ticks ``(k0, k1)`` of the window at ``t`` when the store supports :meth:`Store.marks`, else None."""
-        if getattr(store, "marks", None) is None or self.vs.clip is not None:
+        if not is_ring(store) or self.vs.clip is not None:
             return None
         start, end = self.window(t)
         return store.tick_window(start - _EPS, end)

@@ -15,6 +15,7 @@ from agent.engine.rules.alerting import AlertSet
 from agent.engine.rules.evaluate import GroupState, RuleState
 from agent.engine.rules.load import load_files
 from agent.engine.rules.model import Compiler, GroupDef
+from agent.engine.store import is_ring
 
 METRICS = [
     MetricSpec("ALERTS", "gauge", "Pending and firing alerts of the alerting rules (value 1).",
@@ -118,7 +119,7 @@ class RuleEngine:
         ``force=True`` evaluates every group, ``force=False`` none (promtool's unit-test loop uses both).
         """
         out: list[Sample] = []
-        write = getattr(store, "tick", -1) >= 0 and getattr(store, "now", None) == t
+        write = is_ring(store) and store.tick >= 0 and store.now == t
         with self.lock:
             for gs in self.groups:
                 due = force if force is not None else gs.due(t)
