@@ -279,3 +279,11 @@ def test_host_fields_are_checked():
         simulate.load_text("name: x\ndescription: y\nnode:\n  hwmon/coretemp.0/temp1: {temp: 3}\n", "s.yml")
     with pytest.raises(ConfigError, match="label: expected text"):
         simulate.load_text("name: x\ndescription: y\nnode:\n  hwmon/coretemp.0/temp1: {label: 3}\n", "s.yml")
+
+
+def test_docs_simulation_example_is_valid():
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "simulation.md").read_text()
+    sc = simulate.load_text(re.search(r"```yaml\n(.*?)```", doc, re.S).group(1), "docs/simulation.md")
+    assert "cpu/0" in sc.node and any("psi" in step.host for step in sc.timeline)  # node-healthy merged in
