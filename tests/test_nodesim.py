@@ -3,6 +3,7 @@ kernel-log records, raw files, deterministic chance/uniform draws, and ``extends
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 
@@ -153,3 +154,136 @@ def test_bad_scenarios_are_located():
     assert "exactly one of alert or action" in str(err.value)
     with pytest.raises(ConfigError, match="unknown scenario"):
         simulate.load_text("name: x\ndescription: y\nextends: no-such\n", "s.yml")
+
+
+HOST = """
+name: host
+description: the host objects the CPU, memory, pressure, sensor and ECC collectors read
+gpu_count: 0
+node:
+  mem: {total_bytes: 1000000000000, available_bytes: 600000000000, free_bytes: 400000000000,
+        cached_bytes: 150000000000, rate: {available_bytes: -1000000000}}
+  psi: {rate: {io_some: 0.5, io_full: 0.25, memory_full: 0.1}}
+  vmstat: {pgfault: 1000, rate: {pgfault: 10}}
+  load: {runnable: 100, load1: 0, load5: 0, load15: 0}
+  cpu/0: {cores: 2, threads: 2, user: 0.5, rate: {package_throttles: 1}}
+  cpu/1: {cores: 2, threads: 2, user: 0.1}
+  hwmon/coretemp.0/temp1: {input_c: 61, crit_c: 100, label: Package id 0}
+  hwmon/coretemp.1/temp1: {input_c: 59}
+  edac/mc0: {csrow: 1, channel: 1}
+  tcp: {rate: {listen_drops: 4, listen_overflows: 4}}
+  clock: {maxerror_us: 15999000, rate: {maxerror_us: 500}}
+timeline:
+  - {at: 30s, host: {vmstat: {add: {oom_kill: 1}}, edac/mc0: {add: {ce_count: 3, ue_count: 1}},
+                     hwmon/coretemp.0/temp1: {set: {input_c: 101}}}}
+  - {at: 30s, files: {proc/loadavg: "7.00 7.00 7.00 3/900 77\\n"}}
+"""
+
+
+def test_host_objects_are_what_the_cpu_memory_pressure_sensor_and_ecc_collectors_read(tmp_path):
+    from agent.collectors.cpu import CpuCollector, CpuConfig
+    from agent.collectors.edac import EdacCollector, EdacConfig
+    from agent.collectors.hwmon import HwmonCollector, HwmonConfig
+    from agent.collectors.loadavg import LoadavgCollector, LoadavgConfig
+    from agent.collectors.meminfo import MeminfoCollector, MeminfoConfig
+    from agent.collectors.pressure import PressureCollector, PressureConfig
+    from agent.collectors.stat import StatCollector, StatConfig
+    from agent.collectors.timex import TimexCollector, TimexConfig
+    from agent.collectors.vmstat import VmstatCollector, VmstatConfig
+
+    clock = Clock()
+    sim = NodeSim(simulate.load_text(HOST), str(tmp_path), clock)
+    p = sim.paths
+    cpu = CpuCollector(CpuConfig(), p)
+    first = values(cpu.collect(), "node_cpu_seconds_total")
+    clock.t += 20  # t=20
+    sim.advance()
+    mem = MeminfoCollector(MeminfoConfig(), p).collect()
+    assert values(mem, "node_memory_MemTotal_bytes")[()] == pytest.approx(1e12, abs=1024)
+    assert values(mem, "node_memory_MemAvailable_bytes")[()] == pytest.approx(580e9, abs=1024)
+    assert values(mem, "node_memory_MemFree_bytes")[()] <= values(mem, "node_memory_MemAvailable_bytes")[()]
+    psi = PressureCollector(PressureConfig(), p).collect()
+    assert values(psi, "node_pressure_io_stalled_seconds_total")[()] == pytest.approx(5.0)
+    assert values(psi, "node_pressure_io_waiting_seconds_total")[()] == pytest.approx(10.0)
+    assert values(psi, "node_pressure_memory_stalled_seconds_total")[()] == pytest.approx(2.0)
+    assert "some avg10=50.00" in Path(p.proc("pressure", "io")).read_text()  # constant 50% stall: the averages agree
+    assert values(VmstatCollector(VmstatConfig(), p).collect(), "node_vmstat_pgfault")[()] == 1200
+    load = values(LoadavgCollector(LoadavgConfig(), p).collect(), "node_load1")[()]
+    assert load == pytest.approx(100 * (1 - math.exp(-20 / 60)), abs=0.01)  # the kernel's 1-minute decay
+    out = cpu.collect()
+    seconds = values(out, "node_cpu_seconds_total")
+    idle = [k for k in seconds if k[1] == "idle"]
+    assert len(idle) == 8  # 2 packages x 2 cores x 2 threads
+    assert 0.9 * 0.5 * 20 <= seconds[("0", "user")] - first[("0", "user")] <= 1.1 * 0.5 * 20 + 0.01
+    assert sum(seconds[(c, m)] - first[(c, m)] for c, m in seconds if c == "5") == pytest.approx(20, abs=0.1)
+    assert values(out, "node_cpu_package_throttles_total") == {("0",): 20, ("1",): 0}
+    assert len(values(out, "node_cpu_core_throttles_total")) == 4
+    assert values(StatCollector(StatConfig(), p).collect(), "node_procs_running")[()] == 100
+    hw = HwmonCollector(HwmonConfig(), p)
+    temps = values(hw.collect(), "node_hwmon_temp_celsius")
+    assert temps == {("platform_coretemp_0", "temp1"): 61, ("platform_coretemp_1", "temp1"): 59}
+    ecc = EdacCollector(EdacConfig(), p)
+    assert values(ecc.collect(), "node_edac_correctable_errors_total") == {("0",): 0}
+    assert values(NetstatCollector(NetstatConfig(), p).collect(), "node_netstat_TcpExt_ListenDrops")[()] == 80
+    assert values(TimexCollector(TimexConfig(), p, adjtimex=sim.adjtimex).collect(),
+                  "node_timex_maxerror_seconds")[()] == 16.0  # capped, as the kernel caps it
+
+    clock.t += 15  # t=35: an OOM kill, three corrected and one uncorrected error on csrow 1 channel 1, 101 C
+    sim.advance()
+    assert values(VmstatCollector(VmstatConfig(), p).collect(), "node_vmstat_oom_kill")[()] == 1
+    out = ecc.collect()
+    assert values(out, "node_edac_correctable_errors_total") == {("0",): 3}
+    assert values(out, "node_edac_uncorrectable_errors_total") == {("0",): 1}
+    assert values(out, "node_edac_channel_correctable_errors_total")[("0", "1", "1", "mc0_csrow1_channel1")] == 3
+    assert values(out, "node_edac_csrow_correctable_errors_total")[("0", "0")] == 0
+    sensors = hw.collect()
+    # a raised alarm file reads 1; node_exporter (and this collector) scale it like a temperature: 0.001
+    assert values(sensors, "node_hwmon_temp_crit_alarm_celsius")[("platform_coretemp_0", "temp1")] == 0.001
+    assert values(sensors, "node_hwmon_temp_crit_alarm_celsius")[("platform_coretemp_1", "temp1")] == 0
+    assert values(sensors, "node_hwmon_chip_names")[("platform_coretemp_0", "coretemp")] == 1
+    assert values(sensors, "node_hwmon_sensor_label")[("platform_coretemp_0", "temp1", "Package id 0")] == 1
+    assert Path(p.proc("loadavg")).read_text() == "7.00 7.00 7.00 3/900 77\n"  # files: replaces a rendered file
+    sim.release()
+
+
+def test_unchanged_files_are_not_rewritten(tmp_path):
+    clock = Clock()
+    sim = NodeSim(simulate.load_text(HOST), str(tmp_path), clock)
+    topology = Path(sim.paths.sys("devices", "system", "cpu", "cpu3", "topology", "core_id"))
+    stat = Path(sim.paths.proc("stat"))
+    before = (topology.stat().st_ino, stat.stat().st_ino)
+    clock.t += 5
+    sim.advance()
+    assert topology.stat().st_ino == before[0] and topology.read_text() == "1\n"
+    assert stat.stat().st_ino != before[1]  # CPU times moved: rewritten (atomically, a new inode)
+    sim.release()
+
+
+def test_cpu_numbering_is_linux_x86s():
+    from agent.collectors.hostfiles import cpu_numbers
+
+    pkgs = [("0", {"cores": 2, "threads": 2}), ("1", {"cores": 2, "threads": 2})]
+    assert cpu_numbers(pkgs) == [(0, 0, 0), (1, 0, 1), (2, 1, 0), (3, 1, 1), (4, 0, 0), (5, 0, 1), (6, 1, 0),
+                                 (7, 1, 1)]
+
+
+@pytest.mark.parametrize("key", ["mem/x", "cpu/a", "cpu", "hwmon/coretemp.0", "hwmon/coretemp.0/fan1",
+                                 "hwmon/../temp1", "edac/controller0", "edac/mc0/csrow0", "psi/io"])
+def test_malformed_host_object_names_are_refused(key):
+    with pytest.raises(ConfigError, match="malformed host object name"):
+        simulate.load_text(f"name: x\ndescription: y\nnode:\n  {key}: {{}}\n", "s.yml")
+
+
+def test_host_fields_are_checked():
+    with pytest.raises(ConfigError, match="unknown hwmon field 'temp'"):
+        simulate.load_text("name: x\ndescription: y\nnode:\n  hwmon/coretemp.0/temp1: {temp: 3}\n", "s.yml")
+    with pytest.raises(ConfigError, match="label: expected text"):
+        simulate.load_text("name: x\ndescription: y\nnode:\n  hwmon/coretemp.0/temp1: {label: 3}\n", "s.yml")
+
+
+def test_docs_simulation_example_is_valid():
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "simulation.md").read_text()
+    sc = simulate.load_text(re.search(r"```yaml\n(.*?)```", doc, re.S).group(1), "docs/simulation.md")
+    assert "cpu/0" in sc.node and any("psi" in step.host for step in sc.timeline)  # node-healthy merged in

@@ -2,9 +2,9 @@
 observe mode): each alert must fire in a fault scenario that expects it, and fire in no healthy scenario;
 each recording rule must produce samples. A rule that no scenario covers fails the test.
 
-The rule list is read from agent.core.config.DEFAULT_RULE_FILES, so new default rule files (host, kernel)
-are covered as soon as they land, and fail here until scenarios exist for them. The 24-hour soak runs with a
-60 s tick in CI (``nodewarden simulate --run node-soak-24h --interval 5s`` is the full-resolution run).
+The rule list is read from agent.core.config.DEFAULT_RULE_FILES, so a new default rule file is covered as soon
+as it is listed, and fails here until scenarios exist for its alerts. The 24-hour soak runs with a 60 s tick
+in CI (``nodewarden simulate --run node-soak-24h --interval 5s`` is the full-resolution run).
 """
 
 from __future__ import annotations
@@ -14,10 +14,6 @@ import pytest
 from agent.collectors import simulate
 from agent.commands.simulate import Report, default_rule_files, rule_names, run_scenario
 
-# Known gap, listed so it cannot grow silently: the host and kernel-log rules (rules/host.yml, rules/kernel.yml)
-# landed in the same session as the simulator and have no fault scenario yet. They must still never fire on a
-# healthy node; a scenario that covers one removes it from this set (the test fails on a stale entry).
-NO_FAULT_SCENARIO_YET = frozenset(rule_names(["rules/host.yml", "rules/kernel.yml"])[0])
 SCENARIOS = [n for n in simulate.builtin_names() if n.startswith("node-") and n != "node-soak-24h"]
 _REPORTS: dict[str, Report] = {}
 
@@ -59,15 +55,9 @@ def test_every_default_rule_fires_in_a_fault_scenario_and_never_in_a_healthy_one
     reports = {n: _run(n, tmp_path_factory) for n in SCENARIOS}
     scenarios = {n: simulate.load(n) for n in SCENARIOS}
     problems = coverage_problems(alerts, records, reports, scenarios)
-    gap = {p.split(":")[0] for p in problems if p.endswith("no fault scenario expects it and sees it fire")}
-    problems = [p for p in problems if p.split(":")[0] not in (gap & NO_FAULT_SCENARIO_YET)
-                or not p.endswith("no fault scenario expects it and sees it fire")]
     assert not problems, "uncovered or noisy default rules:\n" + "\n".join(problems)
-    stale = NO_FAULT_SCENARIO_YET - gap
-    assert not stale, f"covered now, remove from NO_FAULT_SCENARIO_YET: {sorted(stale)}"
     # ...and the check does catch a rule nothing covers, or one a healthy node fires
-    caught = coverage_problems([*alerts, "NoScenarioForThis"], records, reports, scenarios)
-    assert [p for p in caught if p.split(":")[0] not in NO_FAULT_SCENARIO_YET] == \
+    assert coverage_problems([*alerts, "NoScenarioForThis"], records, reports, scenarios) == \
         ["NoScenarioForThis: no fault scenario expects it and sees it fire"]
     noisy = {**reports, "node-healthy": Report("node-healthy", fired={"GpuLost": 60.0})}
     assert "GpuLost: fired in healthy scenario node-healthy" in coverage_problems(alerts, records, noisy, scenarios)

@@ -5,13 +5,19 @@ One :class:`NodeSim` per simulated node owns a directory with ``proc/``, ``sys/`
 current scenario time (counters integrate their ``rate``), then rewrites every file atomically:
 
 - ``proc/net/dev`` + ``sys/class/net/IF/{operstate,carrier_changes,speed}``  (``nic/IF``)
-- ``proc/net/snmp`` Tcp lines (``tcp``); ``proc/diskstats`` (``disk/DEV``)
+- ``proc/net/snmp`` Tcp and ``proc/net/netstat`` TcpExt lines (``tcp``); ``proc/diskstats`` (``disk/DEV``)
 - ``proc/1/mountinfo`` + ``proc/self/mountinfo`` (``fs/MOUNTPOINT``; sizes come from :meth:`statvfs`, which
   blocks while the scenario says the filesystem hangs, like a dead NFS server)
 - ``sys/class/infiniband/DEV/ports/N/{state,phys_state,rate,counters/*,hw_counters/*}`` (``ib/DEV/N``)
+- ``proc/meminfo`` (``mem``), ``proc/pressure/*`` (``psi``), ``proc/vmstat`` (``vmstat``), ``proc/loadavg``
+  (``load``), ``proc/stat`` + ``sys/devices/system/cpu/cpuN/...`` (``cpu/PACKAGE``), ``sys/class/hwmon``
+  (``hwmon/CHIP/tempN``), ``sys/devices/system/edac/mc/mcN`` (``edac/mcN``); the file texts are
+  :mod:`agent.collectors.hostfiles`; the adjtimex(2) state (``clock``) comes from :meth:`NodeSim.adjtimex`
 - ``dev/kmsg``: ``kmsg:`` lines appended as ``/dev/kmsg`` records; ``proc/PID/cgroup`` of GPU processes
 - ``files:``: any other file under the roots (``proc/...``, ``sys/...``, ``dev/...``, else the host root), so a
-  collector nobody simulated yet can be scripted without code.
+  collector nobody simulated yet can be scripted without code (a ``files:`` text replaces a rendered one).
+
+Only files whose text changed are rewritten.
 
 :meth:`NodeSim.collectors` builds every enabled collector against these roots (the GPU collector against the
 scenario's fake NVML, the filesystem collector with :meth:`statvfs`), each wrapped so it advances the
@@ -20,41 +26,71 @@ simulation before it reads.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from agent.collectors import simulate
+from agent.collectors import hostfiles, simulate
 from agent.collectors.fakenvml import FakeNvml
 from agent.collectors.simulate import HOST_KINDS, Scenario, host_kind
 from agent.core.paths import Paths
 
-IB_COUNTERS = ("port_rcv_data", "port_xmit_data", "port_rcv_packets", "port_xmit_packets", "port_xmit_wait",
-               "link_downed", "link_error_recovery", "symbol_error", "port_rcv_errors", "port_rcv_discards",
-               "port_xmit_discards")
-IB_HW_COUNTERS = ("np_ecn_marked_roce_packets", "rp_cnp_handled", "np_cnp_sent", "out_of_buffer")
-IB_STATES = {1: "DOWN", 2: "INIT", 3: "ARMED", 4: "ACTIVE", 5: "ACTIVE_DEFER"}
-IB_PHYS = {1: "Sleep", 2: "Polling", 3: "Disabled", 4: "PortConfigurationTraining", 5: "LinkUp",
-           6: "LinkErrorRecovery", 7: "Phy Test"}
 KMSG_SETTLE = 0.3  # real seconds a kmsg-tailing collector gets to read lines written this tick
-TCP_FIELDS = ("RtoAlgorithm", "RtoMin", "RtoMax", "MaxConn", "ActiveOpens", "PassiveOpens", "AttemptFails",
-              "EstabResets", "CurrEstab", "InSegs", "OutSegs", "RetransSegs", "InErrs", "OutRsts", "InCsumErrors")
+KMSG_TAILERS = ("gpu", "kernel")  # collectors fed by the kernel-log reader thread
+UPTIME0 = 3 * 86400.0  # the simulated host booted three days before the scenario starts
+MAXERROR_CAP_US = 16_000_000.0
+LOAD_TAU = {"load1": 60.0, "load5": 300.0, "load15": 900.0}  # the kernel's load average time constants
 
 
 class _Obj:
-    """One host object's state: values (counters are floats) and per-second rates."""
+    """One host object's state: values (counters are floats), per-second rates, and derived state (``acc``: a
+    CPU package's per-CPU seconds per mode; a PSI field's avg10/60/300)."""
 
-    __slots__ = ("kind", "name", "rates", "values")
+    __slots__ = ("acc", "kind", "name", "rates", "values")
 
     def __init__(self, kind: str, name: str, fields: dict[str, Any]) -> None:
         self.kind, self.name = kind, name
         fields = dict(fields)
         self.rates: dict[str, float] = {k: float(v) for k, v in (fields.pop("rate", {}) or {}).items()}
         self.values: dict[str, Any] = {**HOST_KINDS[kind], **fields}
+        self.acc: dict[Any, Any] = {}
         if kind == "fs" and "free_bytes" not in self.values:
             self.values["free_bytes"] = self.values["avail_bytes"]
+
+    def advance(self, dt: float) -> None:
+        """Integrate ``dt`` seconds: counters by their rates, then what follows from the values."""
+        v = self.values
+        for key, rate in self.rates.items():
+            v[key] = max(0.0, float(v[key]) + rate * dt)
+        if self.kind == "fs":  # used space grows as avail shrinks: keep free >= avail, both within size
+            v["avail_bytes"] = min(float(v["avail_bytes"]), float(v["size_bytes"]))
+            v["free_bytes"] = max(float(v["avail_bytes"]), min(float(v["free_bytes"]), float(v["size_bytes"])))
+            v["files_free"] = min(float(v["files_free"]), float(v["files"]))
+        elif self.kind == "clock":  # the kernel caps the maximum error at NTP_PHASE_LIMIT (16 s)
+            v["maxerror_us"] = min(float(v["maxerror_us"]), MAXERROR_CAP_US)
+        elif self.kind == "load":  # exponential decay towards the runnable count, as the kernel's averages
+            n = float(v["runnable"])
+            for key, tau in LOAD_TAU.items():
+                v[key] = n + (float(v[key]) - n) * math.exp(-dt / tau)
+        elif self.kind == "psi":  # avg10/60/300: the stall share (%) averaged the same way
+            for key in v:
+                pct = 100.0 * min(1.0, self.rates.get(key, 0.0))
+                old = self.acc.get(key, (pct, pct, pct))
+                self.acc[key] = tuple(pct + (a - pct) * math.exp(-dt / w)
+                                      for a, w in zip(old, hostfiles.PSI_WINDOWS, strict=True))
+
+    def cpu_seconds(self, cpu: int, dt: float) -> list[float]:
+        """A CPU of this package after ``dt`` more seconds (starting from the simulated uptime)."""
+        busy = hostfiles.cpu_busy(self.values, cpu)
+        old = self.acc.get(cpu)
+        if old is None:
+            old = [b * UPTIME0 for b in busy]
+        new = [o + b * dt for o, b in zip(old, busy, strict=True)]
+        self.acc[cpu] = new
+        return new
 
 
 class NodeSim:
@@ -83,6 +119,9 @@ class NodeSim:
         self._kmsg_seq = 0
         self.kmsg_at: float | None = None  # scenario time of the last kernel-log write
         self._files: dict[str, str] = {}
+        self._written: dict[str, str] = {}  # path -> text last written (unchanged files are not rewritten)
+        self._cpu_t = 0.0  # scenario time the CPU times were integrated to
+        self._btime = int(time.time() - UPTIME0)
         self.nvml = FakeNvml(scenario, clock)
         self.nvml._t0 = self._t0  # one scenario time for GPUs and host
         for d in ("proc", "sys", "dev", "root"):
@@ -126,13 +165,7 @@ class NodeSim:
         if dt <= 0:
             return
         for obj in self.objects.values():
-            v = obj.values
-            for key, rate in obj.rates.items():
-                v[key] = max(0.0, float(v[key]) + rate * dt)
-            if obj.kind == "fs":  # used space grows as avail shrinks: keep free >= avail, both within size
-                v["avail_bytes"] = min(float(v["avail_bytes"]), float(v["size_bytes"]))
-                v["free_bytes"] = max(float(v["avail_bytes"]), min(float(v["free_bytes"]), float(v["size_bytes"])))
-                v["files_free"] = min(float(v["files_free"]), float(v["files"]))
+            obj.advance(dt)
         self._t = t
 
     def _apply(self, step: simulate.Step, t: float, n: int) -> None:
@@ -154,11 +187,21 @@ class NodeSim:
 
     # ---------------------------------------------------------------- rendering
     def _write(self, path: str, text: str) -> None:
+        if self._written.get(path) == text:
+            return
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.nwsim"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
+        self._written[path] = text
+
+    def _link(self, rel: str, target: str) -> None:
+        path = self._path(rel)
+        if os.path.islink(path):
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.symlink(target, path)
 
     def _path(self, rel: str) -> str:
         head, _, tail = rel.partition("/")
@@ -176,65 +219,64 @@ class NodeSim:
     def _of(self, kind: str) -> list[_Obj]:
         return [o for o in self.objects.values() if o.kind == kind]
 
+    def _one(self, kind: str) -> dict[str, Any] | None:
+        obj = next(iter(self._of(kind)), None)
+        return obj.values if obj else None
+
     def _render(self) -> None:
-        w, i = self._write, int
-        lines = ["Inter-|   Receive                                                |  Transmit",
-                 " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo "
-                 "colls carrier compressed",
-                 "    lo: 1000 10 0 0 0 0 0 0 1000 10 0 0 0 0 0 0"]
-        for o in self._of("nic"):
-            v = o.values
-            lines.append(f"{o.name:>6}: {i(v['rx_bytes'])} {i(v['rx_packets'])} {i(v['rx_errs'])} {i(v['rx_drop'])} "
-                         f"0 0 0 0 {i(v['tx_bytes'])} {i(v['tx_packets'])} {i(v['tx_errs'])} {i(v['tx_drop'])} 0 0 0 0")
-            base = self.paths.sys("class", "net", o.name)
-            up = float(v["up"]) >= 0.5
-            w(os.path.join(base, "operstate"), "up\n" if up else "down\n")
-            w(os.path.join(base, "carrier_changes"), f"{i(v['carrier_changes'])}\n")
-            w(os.path.join(base, "speed"), f"{i(v['speed_mbps']) if up else -1}\n")
-        w(self.paths.proc("net", "dev"), "\n".join(lines) + "\n")
-        tcp = next(iter(self._of("tcp")), None)
-        tv = tcp.values if tcp else HOST_KINDS["tcp"]
-        nums = [1, 200, 120000, -1, 100, 50, 0, 0, 10, i(tv["in_segs"]), i(tv["out_segs"]), i(tv["retrans_segs"]),
-                0, 0, 0]
-        w(self.paths.proc("net", "snmp"), f"Tcp: {' '.join(TCP_FIELDS)}\nTcp: {' '.join(map(str, nums))}\n")
-        disk = []
-        for n, o in enumerate(self._of("disk")):
-            v = o.values
-            disk.append(f"{i(v['major']):4d} {i(v['minor']) or n:7d} {o.name} {i(v['reads'])} 0 {i(v['read_sectors'])} "
-                        f"{i(v['read_ms'])} {i(v['writes'])} 0 {i(v['write_sectors'])} {i(v['write_ms'])} "
-                        f"{i(v['io_now'])} {i(v['io_ms'])} {i(v['weighted_ms'])} 0 0 0 0 0 0")
-        w(self.paths.proc("diskstats"), "\n".join(disk) + ("\n" if disk else ""))
-        mounts = ["1 0 259:1 / / rw,relatime shared:1 - ext4 /dev/root rw"] if not self._of("fs") else []
-        for n, o in enumerate(self._of("fs"), start=20):
-            v = o.values
-            opts = "ro,relatime" if float(v["readonly"]) >= 0.5 else "rw,relatime"
-            mounts.append(f"{n} 1 259:{n} / {o.name} {opts} shared:{n} - {v['fstype']} {v['device']} {opts[:2]}")
-        text = "\n".join(mounts) + "\n"
-        w(self.paths.proc("1", "mountinfo"), text)
-        w(self.paths.proc("self", "mountinfo"), text)
-        for o in self._of("ib"):
-            dev, port = o.name.split("/")
-            v = o.values
-            top = self.paths.sys("class", "infiniband", dev)
-            if not os.path.exists(os.path.join(top, "fw_ver")):
-                w(os.path.join(top, "fw_ver"), "28.39.1002\n")
-                w(os.path.join(top, "board_id"), "MT_0000000838\n")
-                w(os.path.join(top, "hca_type"), "MT4129\n")
-            base = os.path.join(top, "ports", port)
-            st, ph = i(v["state"]), i(v["phys_state"])
-            w(os.path.join(base, "state"), f"{st}: {IB_STATES.get(st, 'DOWN')}\n")
-            w(os.path.join(base, "phys_state"), f"{ph}: {IB_PHYS.get(ph, 'Disabled')}\n")
-            w(os.path.join(base, "rate"), f"{i(v['rate_gbps'])} Gb/sec (4X NDR)\n")
-            for c in IB_COUNTERS:
-                w(os.path.join(base, "counters", c), f"{i(v[c])}\n")
-            for c in IB_HW_COUNTERS:
-                w(os.path.join(base, "hw_counters", c), f"{i(v[c])}\n")
+        """Every simulated file's text, then ``files:`` on top; write those that changed."""
+        hf = hostfiles
+        pairs = {k: [(o.name, o.values) for o in self._of(k)] for k in HOST_KINDS}
+        out: dict[str, str] = {"proc/net/dev": hf.net_dev(pairs["nic"])}
+        for name, v in pairs["nic"]:
+            out.update(hf.nic_sysfs(name, v))
+        tcp = self._one("tcp") or HOST_KINDS["tcp"]
+        out["proc/net/snmp"] = hf.snmp(tcp)
+        out["proc/net/netstat"] = hf.netstat(tcp)
+        out["proc/diskstats"] = hf.diskstats(pairs["disk"])
+        out["proc/1/mountinfo"] = out["proc/self/mountinfo"] = hf.mountinfo(pairs["fs"])
+        for name, v in pairs["ib"]:
+            out.update(hf.infiniband(name, v))
+        mem, load = self._one("mem"), self._one("load")
+        if mem is not None:
+            out["proc/meminfo"] = hf.meminfo(mem)
+        psi = next(iter(self._of("psi")), None)
+        if psi is not None:
+            out.update(hf.pressure(psi.values, psi.acc))
+        if (vm := self._one("vmstat")) is not None:
+            out["proc/vmstat"] = hf.vmstat(vm, mem)
+        last_pid = 40_000 + int(self._t * 50)
+        if load is not None:
+            out["proc/loadavg"] = hf.loadavg(load, last_pid)
+        if pairs["cpu"]:
+            out.update(self._cpu_files(load, last_pid))
+        files, links = hf.hwmon(pairs["hwmon"])
+        out.update(files)
+        for name, v in pairs["edac"]:
+            out.update(hf.edac(name, v))
         for dev in self.nvml.devices:
             for p in dev.spec.processes:
                 if p.cgroup is not None:
-                    w(self.paths.proc(str(p.pid), "cgroup"), p.cgroup if p.cgroup.endswith("\n") else p.cgroup + "\n")
-        for rel, text in self._files.items():
-            w(self._path(rel), text)
+                    out[f"proc/{p.pid}/cgroup"] = p.cgroup if p.cgroup.endswith("\n") else p.cgroup + "\n"
+        out.update(self._files)
+        for rel, text in out.items():
+            self._write(self._path(rel), text)
+        for rel, target in links.items():
+            self._link(rel, target)
+
+    def _cpu_files(self, load: dict[str, Any] | None, last_pid: int) -> dict[str, str]:
+        packages = sorted(((o.name, o) for o in self._of("cpu")), key=lambda x: int(x[0]))
+        numbers = hostfiles.cpu_numbers([(name, o.values) for name, o in packages])
+        by_pkg = {int(name): o for name, o in packages}
+        dt, self._cpu_t = self._t - self._cpu_t, self._t
+        times = [(cpu, by_pkg[pkg].cpu_seconds(cpu, dt)) for cpu, pkg, _ in numbers]
+        uptime = UPTIME0 + self._t
+        scalars = {"intr": int(uptime * 900_000), "ctxt": int(uptime * 450_000), "btime": self._btime,
+                   "processes": last_pid, "procs_running": max(1, int(float(load["runnable"]))) if load else 2,
+                   "procs_blocked": 0, "softirq": int(uptime * 300_000)}
+        out = {"proc/stat": hostfiles.proc_stat(times, scalars)}
+        out.update(hostfiles.cpu_sysfs(numbers, {pkg: o.values for pkg, o in by_pkg.items()}))
+        return out
 
     # ---------------------------------------------------------------- statvfs
     def statvfs(self, path: str) -> os.statvfs_result:
@@ -318,10 +360,11 @@ class Simulated:
 
     def collect(self) -> Any:
         """Advance the node to now, then collect. When kernel-log lines were just written, give a collector that
-        tails /dev/kmsg in a thread (the GPU collector) a moment to read them in this tick: on an accelerated
-        clock several ticks can pass within one poll of the reader, and lines read late are stamped late."""
+        tails /dev/kmsg in a thread (the GPU and kernel collectors) a moment to read them in this tick: on an
+        accelerated clock several ticks can pass within one poll of the reader, and lines read late are stamped
+        late."""
         now = self.sim.advance()
-        if self.name == "gpu" and self.sim.kmsg_at is not None and now - self.sim.kmsg_at < 1e-6:
+        if self.name in KMSG_TAILERS and self.sim.kmsg_at is not None and now - self.sim.kmsg_at < 1e-6:
             time.sleep(KMSG_SETTLE)
         return self.inner.collect()
 

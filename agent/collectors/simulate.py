@@ -16,136 +16,27 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent.collectors.simgpu import (  # noqa: F401  (re-exported: simulate.GpuSpec, simulate.NUMERIC_FIELDS, ...)
+    CLOCK_EVENT_REASONS,
+    DEFAULT_BUS_IDS,
+    GPM_FIELDS,
+    HANGABLE,
+    INTEGRATED,
+    MIG_PROFILES,
+    NUMERIC_FIELDS,
+    SUPPORT_FIELDS,
+    GpuSpec,
+    MigInstance,
+    Process,
+    check_support,
+    mig_profile,
+)
+from agent.collectors.simhost import HOST_KINDS, check_fields, host_kind  # noqa: F401  (re-exported)
 from agent.core import yamlpos
 from agent.core.durations import parse_duration
 from agent.core.errors import ConfigError
 
-# Numeric per-GPU fields, in the units nodewarden exports (the fake converts to NVML's units).
-NUMERIC_FIELDS: dict[str, str] = {
-    "gpu_util": "GPU utilization, %",
-    "mem_copy_util": "memory copy utilization, %",
-    "fb_total_mib": "framebuffer total, MiB",
-    "fb_reserved_mib": "framebuffer reserved by the driver, MiB",
-    "fb_used_mib": "framebuffer used, MiB (free = total - reserved - used)",
-    "sm_clock": "SM clock, MHz",
-    "mem_clock": "memory clock, MHz",
-    "pcie_tx_kbps": "PCIe TX throughput, KB/s",
-    "pcie_rx_kbps": "PCIe RX throughput, KB/s",
-    "temperature": "GPU temperature, C",
-    "memory_temperature": "HBM temperature, C",
-    "power_w": "power draw, W (energy integrates it)",
-    "energy_mj": "total energy at scenario start, mJ",
-    "power_violation_us": "time throttled by power, us",
-    "thermal_violation_us": "time throttled by temperature, us",
-    "ecc_sbe_volatile": "single-bit ECC errors since driver load",
-    "ecc_dbe_volatile": "double-bit ECC errors since driver load",
-    "ecc_sbe_aggregate": "single-bit ECC errors, lifetime",
-    "ecc_dbe_aggregate": "double-bit ECC errors, lifetime",
-    "retired_sbe": "pages retired for single-bit errors",
-    "retired_dbe": "pages retired for double-bit errors",
-    "retired_pending": "1 when pages are pending retirement",
-    "remapped_correctable": "rows remapped for correctable errors",
-    "remapped_uncorrectable": "rows remapped for uncorrectable errors",
-    "remap_pending": "1 when a row remap is pending (reset the GPU)",
-    "remap_failure": "1 when a row remap failed",
-    "pcie_replay": "PCIe replay counter",
-    "nvlink_crc_flit": "NVLink flow-control CRC errors",
-    "nvlink_crc_data": "NVLink data CRC errors",
-    "nvlink_replay": "NVLink replay errors",
-    "nvlink_recovery": "NVLink recovery errors",
-    "enc_util": "encoder utilization, %",
-    "dec_util": "decoder utilization, %",
-    "nvlink_tx_kibps": "NVLink data transmitted, KiB/s (the all-links TX counter integrates it)",
-    "nvlink_rx_kibps": "NVLink data received, KiB/s (the all-links RX counter integrates it)",
-    "nvlink_tx_kib": "NVLink data transmitted at scenario start, KiB",
-    "nvlink_rx_kib": "NVLink data received at scenario start, KiB",
-    "gr_engine_active": "GPM: fraction of time the graphics/compute engine was active, 0-1",
-    "sm_active": "GPM: fraction of SMs busy, 0-1",
-    "sm_occupancy": "GPM: fraction of resident warps vs the maximum, 0-1",
-    "tensor_active": "GPM: fraction of time any tensor pipe was active, 0-1",
-    "dram_active": "GPM: fraction of DRAM bandwidth used, 0-1",
-    "power_limit_w": "power management limit, W (power draw is held at or below it)",
-    "power_limit_default_w": "default power limit, W",
-    "power_limit_min_w": "lowest settable power limit, W",
-    "power_limit_max_w": "highest settable power limit, W",
-    "pcie_link_gen": "current PCIe link generation",
-    "pcie_link_width": "current PCIe link width (lanes)",
-    "pcie_max_link_gen": "maximum PCIe link generation (GPU and slot)",
-    "pcie_max_link_width": "maximum PCIe link width",
-    "vgpu_license_status": "1 when the vGPU license feature is licensed (with grid_license_supported)",
-}
-# Fields NVML reports as counters the fake integrates from a rate field: counter -> (rate field, scale per second).
-INTEGRATED: dict[str, tuple[str, float]] = {
-    "energy_mj": ("power_w", 1000.0),
-    "nvlink_tx_kib": ("nvlink_tx_kibps", 1.0),
-    "nvlink_rx_kib": ("nvlink_rx_kibps", 1.0),
-}
-# GPM (nvmlGpmMetricsGet) quantities the fake averages between two samples: scenario field -> scale to NVML's unit.
-GPM_FIELDS: dict[str, float] = {
-    "gr_engine_active": 100.0,            # ratio -> %
-    "sm_active": 100.0,
-    "sm_occupancy": 100.0,
-    "tensor_active": 100.0,
-    "dram_active": 100.0,
-    "pcie_tx_kbps": 1000.0 / 1048576.0,   # KB/s -> MiB/s
-    "pcie_rx_kbps": 1000.0 / 1048576.0,
-    "nvlink_tx_kibps": 1.0 / 1024.0,      # KiB/s -> MiB/s
-    "nvlink_rx_kibps": 1.0 / 1024.0,
-}
-# Fields that can be marked NotSupported (numeric ones plus these groups).
-SUPPORT_FIELDS = frozenset(NUMERIC_FIELDS) | {"clocks_event_reasons", "processes", "mig", "xid_events", "utilization",
-                                              "gpm", "power_management", "set_power_limit"}
-
-CLOCK_EVENT_REASONS: dict[str, int] = {
-    "gpu_idle": 0x1,
-    "applications_clocks_setting": 0x2,
-    "sw_power_cap": 0x4,
-    "hw_slowdown": 0x8,
-    "sync_boost": 0x10,
-    "sw_thermal_slowdown": 0x20,
-    "hw_thermal_slowdown": 0x40,
-    "hw_power_brake": 0x80,
-    "display_clock_setting": 0x100,
-}
-
-# NVML functions the fake implements (names accepted in ``hang:``).
-HANGABLE = frozenset(
-    {
-        "nvmlInit",
-        "nvmlDeviceGetCount",
-        "nvmlDeviceGetHandleByIndex",
-        "nvmlDeviceGetUtilizationRates",
-        "nvmlDeviceGetMemoryInfo",
-        "nvmlDeviceGetClockInfo",
-        "nvmlDeviceGetPcieThroughput",
-        "nvmlDeviceGetTemperature",
-        "nvmlDeviceGetPowerUsage",
-        "nvmlDeviceGetCurrentClocksEventReasons",
-        "nvmlDeviceGetFieldValues",
-        "nvmlDeviceGetComputeRunningProcesses",
-        "nvmlDeviceGetMigMode",
-        "nvmlDeviceGetMigDeviceHandleByIndex",
-        "nvmlDeviceGetEncoderUtilization",
-        "nvmlDeviceGetPowerManagementLimit",
-        "nvmlDeviceSetPowerManagementLimit",
-        "nvmlGpmSampleGet",
-        "nvmlGpmMetricsGet",
-    }
-)
-
-MIG_PROFILES: dict[str, tuple[int, int]] = {  # H100 80GB: profile -> (slices, MiB)
-    "1g.10gb": (1, 9856),
-    "1g.20gb": (1, 19968),
-    "2g.20gb": (2, 19968),
-    "3g.40gb": (3, 40192),
-    "4g.40gb": (4, 40192),
-    "7g.80gb": (7, 80896),
-}
-_MIG_PROFILE_IDS = {"1g.10gb": 0, "2g.20gb": 1, "3g.40gb": 2, "4g.40gb": 3, "7g.80gb": 4, "1g.20gb": 15}
-
 BUILTIN_DIR = ("data", "scenarios")
-# Bus ids of the eight GPUs of a typical HGX H100 node.
-DEFAULT_BUS_IDS = ("18", "2a", "3a", "5d", "9a", "ab", "ba", "db")
 
 
 class _Model(BaseModel):
@@ -160,168 +51,6 @@ def _seconds(value: Any) -> float:
             raise ValueError("must not be negative")
         return float(value)
     return parse_duration(value)
-
-
-class Process(_Model):
-    """A compute process on a GPU (``cgroup``: its /proc/PID/cgroup text, written by the node simulator)."""
-
-    pid: int = Field(ge=1)
-    used_mib: float = Field(0, ge=0)
-    cgroup: str | None = None
-
-
-class MigInstance(_Model):
-    """A MIG GPU instance."""
-
-    profile: str
-    fb_used_mib: float = Field(0, ge=0)
-    gr_engine_active: float = Field(0, ge=0, le=1)
-    sm_active: float = Field(0, ge=0, le=1)
-    sm_occupancy: float = Field(0, ge=0, le=1)
-    tensor_active: float = Field(0, ge=0, le=1)
-    dram_active: float = Field(0, ge=0, le=1)
-
-    @field_validator("profile")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in MIG_PROFILES:
-            raise ValueError(f"unknown MIG profile {v!r} (known: {', '.join(MIG_PROFILES)})")
-        return v
-
-
-class GpuSpec(_Model):
-    """One GPU's starting state (the ``gpu:`` template merged with its ``gpus: {INDEX: ...}`` entry)."""
-
-    name: str = "NVIDIA H100 80GB HBM3"
-    uuid: str | None = None
-    pci_bus_id: str | None = None
-    gpu_util: float = 0
-    mem_copy_util: float = 0
-    fb_total_mib: float = 81559
-    fb_reserved_mib: float = 329
-    fb_used_mib: float = 0
-    sm_clock: float = 1980
-    mem_clock: float = 2619
-    pcie_tx_kbps: float = 0
-    pcie_rx_kbps: float = 0
-    temperature: float = 35
-    memory_temperature: float = 40
-    power_w: float = 70
-    energy_mj: float = 0
-    power_violation_us: float = 0
-    thermal_violation_us: float = 0
-    ecc_sbe_volatile: float = 0
-    ecc_dbe_volatile: float = 0
-    ecc_sbe_aggregate: float = 0
-    ecc_dbe_aggregate: float = 0
-    retired_sbe: float = 0
-    retired_dbe: float = 0
-    retired_pending: float = 0
-    remapped_correctable: float = 0
-    remapped_uncorrectable: float = 0
-    remap_pending: float = 0
-    remap_failure: float = 0
-    pcie_replay: float = 0
-    nvlink_crc_flit: float = 0
-    nvlink_crc_data: float = 0
-    nvlink_replay: float = 0
-    nvlink_recovery: float = 0
-    enc_util: float = 0
-    dec_util: float = 0
-    nvlink_tx_kibps: float = 0
-    nvlink_rx_kibps: float = 0
-    nvlink_tx_kib: float = 0
-    nvlink_rx_kib: float = 0
-    gr_engine_active: float = 0
-    sm_active: float = 0
-    sm_occupancy: float = 0
-    tensor_active: float = 0
-    dram_active: float = 0
-    power_limit_w: float = 700
-    power_limit_default_w: float = 700
-    power_limit_min_w: float = 200
-    power_limit_max_w: float = 700
-    pcie_link_gen: float = 5
-    pcie_link_width: float = 16
-    pcie_max_link_gen: float = 5
-    pcie_max_link_width: float = 16
-    vgpu_license_status: float = 0
-    grid_license_supported: bool = False
-    clocks_event_reasons: list[str] = []
-    processes: list[Process] = []
-    mig: list[MigInstance] | None = None
-    not_supported: list[str] = []
-
-    @field_validator("clocks_event_reasons")
-    @classmethod
-    def _reasons(cls, v: list[str]) -> list[str]:
-        for r in v:
-            if r not in CLOCK_EVENT_REASONS:
-                raise ValueError(f"unknown clock event reason {r!r} (known: {', '.join(CLOCK_EVENT_REASONS)})")
-        return v
-
-    @field_validator("not_supported")
-    @classmethod
-    def _support(cls, v: list[str]) -> list[str]:
-        return _check_support(v)
-
-
-def _check_support(v: list[str]) -> list[str]:
-    for f in v:
-        if f not in SUPPORT_FIELDS:
-            raise ValueError(f"unknown field {f!r} (known: {', '.join(sorted(SUPPORT_FIELDS))})")
-    return v
-
-
-# Host objects (``node:`` keys ``KIND/NAME``; InfiniBand ``ib/DEVICE/PORT``; TCP is the single object ``tcp``):
-# kind -> {field: default}. Counters are floats the simulator integrates from ``rate`` (per second).
-HOST_KINDS: dict[str, dict[str, Any]] = {
-    "nic": {"rx_bytes": 0, "rx_packets": 0, "rx_errs": 0, "rx_drop": 0, "tx_bytes": 0, "tx_packets": 0,
-            "tx_errs": 0, "tx_drop": 0, "up": 1, "carrier_changes": 2, "speed_mbps": 100000},
-    "tcp": {"in_segs": 0, "out_segs": 0, "retrans_segs": 0},
-    "disk": {"reads": 0, "read_sectors": 0, "read_ms": 0, "writes": 0, "write_sectors": 0, "write_ms": 0,
-             "io_now": 0, "io_ms": 0, "weighted_ms": 0, "major": 259, "minor": 0},
-    "fs": {"device": "/dev/nvme0n1p1", "fstype": "ext4", "size_bytes": 1 << 40, "avail_bytes": 1 << 39,
-           "files": 1 << 26, "files_free": 1 << 25, "readonly": 0, "hang": 0},
-    "clock": {"synced": 1, "offset_ns": 20000, "maxerror_us": 150000, "esterror_us": 50},
-    "ib": {"state": 4, "phys_state": 5, "rate_gbps": 400, "port_rcv_data": 0, "port_xmit_data": 0,
-           "port_rcv_packets": 0, "port_xmit_packets": 0, "port_xmit_wait": 0, "link_downed": 0,
-           "link_error_recovery": 0, "symbol_error": 0, "port_rcv_errors": 0, "port_rcv_discards": 0,
-           "port_xmit_discards": 0, "np_ecn_marked_roce_packets": 0, "rp_cnp_handled": 0, "np_cnp_sent": 0,
-           "out_of_buffer": 0},
-}
-_TEXT_FIELDS = {"device", "fstype"}
-
-
-def host_kind(key: str) -> str:
-    """The kind of a host object key (``nic/eth0`` -> ``nic``); ValueError when malformed."""
-    kind, _, rest = key.partition("/")
-    if kind not in HOST_KINDS:
-        raise ValueError(f"unknown host object {key!r} (kinds: {', '.join(HOST_KINDS)}; e.g. nic/eth0, "
-                         "disk/nvme0n1, fs//data, ib/mlx5_0/1, tcp)")
-    parts = rest.split("/") if rest else []
-    if kind in ("tcp", "clock"):
-        ok = not parts
-    elif kind == "ib":
-        ok = len(parts) == 2 and all(parts) and parts[1].isdigit()
-    elif kind == "fs":
-        ok = rest.startswith("/")
-    else:
-        ok = len(parts) == 1 and bool(parts[0]) and parts[0] not in (".", "..")
-    if not ok:
-        raise ValueError(f"malformed host object name {key!r}")
-    return kind
-
-
-def _check_fields(kind: str, fields: dict[str, Any], where: str) -> None:
-    for name, value in fields.items():
-        if name not in HOST_KINDS[kind]:
-            raise ValueError(f"{where}: unknown {kind} field {name!r} (known: {', '.join(HOST_KINDS[kind])})")
-        if name in _TEXT_FIELDS:
-            if not isinstance(value, str):
-                raise ValueError(f"{where}.{name}: expected text")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}.{name}: expected a number")
 
 
 class HostChange(_Model):
@@ -412,9 +141,9 @@ class Step(_Model):
     def _host(cls, v: dict[str, HostChange]) -> dict[str, HostChange]:
         for key, change in v.items():
             kind = host_kind(key)
-            _check_fields(kind, change.set, f"host.{key}.set")
+            check_fields(kind, change.set, f"host.{key}.set")
             for part in ("add", "rate", "uniform"):
-                _check_fields(kind, dict.fromkeys(getattr(change, part), 0), f"host.{key}.{part}")
+                check_fields(kind, dict.fromkeys(getattr(change, part), 0), f"host.{key}.{part}")
         return v
 
     @field_validator("files")
@@ -459,7 +188,7 @@ class Step(_Model):
     @field_validator("not_supported", "supported")
     @classmethod
     def _sup(cls, v: list[str] | None) -> list[str] | None:
-        return None if v is None else _check_support(v)
+        return None if v is None else check_support(v)
 
     @field_validator("hang")
     @classmethod
@@ -543,8 +272,8 @@ class Scenario(_Model):
             rate = fields.pop("rate", {}) or {}
             if not isinstance(rate, dict):
                 raise ValueError(f"node.{key}.rate: expected a mapping of counter: per-second rate")
-            _check_fields(kind, fields, f"node.{key}")
-            _check_fields(kind, rate, f"node.{key}.rate")
+            check_fields(kind, fields, f"node.{key}")
+            check_fields(kind, rate, f"node.{key}.rate")
         return v
 
     @model_validator(mode="after")
@@ -581,11 +310,6 @@ def _h(name: str, i: int, n: int, salt: int = 0) -> str:
 
     return hashlib.sha256(f"{name}/{i}/{salt}".encode()).hexdigest()[:n]
 
-
-def mig_profile(profile: str) -> tuple[int, int, int]:
-    """(profile id, slice count, memory MiB) of a MIG profile name."""
-    slices, mib = MIG_PROFILES[profile]
-    return _MIG_PROFILE_IDS[profile], slices, mib
 
 
 def load_text(text: str, filename: str = "<scenario>", _depth: int = 0) -> Scenario:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -105,6 +106,19 @@ def rule_names(files: list[str]) -> tuple[list[str], list[str]]:
     return alerts, records
 
 
+def node_tree(workdir: str) -> str:
+    """Where the simulated node's proc/sys/dev/root trees go: a private directory under /dev/shm when there is
+    one (memory-backed, as the real procfs and sysfs are; the simulator rewrites hundreds of small files a tick,
+    about 20 us each there against 0.6 ms on an ext4 disk), else ``workdir/node``."""
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
+        try:
+            return tempfile.mkdtemp(prefix="nodewarden-sim-", dir=shm)
+        except OSError:
+            pass
+    return os.path.join(workdir, "node")
+
+
 def run_scenario(scenario: simulate.Scenario, workdir: str, *, interval: float = 5.0,
                  duration: float | None = None, rule_files: list[str] | None = None,
                  policy: str | None = None) -> Report:
@@ -114,7 +128,8 @@ def run_scenario(scenario: simulate.Scenario, workdir: str, *, interval: float =
     from agent.daemon import Daemon
 
     clock = ManualClock()
-    sim = NodeSim(scenario, os.path.join(workdir, "node"), clock.mono)
+    node_dir = node_tree(workdir)
+    sim = NodeSim(scenario, node_dir, clock.mono)
     rules = rule_files if rule_files is not None else default_rule_files()
     policy = policy or str(REPO / configmod.DEFAULT_POLICY)
     if scenario.datasets:
@@ -164,6 +179,8 @@ def run_scenario(scenario: simulate.Scenario, workdir: str, *, interval: float =
         report.wall_s = time.perf_counter() - started
         sim.release()
         daemon.stop(timeout=4.0)
+        if not node_dir.startswith(workdir):
+            shutil.rmtree(node_dir, ignore_errors=True)
     check(scenario, report, rule_names(rules)[0])
     return report
 
