@@ -96,7 +96,7 @@ def rule_names(files: list[str]) -> tuple[list[str], list[str]]:
 
     alerts, records = [], []
     for f in files:
-        doc = yamlpos.plain(yamlpos.load(Path(f).read_text(encoding="utf-8"), f)) or {}
+        doc = yamlpos.plain(yamlpos.load(yamlpos.read_text(f, "rule file"), f)) or {}
         for g in doc.get("groups") or []:
             for r in g.get("rules") or []:
                 if "alert" in r:
@@ -179,7 +179,7 @@ def run_scenario(scenario: simulate.Scenario, workdir: str, *, interval: float =
         report.wall_s = time.perf_counter() - started
         sim.release()
         daemon.stop(timeout=4.0)
-        if not node_dir.startswith(workdir):
+        if node_dir != os.path.join(workdir, "node"):  # a private tree under /dev/shm
             shutil.rmtree(node_dir, ignore_errors=True)
     check(scenario, report, rule_names(rules)[0])
     return report
@@ -202,7 +202,7 @@ def _datasets(scenario: simulate.Scenario, sim: Any, policy: str, workdir: str) 
             Path(path).write_text(text, encoding="utf-8")
         write(os.path.join(root, DEFAULT_NAME), create(root))
         settings[name] = {"root": root}
-    doc = yamlpos.plain(yamlpos.load(Path(policy).read_text(encoding="utf-8"), policy)) or {}
+    doc = yamlpos.plain(yamlpos.load(yamlpos.read_text(policy, "policy"), policy)) or {}
     plugins = doc.setdefault("plugins", {}) or {}
     doc["plugins"] = plugins
     plugins["restore"] = {"scrub_interval": 0, "state_dir": os.path.join(workdir, "restore"), "datasets": settings}

@@ -67,7 +67,7 @@ class RemediatorSlot:
         # Only the plugins the policy routes to or configures, and those with actions still in force or cut by a
         # crash (they must recover and reconcile): an unused plugin is never imported (throttle alone pulls in
         # pyroute2, ~10 MB).
-        used = {s.action for r in policy.routes for s in r.steps} | set(policy.plugins)
+        used = used_plugins(policy)
         journal = Journal(cfg.state_dir, policy.journal.retention, policy.journal.max_rows)
         try:
             used |= {e.action for e in (*journal.active(), *journal.started())}
