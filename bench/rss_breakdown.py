@@ -65,7 +65,9 @@ def child(root: Path, ticks: int, series: int) -> list[tuple[str, float]]:
     for _ in range(ticks):
         clock[0] += 1
         daemon.tick()
-    out.append((f"{ticks} ticks, {daemon.store.series_count()} series (store {daemon.store.nbytes() / 2**20:.1f} MiB)",
+    st = daemon.store.stats()
+    out.append((f"{ticks} ticks, {daemon.store.series_count()} series (store {daemon.store.nbytes() / 2**20:.1f} MiB, "
+                f"{st['rings']} rings decoded, chunks {st['chunk_bytes'] / 2**20:.2f} MiB)",
                 rss_mb()))
     return out
 

@@ -56,6 +56,7 @@ class Report:
     recorded: set[str] = field(default_factory=set)              # recording rules that produced a sample
     failures: list[str] = field(default_factory=list)
     series_max: int = 0
+    store: dict[str, int] = field(default_factory=dict)          # the history store at the end (Store.stats + bytes)
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict."""
@@ -63,7 +64,7 @@ class Report:
                 "wall_s": round(self.wall_s, 3), "fired": self.fired, "actions": self.actions,
                 "action_rows": self.action_rows, "recorded": sorted(self.recorded), "failures": self.failures,
                 "pending": sorted(self.pending),
-                "series_max": self.series_max}
+                "series_max": self.series_max, "store": self.store}
 
 
 class ManualClock:
@@ -172,6 +173,7 @@ def run_scenario(scenario: simulate.Scenario, workdir: str, *, interval: float =
             report.series_max = max(report.series_max, daemon.store.series_count())
             clock.t += interval
         report.simulated_s = clock.t - interval
+        report.store = {**daemon.store.stats(), "bytes": daemon.store.nbytes(), "capacity": daemon.store.capacity}
         for e in daemon.remediator.journal.query("op = 'apply'"):
             report.action_rows += 1
             report.actions.setdefault(e.action, max(0.0, e.ts - clock.wall0))

@@ -1,7 +1,12 @@
-"""Recent history of every series, in fixed-size ring buffers.
+"""Recent history of every series: compressed chunks, and a decoded ring for the series readers use.
 
-Ticks share one ring of timestamps; each series keeps one ``array('d')`` of values indexed by tick
-slot, i.e. 8 bytes per series per retained tick plus ~0.5 KiB of bookkeeping per series. A series
+Ticks share one ring of timestamps. Each series writes into an open head of ``chunk`` ticks; when the head
+is full it is sealed into a compressed chunk (:func:`encode_chunk`, lossless) and chunks older than the
+retention window are dropped. Each tick seals about ``1/chunk`` of the series (a series' chunks start at its
+own phase), so the cost is spread. A reader that asks for :attr:`Series.values` gets the whole ring
+(``values[tick % capacity]``), decoded once and updated by every write while it is read; a ring nobody read
+since the series' last seal is dropped again. Only the series rules, queries and pages read hold a ring;
+the rest (most of a node's series) stay compressed. A series
 that got no sample in a tick reads as a Prometheus staleness marker there (the series disappeared
 from its collector's output, or the collector failed), which is what Prometheus itself records when a
 series vanishes from a scrape. Series with no sample for a whole retention window are dropped.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import math
 import struct
 import threading
+import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol, runtime_checkable
@@ -40,29 +46,92 @@ def is_absent(value: float) -> bool:
     return math.isnan(value) and struct.unpack("<Q", struct.pack("<d", value))[0] == _ABSENT_BITS
 
 
+def encode_chunk(vals: array) -> bytes:
+    """A closed chunk's values, losslessly: 8 bytes when they are all equal, else each value XORed with the one
+    before (similar numbers share their leading bytes), bytes grouped by significance, deflated; the raw
+    ``8 * len(vals)`` bytes when that is no smaller. NaN payloads (staleness, absence) survive bit for bit."""
+    raw = vals.tobytes()
+    if raw == raw[:8] * len(vals):
+        return raw[:8]
+    n = len(raw)
+    x = int.from_bytes(raw, "little")
+    xored = ((x ^ (x << 64)) & ((1 << (8 * n)) - 1)).to_bytes(n, "little")
+    data = zlib.compress(b"".join(xored[i::8] for i in range(8)), 1)
+    return data if len(data) < n else raw  # a deflate stream of a non-empty chunk is never exactly 8 bytes
+
+
+def decode_chunk(data: bytes, n: int) -> array:
+    """The ``n`` values :func:`encode_chunk` stored in ``data``."""
+    if len(data) == 8:
+        return array("d", data) * n
+    if len(data) == 8 * n:
+        return array("d", data)
+    grouped = zlib.decompress(data)
+    xored = bytearray(8 * n)
+    for i in range(8):
+        xored[i::8] = grouped[i * n : (i + 1) * n]
+    x = int.from_bytes(xored, "little")
+    shift, bits = 64, 64 * n
+    while shift < bits:  # prefix XOR by doubling: value i = xored 0 ^ ... ^ xored i
+        x ^= x << shift
+        shift *= 2
+    return array("d", (x & ((1 << bits) - 1)).to_bytes(8 * n, "little"))
+
+
 class Series:
-    """One series: its identity, a ring of values, and the last tick that wrote it."""
+    """One series: its identity, its history (closed chunks, compressed, and an open head), and the last tick
+    that wrote it. :attr:`values` is the whole ring, decoded on first read and kept while readers use it."""
 
-    __slots__ = ("labels", "last_tick", "marks", "name", "prefix", "values")
+    __slots__ = ("chunk0", "chunks", "head", "labels", "last", "last_tick", "marks", "name", "phase", "prefix",
+                 "read", "ring", "store")
 
-    def __init__(self, name: str, labels: Labels, capacity: int) -> None:
+    def __init__(self, name: str, labels: Labels, store: Store, phase: int) -> None:
         self.name = name
         self.labels = labels
-        self.values = array("d", [STALE_NAN]) * capacity
+        self.store = store
+        self.phase = phase  # chunks start at ticks k with k % chunk == phase (spreads the sealing over ticks)
+        self.head = array("d", store._stale_head)  # the open chunk, by (tick - phase) % chunk
+        self.chunks: list[bytes | None] = []  # closed chunks, oldest first (None: no sample in it)
+        self.chunk0 = 0  # first tick of chunks[0]
+        self.ring: array | None = None  # decoded ring (slot = tick % capacity) while readers use it
+        self.read = False  # :attr:`values` was read since the last seal
+        self.last = STALE_NAN  # the value written at last_tick
         self.last_tick = -1
         self.prefix = ""  # exposition prefix ``name{l="v"} ``, filled by the exporter
         self.marks = (-1, -1, -1)  # readers' summary of closed ticks, see Store.marks()
 
+    @property
+    def values(self) -> array:
+        """The ring of values, ``values[k % capacity]`` for retained tick ``k <= last_tick`` (decoded on demand)."""
+        ring = self.ring
+        if ring is None:
+            ring = self.ring = self.store._materialize(self)
+        self.read = True
+        return ring
+
+
+def chunk_size(capacity: int) -> int:
+    """Ticks per compressed chunk for a ring of ``capacity`` ticks: about an eighth of it, 16 to 120."""
+    return max(16, min(120, capacity // 8))
+
 
 class Store:
-    """Ring buffers of recent samples for every series seen within ``retention`` seconds."""
+    """Recent samples of every series seen within ``retention`` seconds (see the module docstring)."""
 
-    def __init__(self, retention: float = 900.0, interval: float = 5.0) -> None:
+    def __init__(self, retention: float = 900.0, interval: float = 5.0, chunk: int | None = None) -> None:
         if retention <= 0 or interval <= 0:
             raise ValueError("retention and interval must be positive")
         self.retention = float(retention)
         self.interval = float(interval)
         self.capacity = math.ceil(retention / interval) + 1
+        self.chunk = chunk or chunk_size(self.capacity)
+        self._stale_head = array("d", [STALE_NAN]) * self.chunk
+        self._stale_ring = array("d", [STALE_NAN]) * self.capacity
+        self._phases: list[set[Series]] = [set() for _ in range(self.chunk)]
+        self._next_phase = 0
+        self._chunk_bytes = 0  # bytes held by closed chunks (payloads)
+        self._chunk_count = 0
+        self._rings = 0  # series with a decoded ring
         self._ts = array("d", [math.nan] * self.capacity)
         self.tick = -1  # index of the newest tick (monotonic; slot = tick % capacity)
         self.by_name: dict[str, dict[Labels, Series]] = {}
@@ -76,6 +145,10 @@ class Store:
             raise ValueError("tick timestamps must increase")
         self.tick += 1
         self._ts[self.tick % self.capacity] = t
+        due = self._phases[self.tick % self.chunk]
+        if due:
+            for series in due:
+                self._seal(series)
         return self.tick
 
     def add(self, samples: Iterable[Sample]) -> None:
@@ -85,6 +158,7 @@ class Store:
             raise ValueError("add() before begin_tick()")
         cap = self.capacity
         slot = tick % cap
+        chunk = self.chunk
         by_name = self.by_name
         for name, labels, value in samples:
             family = by_name.get(name)
@@ -92,16 +166,81 @@ class Store:
                 family = by_name[name] = {}
             series = family.get(labels)
             if series is None:
-                series = family[labels] = Series(name, labels, cap)
-                self.version += 1
-            last = series.last_tick
-            if last != tick - 1 and last != tick:
-                vals = series.values
-                # Mark the ticks this series missed as stale (at most one full ring).
-                for k in range(max(last + 1, tick - cap + 1), tick):
-                    vals[k % cap] = STALE_NAN
-            series.values[slot] = value
+                series = family[labels] = self._new_series(name, labels)
+            series.head[(tick - series.phase) % chunk] = value
+            ring = series.ring
+            if ring is not None:
+                last = series.last_tick
+                if last != tick - 1 and last != tick:
+                    # Mark the ticks this series missed as stale (at most one full ring).
+                    for k in range(max(last + 1, tick - cap + 1), tick):
+                        ring[k % cap] = STALE_NAN
+                ring[slot] = value
+            series.last = value
             series.last_tick = tick
+
+    def _new_series(self, name: str, labels: Labels) -> Series:
+        phase = self._next_phase
+        self._next_phase = (phase + 1) % self.chunk
+        series = Series(name, labels, self, phase)
+        self._phases[phase].add(series)
+        self.version += 1
+        return series
+
+    def _seal(self, series: Series) -> None:
+        """Close the series' head (the ``chunk`` ticks before this one): compress it onto its chunks, drop the
+        chunks that left the retention window, and drop its decoded ring unless it was read since the last seal."""
+        chunk = self.chunk
+        start = self.tick - chunk
+        data = encode_chunk(series.head) if series.last_tick >= start else None
+        series.head[:] = self._stale_head
+        chunks = series.chunks
+        if not chunks:
+            series.chunk0 = start
+        chunks.append(data)
+        self._chunk_count += 1
+        self._chunk_bytes += len(data) if data is not None else 0
+        first = self.tick - self.capacity + 1
+        while series.chunk0 + chunk <= first:
+            old = chunks.pop(0)
+            series.chunk0 += chunk
+            self._chunk_count -= 1
+            self._chunk_bytes -= len(old) if old is not None else 0
+        if series.ring is not None and not series.read:
+            series.ring = None
+            self._rings -= 1
+        series.read = False
+
+    def _materialize(self, series: Series) -> array:
+        """Decode a series' retained history into a ring (slot ``tick % capacity``)."""
+        ring = array("d", self._stale_ring)
+        chunk = self.chunk
+        first = max(0, self.tick - self.capacity + 1)
+        k = series.chunk0
+        for data in series.chunks:
+            if data is not None and k + chunk > first:
+                self._put(ring, k, decode_chunk(data, chunk), first)
+            k += chunk
+        start = self.tick - (self.tick - series.phase) % chunk  # the open head's first tick
+        if series.last_tick >= max(start, first):
+            self._put(ring, start, series.head, first)
+        self._rings += 1
+        return ring
+
+    def _put(self, ring: array, k: int, vals: array, first: int) -> None:
+        """Copy ``vals`` (ticks ``k..``) into ``ring``, only the retained ticks ``first..tick``."""
+        cap = self.capacity
+        lo, hi = max(k, first), min(k + len(vals) - 1, self.tick)
+        if lo > hi:
+            return
+        src = vals[lo - k : hi - k + 1]
+        a = lo % cap
+        n = hi - lo + 1
+        if a + n <= cap:
+            ring[a : a + n] = src
+        else:
+            ring[a:] = src[: cap - a]
+            ring[: n - (cap - a)] = src[cap - a :]
 
     def gc(self) -> int:
         """Drop series without a sample for a whole retention window; return how many."""
@@ -110,7 +249,12 @@ class Store:
         for name in list(self.by_name):
             family = self.by_name[name]
             for labels in [k for k, s in family.items() if s.last_tick < horizon]:
-                del family[labels]
+                series = family.pop(labels)
+                self._phases[series.phase].discard(series)
+                self._chunk_count -= len(series.chunks)
+                self._chunk_bytes -= sum(len(c) for c in series.chunks if c is not None)
+                if series.ring is not None:
+                    self._rings -= 1
                 dropped += 1
                 self.version += 1
             if not family:
@@ -128,9 +272,16 @@ class Store:
         return sum(len(f) for f in self.by_name.values())
 
     def nbytes(self) -> int:
-        """Approximate memory held by the ring buffers and series bookkeeping."""
-        per_series = 8 * self.capacity + 480
-        return self.series_count() * per_series + 8 * self.capacity
+        """Approximate memory held by the history: heads, compressed chunks, decoded rings, bookkeeping."""
+        n = self.series_count()
+        per_series = 8 * self.chunk + 64 + 56 + 176 + 480  # head array, chunk list, Series, dict entry and labels
+        return (n * per_series + self._chunk_bytes + (33 + 8) * self._chunk_count
+                + self._rings * (8 * self.capacity + 64) + 16 * self.capacity)
+
+    def stats(self) -> dict[str, int]:
+        """Counts behind :meth:`nbytes`: series, closed chunks, their payload bytes, decoded rings, ticks a chunk."""
+        return {"series": self.series_count(), "chunks": self._chunk_count, "chunk_bytes": self._chunk_bytes,
+                "rings": self._rings, "chunk": self.chunk}
 
     def family(self, name: str) -> dict[Labels, Series]:
         """All series of one metric name (empty dict when unknown)."""
@@ -145,7 +296,7 @@ class Store:
         """The series' value in the newest tick, or None when it was not sampled then."""
         if series.last_tick != self.tick:
             return None
-        return series.values[self.tick % self.capacity]
+        return series.last
 
     def points(self, series: Series, start: float, end: float) -> list[tuple[float, float]]:
         """Samples with ``start < t <= end``, oldest first, without stale markers or absent slots.

@@ -84,7 +84,6 @@ class Exporter:
     def render(self, store: Store) -> bytes:
         """Render every exported family's series that were sampled in the newest tick."""
         tick = store.tick
-        slot = tick % store.capacity
         parts: list[str] = []
         hidden = self._hidden
         fmt = format_value
@@ -94,7 +93,7 @@ class Exporter:
             lines = [
                 series_prefix(s) + fmt(v)
                 for s in store.by_name[name].values()
-                if s.last_tick == tick and ((v := s.values[slot]) == v or not is_absent(v))
+                if s.last_tick == tick and ((v := s.last) == v or not is_absent(v))
             ]
             if lines:
                 parts.append(self._header(name))
