@@ -16,11 +16,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import blake3
-
 from agent.core.metrics import MetricSpec, Sample
 from remediations.manifest import ManifestEntry, load
 from remediations.safecopy import CHUNK, Throttle
+from remediations.safecopy.verify import hasher
 
 STATES = ("ok", "missing", "corrupt")
 
@@ -73,7 +72,7 @@ def check_file(root: str, entry: ManifestEntry, throttle: Throttle | None = None
         return "missing", 0
     if st.st_size != entry.size:
         return "corrupt", 0
-    h = blake3.blake3(max_threads=threads) if threads != 1 else blake3.blake3()
+    h = hasher(threads)
     buf = buf if buf is not None else bytearray(CHUNK)
     mv = memoryview(buf)
     done = 0

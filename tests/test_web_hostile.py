@@ -24,7 +24,6 @@ import bcrypt
 import pytest
 
 from agent.core.errors import ConfigError
-from agent.serve import webauth
 from agent.serve.http1 import Limits
 from agent.serve.web import Server
 from agent.serve.webconfig import WebConfig, load_web_config
@@ -198,7 +197,7 @@ def test_failed_auth_is_cached_and_its_cost_bounded(monkeypatch):
         calls.append(pw)
         return real(pw, hashed)
 
-    monkeypatch.setattr(webauth.bcrypt, "checkpw", counting)
+    monkeypatch.setattr(bcrypt, "checkpw", counting)  # webauth imports it on the first check
     with serving(cfg, auth_waiting=4) as srv:
         assert get(srv.port, auth="prom:good")[0] == 200
         for _ in range(10):

@@ -10,8 +10,6 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
-import bcrypt
-
 
 class BasicAuth:
     """bcrypt checks (~50-300 ms each) behind two caches and one lane, as exporter-toolkit does.
@@ -61,7 +59,10 @@ class BasicAuth:
         return None
 
     def verify(self, user: str, password: str) -> bool:
-        """bcrypt check (one at a time), outcome cached."""
+        """bcrypt check (one at a time), outcome cached. bcrypt is imported by the first check: an agent without
+        basic-auth users never loads it."""
+        import bcrypt
+
         hashed = self.users.get(user)
         with self._lane:
             try:

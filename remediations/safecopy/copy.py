@@ -14,11 +14,9 @@ import stat
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import blake3
-
 from remediations.safecopy.errors import Abort
 from remediations.safecopy.throttle import Throttle
-from remediations.safecopy.verify import BIG, RANGE_CHUNK, check_digests, hash_and_close, hash_fd_range
+from remediations.safecopy.verify import BIG, RANGE_CHUNK, check_digests, hash_and_close, hash_fd_range, hasher
 
 CHUNK = 1 << 20
 
@@ -90,7 +88,7 @@ class Copier:
 
     def _copy_loop(self, sfd: int, tfd: int, size: int) -> str:
         """Copy and hash the ``size`` bytes the source had (growth since is caught by the re-stat)."""
-        h = blake3.blake3()
+        h = hasher()
         mv = memoryview(self._buf)
         total = 0
         while total < size and (n := os.readv(sfd, [mv[:size - total]])):

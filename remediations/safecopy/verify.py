@@ -9,8 +9,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-
-import blake3
+from typing import Any
 
 from agent.core.errors import RemediationError
 from remediations.safecopy.errors import Abort
@@ -20,9 +19,17 @@ RANGE_CHUNK = 8 << 20
 MAP_STEP = 64 << 20       # hash a memory map in steps of this (a stop request is seen between steps)
 
 
+def hasher(threads: int = 1) -> Any:
+    """A fresh blake3 hasher (``threads`` > 1: multithreaded). blake3 is imported on first use: an agent whose
+    policy routes restore but protects no dataset never hashes, and does not load it."""
+    import blake3
+
+    return blake3.blake3(max_threads=threads) if threads != 1 else blake3.blake3()
+
+
 def hash_file(path: str, threads: int = 1) -> str:
     """blake3 hex digest of a file (memory-mapped; ``threads`` > 1 hashes large files in parallel)."""
-    h = blake3.blake3(max_threads=threads) if threads != 1 else blake3.blake3()
+    h = hasher(threads)
     try:
         if os.path.getsize(path) == 0:
             return h.hexdigest()
@@ -39,7 +46,7 @@ def hash_fd_range(fd: int, size: int, threads: int, stop: threading.Event | None
     Files of ``BIG`` bytes and more are memory-mapped and hashed with ``threads`` threads; smaller ones are
     read with pread (into ``buf`` when given).
     """
-    h = blake3.blake3(max_threads=threads) if threads != 1 else blake3.blake3()
+    h = hasher(threads)
     if size >= BIG:
         try:
             if os.fstat(fd).st_size < size:
