@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 # In the order the daemon pulls them in; each figure is the growth over everything before it.
 STEPS = ["structlog", "pydantic", "promql_parser", "importlib.metadata", "sqlite3",
-         "apscheduler.schedulers.background", "bcrypt", "blake3", "psutil", "agent.core.config",
+         "apscheduler.schedulers.background", "psutil", "agent.core.config",
          "agent.engine.rules", "agent.remediation.remediator", "agent.serve.web", "agent.daemon"]
 
 
