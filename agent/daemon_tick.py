@@ -102,48 +102,47 @@ class Tick:
         now = round(self.wall(), 3)
         if now <= store.now:
             now = store.now + 0.001
-        with store.lock:  # readers on other threads (the status page) decode rings under it
-            store.begin_tick(now)
-            self_samples: list[Sample] = [
-                Sample("nodewarden_build_info", (("version", __version__), ("python", platform.python_version())), 1.0)
-            ]
-            self.outcomes = outcomes
-            for name, out in outcomes.items():
-                if out.samples:
-                    store.add(out.samples)
-                self._report(name, out)
-                lbl = (("collector", name),)
-                self_samples.append(Sample("nodewarden_collector_success", lbl, 1.0 if out.success else 0.0))
-                self_samples.append(Sample("nodewarden_collector_duration_seconds", lbl, round(out.duration, 6)))
-            for name in failed:
-                lbl = (("collector", name),)
-                self_samples.append(Sample("nodewarden_collector_success", lbl, 0.0))
-                self_samples.append(Sample("nodewarden_collector_duration_seconds", lbl, 0.0))
-            if store.tick % 60 == 59:
-                store.gc()
-            swap()
-            remediating = not slot.recovering  # the remediator is not touched while its recovery runs
-            self_samples += [
-                Sample("nodewarden_tick_lag_seconds", (), round(self._lag, 6)),
-                Sample("nodewarden_tick_duration_seconds", (), round(self._duration, 6)),
-                Sample("nodewarden_last_tick_timestamp_seconds", (), now),
-                Sample("nodewarden_store_series", (), float(store.series_count())),
-                Sample("nodewarden_store_bytes", (), float(store.nbytes())),
-                Sample("nodewarden_config_last_reload_successful", (), reload_ok),
-                Sample("nodewarden_config_last_reload_success_timestamp_seconds", (), round(reload_ok_at, 3)),
-                Sample("nodewarden_remediation_recovering", (), 0.0 if remediating else 1.0),
-            ]
-            store.add(self_samples)
-            # Everything rules may read must be in this tick before evaluation: a series not yet written in the
-            # current tick reads as stale. Remediation/plugin samples (e.g. integrity scrub results) go in first,
-            # and again after on_tick so /metrics shows this tick's decisions.
-            remediator = slot.current
-            if remediating:
-                store.add(remediator.samples())
-            store.add(rules.evaluate(store, now))  # recording rules, ALERTS, engine metrics
-            if remediating:
-                remediator.on_tick(rules.alerts(), now)  # decides and journals; actions run off this thread
-                store.add(remediator.samples())
+        store.begin_tick(now)
+        self_samples: list[Sample] = [
+            Sample("nodewarden_build_info", (("version", __version__), ("python", platform.python_version())), 1.0)
+        ]
+        self.outcomes = outcomes
+        for name, out in outcomes.items():
+            if out.samples:
+                store.add(out.samples)
+            self._report(name, out)
+            lbl = (("collector", name),)
+            self_samples.append(Sample("nodewarden_collector_success", lbl, 1.0 if out.success else 0.0))
+            self_samples.append(Sample("nodewarden_collector_duration_seconds", lbl, round(out.duration, 6)))
+        for name in failed:
+            lbl = (("collector", name),)
+            self_samples.append(Sample("nodewarden_collector_success", lbl, 0.0))
+            self_samples.append(Sample("nodewarden_collector_duration_seconds", lbl, 0.0))
+        if store.tick % 60 == 59:
+            store.gc()
+        swap()
+        remediating = not slot.recovering  # the remediator is not touched while its recovery runs
+        self_samples += [
+            Sample("nodewarden_tick_lag_seconds", (), round(self._lag, 6)),
+            Sample("nodewarden_tick_duration_seconds", (), round(self._duration, 6)),
+            Sample("nodewarden_last_tick_timestamp_seconds", (), now),
+            Sample("nodewarden_store_series", (), float(store.series_count())),
+            Sample("nodewarden_store_bytes", (), float(store.nbytes())),
+            Sample("nodewarden_config_last_reload_successful", (), reload_ok),
+            Sample("nodewarden_config_last_reload_success_timestamp_seconds", (), round(reload_ok_at, 3)),
+            Sample("nodewarden_remediation_recovering", (), 0.0 if remediating else 1.0),
+        ]
+        store.add(self_samples)
+        # Everything rules may read must be in this tick before evaluation: a series not yet written in the
+        # current tick reads as stale. Remediation/plugin samples (e.g. integrity scrub results) go in first,
+        # and again after on_tick so /metrics shows this tick's decisions.
+        remediator = slot.current
+        if remediating:
+            store.add(remediator.samples())
+        store.add(rules.evaluate(store, now))  # recording rules, ALERTS, engine metrics
+        if remediating:
+            remediator.on_tick(rules.alerts(), now)  # decides and journals; actions run off this thread
+            store.add(remediator.samples())
         self._duration = self.mono() - start
         exporter.render(store)
         first = self.health.ticks == 0

@@ -49,7 +49,7 @@ def main() -> None:
     cap = st["capacity"]
     plain = st["series"] * (8 * cap + 480) + 8 * cap  # the ring store before compression: Store.nbytes() then
     retained = st["series"] * min(cap, report.ticks)
-    enc, dec = codec_us(st.get("chunk", 112))
+    enc, dec = codec_us(st["chunk"])
     print(f"{args.scenario}: {report.ticks} ticks of {args.interval:g} s, {st['series']} series, "
           f"ring capacity {cap} ticks, {report.wall_s:.1f} s wall")
     print(f"{'':34}{'compressed':>12}{'plain ring':>12}{'ratio':>8}")

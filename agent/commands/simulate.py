@@ -56,7 +56,7 @@ class Report:
     recorded: set[str] = field(default_factory=set)              # recording rules that produced a sample
     failures: list[str] = field(default_factory=list)
     series_max: int = 0
-    store: dict[str, int] = field(default_factory=dict)          # the history store at the end (Store.stats + bytes)
+    store: dict[str, int] = field(default_factory=dict)          # the history store at the end (Store.stats)
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict."""
@@ -173,7 +173,7 @@ def run_scenario(scenario: simulate.Scenario, workdir: str, *, interval: float =
             report.series_max = max(report.series_max, daemon.store.series_count())
             clock.t += interval
         report.simulated_s = clock.t - interval
-        report.store = {**daemon.store.stats(), "bytes": daemon.store.nbytes(), "capacity": daemon.store.capacity}
+        report.store = daemon.store.stats()
         for e in daemon.remediator.journal.query("op = 'apply'"):
             report.action_rows += 1
             report.actions.setdefault(e.action, max(0.0, e.ts - clock.wall0))

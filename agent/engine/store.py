@@ -14,8 +14,8 @@ series vanishes from a scrape. Series with no sample for a whole retention windo
 A collector's series is stale in a tick it did not appear in. Test loaders that need "no sample, but
 not stale" (promtool's ``_``) write :data:`ABSENT_NAN`, which readers skip.
 
-Writes happen on the sampling thread; readers (exporter, rule engine) run on the same thread or take
-:attr:`Store.lock`.
+Writes happen on the sampling thread and take :attr:`Store.lock`, as does decoding a ring; readers on other
+threads (the status page) take it around what they read.
 """
 
 from __future__ import annotations
@@ -105,7 +105,10 @@ class Series:
         """The ring of values, ``values[k % capacity]`` for retained tick ``k <= last_tick`` (decoded on demand)."""
         ring = self.ring
         if ring is None:
-            ring = self.ring = self.store._materialize(self)
+            with self.store.lock:  # a reader on another thread must not decode while the tick writes or seals
+                ring = self.ring
+                if ring is None:
+                    ring = self.ring = self.store._materialize(self)
         self.read = True
         return ring
 
@@ -141,18 +144,21 @@ class Store:
     # -- writing ---------------------------------------------------------------------------
     def begin_tick(self, t: float) -> int:
         """Open a new tick at wall-clock time ``t`` (seconds) and return its index."""
-        if self.tick >= 0 and t <= self._ts[self.tick % self.capacity]:
-            raise ValueError("tick timestamps must increase")
-        self.tick += 1
-        self._ts[self.tick % self.capacity] = t
-        due = self._phases[self.tick % self.chunk]
-        if due:
-            for series in due:
+        with self.lock:
+            if self.tick >= 0 and t <= self._ts[self.tick % self.capacity]:
+                raise ValueError("tick timestamps must increase")
+            self.tick += 1
+            self._ts[self.tick % self.capacity] = t
+            for series in self._phases[self.tick % self.chunk]:
                 self._seal(series)
-        return self.tick
+            return self.tick
 
     def add(self, samples: Iterable[Sample]) -> None:
         """Write samples into the current tick (call after :meth:`begin_tick`)."""
+        with self.lock:
+            self._add(samples)
+
+    def _add(self, samples: Iterable[Sample]) -> None:
         tick = self.tick
         if tick < 0:
             raise ValueError("add() before begin_tick()")
@@ -279,9 +285,10 @@ class Store:
                 + self._rings * (8 * self.capacity + 64) + 16 * self.capacity)
 
     def stats(self) -> dict[str, int]:
-        """Counts behind :meth:`nbytes`: series, closed chunks, their payload bytes, decoded rings, ticks a chunk."""
-        return {"series": self.series_count(), "chunks": self._chunk_count, "chunk_bytes": self._chunk_bytes,
-                "rings": self._rings, "chunk": self.chunk}
+        """:meth:`nbytes` and the counts behind it: series, closed chunks, their payload bytes, decoded rings, ticks
+        a chunk and a ring."""
+        return {"bytes": self.nbytes(), "series": self.series_count(), "chunks": self._chunk_count,
+                "chunk_bytes": self._chunk_bytes, "rings": self._rings, "chunk": self.chunk, "capacity": self.capacity}
 
     def family(self, name: str) -> dict[Labels, Series]:
         """All series of one metric name (empty dict when unknown)."""
